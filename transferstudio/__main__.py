@@ -1,0 +1,3 @@
+from transferstudio.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Unconditional pixel-space diffusion: diffusers UNet2DModel + a DDPM/DDIM scheduler.
+
+Layouts: a pipeline folder (model_index.json, unet/, scheduler/) like google/ddpm-*,
+or a bare UNet folder (config.json + weights), which gets a default 1000-step scheduler.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from transferstudio.backbones.base import (Backbone, Capabilities, Conditioning, Family, Inspection,
+                                           count_parameters, folder_size)
+from transferstudio.backbones.diffusers_folder import component_problems, read_json, weight_problems
+from transferstudio.core.errors import BackboneError
+
+PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000,
+                     "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
+                     "prediction_type": "epsilon", "clip_sample": True}
+
+
+def _unet_folder(path: Path) -> Path | None:
+    """The folder holding the UNet config, or None if this is not a DDPM layout."""
+    index = read_json(path / "model_index.json")
+    if index is not None:
+        return path / "unet" if index.get("_class_name") in PIPELINES else None
+    config = read_json(path / "config.json")
+    if config is not None and config.get("_class_name") == "UNet2DModel":
+        return path
+    return None
+
+
+def _downsampling(config: dict[str, Any]) -> int:
+    return 2 ** max(0, len(config.get("down_block_types", ())) - 1)
+
+
+class DDPMFamily(Family):
+    key = "ddpm"
+
+    def inspect(self, path: Path) -> Inspection | None:
+        path = Path(path)
+        if not path.is_dir():
+            return None
+        unet_dir = _unet_folder(path)
+        if unet_dir is None:
+            return None
+        problems: list[str] = []
+        if unet_dir == path:
+            problems += weight_problems(path, "UNet")
+        else:
+            problems += component_problems(path, {"unet": True, "scheduler": False})
+        config = read_json(unet_dir / "config.json") or {}
+        if config and config.get("_class_name") not in (None, "UNet2DModel"):
+            problems.append(f"its UNet is a {config.get('_class_name')}, not an unconditional UNet2DModel")
+        size = config.get("sample_size") or 0
+        resolution = int(size if isinstance(size, int) else size[0]) if size else None
+        sched = read_json(path / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER
+        return Inspection(path=path, family=self.key if not problems else None,
+                          label="Unconditional diffusion model (DDPM/DDIM, pixel space)",
+                          usable=not problems, problems=tuple(problems), native_resolution=resolution,
+                          prediction_type=str(sched.get("prediction_type", "epsilon")),
+                          size_bytes=folder_size(path),
+                          details=(("layout", "pipeline folder" if unet_dir != path else "bare UNet folder"),
+                                   ("prompts", "no (unconditional)")))
+
+    def load(self, path: Path, *, prediction_type: str = "") -> Backbone:
+        from diffusers import UNet2DModel
+
+        path = Path(path)
+        unet_dir = _unet_folder(path)
+        if unet_dir is None:
+            raise BackboneError(f"{path} is not an unconditional diffusion model folder.")
+        try:
+            unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BackboneError(f"Could not load the UNet from {unet_dir}: {exc}",
+                                "The folder may be incomplete or damaged.") from None
+        sched = dict(read_json(path / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER)
+        if prediction_type:
+            sched["prediction_type"] = prediction_type
+        return DDPMBackbone(unet, sched, source=path)
+
+
+class DDPMBackbone(Backbone):
+    family = "ddpm"
+
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], *, source: Path) -> None:
+        self.unet = unet.float().eval()
+        self.unet.requires_grad_(False)
+        self.scheduler_config = scheduler_config
+        self.source = Path(source)
+        config = unet.config
+        size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+        self.caps = Capabilities(conditioning="none", native_resolution=int(size),
+                                 resolution_multiple=_downsampling(dict(config)),
+                                 supports_full_finetune=True, text_encoders=0,
+                                 prediction_type=str(scheduler_config.get("prediction_type", "epsilon")),
+                                 latent=False)
+        self.device = torch.device("cpu")
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.unet
+
+    def parameters_total(self) -> int:
+        return count_parameters(self.unet)
+
+    def lora_targets(self) -> list[str]:
+        # Small pixel UNets have attention only at the lowest resolution: adapting the
+        # resnet convolutions and time projections too is what lets LoRA change the look.
+        return ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
+
+    def text_encoder_lora_targets(self) -> list[str]:
+        return []
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "DDPMBackbone":
+        self.device = torch.device(device)
+        self.unet.to(self.device)
+        return self
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.unet(noisy, timesteps).sample
+
+    def sample(self, *, seeds: Sequence[int], prompts: Sequence[str] | None = None, steps: int = 30,
+               guidance: float = 7.0, size: tuple[int, int] | None = None,
+               negative_prompt: str = "") -> list[Any]:
+        from diffusers import DDIMPipeline, DDIMScheduler
+
+        pipe = DDIMPipeline(unet=self.unet, scheduler=DDIMScheduler.from_config(self.scheduler_config))
+        pipe.set_progress_bar_config(disable=True)
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            with torch.no_grad():
+                # One generator per image on the CPU: the same seed gives the same picture
+                # whatever the batch or device, exactly as in a plain diffusers script.
+                gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+                out = pipe(batch_size=len(gens), generator=gens, num_inference_steps=steps, eta=0.0,
+                           output_type="pil")
+        finally:
+            self.unet.train(was_training)
+        return list(out.images)
+
+    def save_full(self, folder: Path) -> None:
+        from diffusers import DDPMPipeline, DDPMScheduler
+
+        pipe = DDPMPipeline(unet=self.unet, scheduler=DDPMScheduler.from_config(self.scheduler_config))
+        pipe.save_pretrained(folder, safe_serialization=True)

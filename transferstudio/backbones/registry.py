@@ -1,0 +1,48 @@
+"""Finds the family that claims a path, and loads it. Families are imported lazily."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transferstudio.backbones.base import Backbone, Family, Inspection, folder_size
+from transferstudio.core.errors import BackboneError
+
+
+def families() -> list[Family]:
+    from transferstudio.backbones.ddpm import DDPMFamily
+    from transferstudio.backbones.sd import SDFamily
+    from transferstudio.backbones.sdxl import SDXLFamily
+
+    # Single-file checkpoints are claimed by SD/SDXL through the model library's detection.
+    return [DDPMFamily(), SDFamily(), SDXLFamily()]
+
+
+def family(key: str) -> Family:
+    for fam in families():
+        if fam.key == key:
+            return fam
+    raise KeyError(key)
+
+
+def inspect_backbone(path: Path) -> Inspection:
+    path = Path(path).expanduser()
+    if not path.exists():
+        return Inspection(path=path, family=None, label="not found", usable=False,
+                          problems=(f"Nothing exists at {path}.",))
+    for fam in families():
+        found = fam.inspect(path)
+        if found is not None:
+            return found
+    hint = ("A backbone is a diffusers model folder (with model_index.json or a UNet config.json) "
+            "or a Stable Diffusion .safetensors checkpoint.")
+    return Inspection(path=path, family=None, label="not a backbone", usable=False,
+                      problems=(f"TransferStudio does not recognise this as a model. {hint}",),
+                      size_bytes=folder_size(path) if path.is_file() else 0)
+
+
+def load_backbone(path: Path, *, prediction_type: str = "") -> Backbone:
+    found = inspect_backbone(path)
+    if not found.usable or found.family is None:
+        reason = found.problems[0] if found.problems else f"{path} is not a usable backbone."
+        raise BackboneError(reason, "Pick a diffusers model folder or a Stable Diffusion "
+                            ".safetensors file (run `transferstudio inspect PATH` for details).")
+    return family(found.family).load(Path(path).expanduser(), prediction_type=prediction_type)

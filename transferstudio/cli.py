@@ -1,0 +1,236 @@
+"""Command line over the engine: new, train, sample, export, inspect, demo.
+
+User errors end with a one-line reason on stderr and exit status 2; Ctrl-C while training
+stops after the current step and saves a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, before diffusers is imported
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from transferstudio import __version__  # noqa: E402
+from transferstudio.core.errors import UserError  # noqa: E402
+from transferstudio.project.config import TrainConfig, field_help  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferstudio", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"TransferStudio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("new", help="create a project folder")
+    p.add_argument("project", type=Path)
+    p.add_argument("--backbone", type=Path, required=True, help="model folder or .safetensors file")
+    p.add_argument("--images", type=Path, required=True, help="folder of training images")
+    p.add_argument("--name")
+    p.add_argument("--v-prediction", action="store_true",
+                   help="the checkpoint predicts v (SD 2.x 768 models) when its files cannot tell")
+    _config_options(p)
+
+    p = sub.add_parser("train", help="train (continues from the last good checkpoint)")
+    p.add_argument("project", type=Path)
+    p.add_argument("--steps", type=int, help="total steps (raise it to train further)")
+    p.add_argument("--fresh", action="store_true", help="start a new run instead of continuing")
+
+    p = sub.add_parser("sample", help="generate an image with the trained (or base) model")
+    p.add_argument("project", type=Path)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--base", action="store_true", help="use the base model without training")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps")
+    p.add_argument("--strength", type=float, default=1.0, help="adapter strength (LoRA)")
+
+    p = sub.add_parser("export", help="export the trained weights")
+    p.add_argument("project", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--format", default="diffusers")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("inspect", help="say what a model path is, or why it is not usable")
+    p.add_argument("path", type=Path)
+
+    p = sub.add_parser("demo", help="fine-tune the starter model on the sample images, "
+                                    "and compare with training from scratch")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--steps", type=int, default=None)
+    return parser
+
+
+_CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resolution",
+                "trigger": "--trigger", "rank": "--rank", "alpha": "--alpha",
+                "learning_rate": "--lr", "batch_size": "--batch-size", "seed": "--seed",
+                "preview_every": "--preview-every", "checkpoint_every": "--checkpoint-every",
+                "precision": "--precision", "device": "--device", "schedule": "--schedule",
+                "train_text_encoder": "--train-text-encoder", "ema": "--ema"}
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    for name, flag in _CLI_OPTIONS.items():
+        value = getattr(defaults, name)
+        if isinstance(value, bool):
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=field_help(name))
+        else:
+            parser.add_argument(flag, dest=name, type=type(value), default=None,
+                                help=f"{field_help(name)} (default: {value})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from transferstudio.backbones.registry import inspect_backbone
+    from transferstudio.core.errors import BackboneError
+    from transferstudio.project.project import create_project
+
+    found = inspect_backbone(args.backbone)
+    if not found.usable:
+        raise BackboneError(found.problems[0] if found.problems else f"{args.backbone} is not usable.",
+                            "Run `transferstudio inspect PATH` for details.")
+    config = TrainConfig()
+    for name in _CLI_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(config, name, value)
+    project = create_project(args.project, backbone=args.backbone, images=args.images, name=args.name,
+                             config=config, prediction_type="v_prediction" if args.v_prediction else "")
+    print(f"created {project.file} ({found.label}, {config.method}, {config.steps} steps)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from transferstudio.core.commands import Commands
+    from transferstudio.core.events import Failed, Finished, Message, Preview, Started, Step, Stopped
+    from transferstudio.project.project import load_project
+    from transferstudio.training.loop import TrainJob, train
+
+    project = load_project(args.project)
+    commands = Commands()
+    previous = signal.signal(signal.SIGINT, lambda *_: (commands.stop(),
+                                                        print("\nstopping after this step…", file=sys.stderr)))
+    code = 0
+    try:
+        for event in train(TrainJob(project, steps=args.steps, fresh=args.fresh), commands):
+            if isinstance(event, Started):
+                what = f"resuming at step {event.start_step}" if event.start_step else "training"
+                print(f"{what} of {event.total_steps} on {event.device}: {event.images} images "
+                      f"({event.samples_per_epoch} with repeats), {event.trainable_parameters:,} "
+                      f"trainable parameters\nrun folder: {event.run_dir}")
+            elif isinstance(event, Step):
+                _progress_line(event)
+            elif isinstance(event, Preview):
+                _end_progress_line()
+                print(f"preview at step {event.step}: {event.paths[0].parent if event.paths else ''}")
+            elif isinstance(event, Message):
+                print(f"{event.level}: {event.text}", file=sys.stderr)
+            elif isinstance(event, Finished):
+                _end_progress_line()
+                print(f"finished at step {event.step}, loss {event.final_loss:.4f}; weights: {event.weights}")
+            elif isinstance(event, Stopped):
+                _end_progress_line()
+                print(f"stopped at step {event.step}; saved {event.checkpoint}. Run `train` again to continue.")
+                code = 130
+            elif isinstance(event, Failed):
+                _end_progress_line()
+                print(f"error: {event.message} {event.advice}".rstrip(), file=sys.stderr)
+                code = 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return code
+
+
+_TTY = sys.stdout.isatty()
+
+
+def _progress_line(event: Any) -> None:
+    eta = _duration(event.eta_s)
+    line = (f"step {event.step}/{event.total}  loss {event.loss:.4f}  lr {event.lr:.2e}  "
+            f"{event.images_per_s:.1f} img/s  ETA {eta}")
+    if _TTY:
+        print("\r" + line.ljust(78), end="", flush=True)
+    elif event.step == event.total or event.step % max(1, event.total // 20) == 0:
+        print(line, flush=True)
+
+
+def _end_progress_line() -> None:
+    if _TTY:
+        print()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from transferstudio.backbones.registry import load_backbone
+    from transferstudio.project.project import load_project
+    from transferstudio.training.restore import load_trained
+
+    project = load_project(args.project)
+    if args.base:
+        backbone = load_backbone(project.backbone, prediction_type=project.prediction_type)
+        steps = args.steps or project.config.preview_steps
+    else:
+        trained = load_trained(project)
+        trained.trainee.set_strength(args.strength)
+        backbone = trained.backbone
+        steps = args.steps or trained.config.preview_steps
+    prompts = None
+    if backbone.caps.conditioning == "text":
+        prompts = [args.prompt or project.config.trigger or "a picture"]
+    image = backbone.sample(seeds=[args.seed], prompts=prompts, steps=steps)[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from transferstudio.export.diffusers_export import export_project
+    from transferstudio.project.project import load_project
+
+    result = export_project(load_project(args.project), args.out, fmt=args.format, overwrite=args.overwrite)
+    print(f"exported {result.kind} weights from step {result.step} to {result.path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from transferstudio.backbones.registry import inspect_backbone
+
+    found = inspect_backbone(args.path)
+    print(found.describe())
+    return 0 if found.usable else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from transferstudio.starter.demo import run_demo
+
+    return run_demo(args.out, steps=args.steps)
+
+
+COMMANDS = {"new": cmd_new, "train": cmd_train, "sample": cmd_sample, "export": cmd_export,
+            "inspect": cmd_inspect, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Thread-safe commands from a UI (or CLI signal handler) to a running training loop.
+
+The loop polls `take_*` once per step; pause blocks on an Event instead of sleeping.
+"""
+from __future__ import annotations
+
+import threading
+
+
+class Commands:
+    def __init__(self) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._sample = threading.Event()
+        self._save = threading.Event()
+
+    # --- called by the UI thread -------------------------------------------------
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # a paused loop must wake up to stop
+
+    def sample_now(self) -> None:
+        self._sample.set()
+
+    def save_now(self) -> None:
+        self._save.set()
+
+    # --- called by the training loop --------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_while_paused(self, timeout: float | None = None) -> bool:
+        """Block while paused. Returns True when running (or stopping)."""
+        return self._running.wait(timeout)
+
+    def take_sample_request(self) -> bool:
+        return _take(self._sample)
+
+    def take_save_request(self) -> bool:
+        return _take(self._save)
+
+
+def _take(flag: threading.Event) -> bool:
+    if flag.is_set():
+        flag.clear()
+        return True
+    return False

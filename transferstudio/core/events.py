@@ -1,0 +1,99 @@
+"""Events the training engine yields. Small frozen values, safe to pass across threads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Started:
+    """Sent once before the first step: what the run will do."""
+
+    run_dir: Path
+    total_steps: int
+    start_step: int  # > 0 when resuming from a checkpoint
+    images: int  # usable images (without repeats)
+    samples_per_epoch: int  # with repeats
+    skipped: tuple[tuple[str, str], ...]  # (path, reason) of files left out
+    device: str
+    trainable_parameters: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """Sent after every optimizer step."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    images_per_s: float
+    eta_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Samples made at a step with fixed seeds (and prompts, for text backbones)."""
+
+    step: int
+    images: tuple[Any, ...]  # PIL images
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Message:
+    """Something worth telling the user that is not an error (e.g. a skipped image)."""
+
+    text: str
+    level: str = "info"  # "info" | "warning"
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The loop is paused after `step`; it blocks until resumed or stopped."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    step: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    step: int
+    final_loss: float
+    checkpoint: Path | None
+    weights: Path | None  # the trained weights of the last checkpoint
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The user stopped the run; work was saved in `checkpoint`."""
+
+    step: int
+    checkpoint: Path | None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A problem the user can act on, with advice. Programming errors are raised instead."""
+
+    message: str
+    advice: str = ""
+    step: int = 0
+    checkpoint: Path | None = None
+
+
+EndEvent = (Finished, Stopped, Failed)

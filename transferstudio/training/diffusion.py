@@ -1,0 +1,53 @@
+"""The denoising training objective, shared by every family."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from transferstudio.backbones.base import Backbone, Conditioning
+
+
+def noise_scheduler(config: dict[str, Any]) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config)
+
+
+def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond: Conditioning, *,
+                   generator: torch.Generator, noise_offset: float = 0.0,
+                   min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """Noise `clean` at random timesteps and score the denoiser against the right target."""
+    b = clean.shape[0]
+    device = clean.device
+    noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+    if noise_offset:
+        # Offset noise lets the model shift the mean brightness of a whole image.
+        noise = noise + noise_offset * torch.randn((b, clean.shape[1], 1, 1), generator=generator,
+                                                   device=device, dtype=clean.dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator,
+                              device=device).long()
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, timesteps)
+    elif prediction_type == "sample":
+        target = clean
+    else:
+        raise ValueError(f"unknown prediction type {prediction_type}")
+    pred = backbone.predict(noisy, timesteps, cond).float()
+    per_sample = F.mse_loss(pred, target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    if min_snr_gamma > 0:
+        snr = _snr(scheduler, timesteps).to(per_sample.device)
+        clipped = torch.clamp(snr, max=min_snr_gamma)
+        weight = clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+        per_sample = per_sample * weight
+    return per_sample.mean()
+
+
+def _snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alphas / (1 - alphas)
