@@ -116,3 +116,52 @@ def tiny_configs(family: str) -> dict[str, dict]:
         return {"unet": unet, "vae": dict(vae, force_upcast=True, scaling_factor=0.13025),
                 "text_encoder": te_l, "text_encoder_2": te_g}
     raise ValueError(family)
+
+
+def build_tiny_models(family: str, seed: int = 0) -> dict:
+    """Random tiny components (diffusers/transformers modules) for `family`, deterministic by seed."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfgs = tiny_configs(family)
+    torch.manual_seed(seed)
+    models = {"unet": UNet2DConditionModel(**cfgs["unet"]), "vae": AutoencoderKL(**cfgs["vae"]),
+              "text_encoder": CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"]))}
+    if "text_encoder_2" in cfgs:
+        models["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder_2"]))
+    # Norm layers start at exactly 1/0; randomise every tensor so a misplaced one cannot pass unnoticed.
+    with torch.no_grad():
+        for m in models.values():
+            for p in m.parameters():
+                p.copy_(torch.randn_like(p) * 0.2)
+    return {k: m.eval() for k, m in models.items()}
+
+
+def write_tiny_config_root(root: Path, family: str) -> Path:
+    """A bundled-style folder (`root/<key>/…`) holding the tiny configs and the real tokenizer files."""
+    import shutil
+
+    from transferstudio.library._paths import loading_root
+
+    key = family
+    src = loading_root() / key
+    dst = root / key
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "model_index.json", dst / "model_index.json")
+    shutil.copytree(src / "scheduler", dst / "scheduler", dirs_exist_ok=True)
+    for tok in ("tokenizer", "tokenizer_2"):
+        if (src / tok).is_dir():
+            shutil.copytree(src / tok, dst / tok, dirs_exist_ok=True)
+    cfgs = tiny_configs(family)
+    classes = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
+    for name, cfg in cfgs.items():
+        (dst / name).mkdir(exist_ok=True)
+        if name in classes:
+            body = {"_class_name": classes[name], **cfg}
+        else:
+            arch = "CLIPTextModelWithProjection" if name == "text_encoder_2" else "CLIPTextModel"
+            body = {"architectures": [arch], "model_type": "clip_text_model", "bos_token_id": 49406,
+                    "eos_token_id": 49407, **cfg}
+        (dst / name / "config.json").write_text(json.dumps(body, indent=2))
+    return root

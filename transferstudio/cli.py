@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and compare with training from scratch")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--method", choices=("full", "lora"), default="full",
+                   help="full fine-tuning (default, best on the tiny starter) or LoRA")
     return parser
 
 
@@ -226,7 +228,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from transferstudio.starter.demo import run_demo
 
-    return run_demo(args.out, steps=args.steps)
+    return run_demo(args.out, steps=args.steps, method=args.method)
 
 
 COMMANDS = {"new": cmd_new, "train": cmd_train, "sample": cmd_sample, "export": cmd_export,

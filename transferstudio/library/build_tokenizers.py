@@ -77,6 +77,9 @@ def write_tokenizer(folder: Path, pad_token: str, vocab: dict[str, int], merges:
         "errors": "replace",
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": True,
+        # Treat special-token text typed in a prompt as plain text, as open_clip does; otherwise
+        # OpenCLIP's pad "!" is cut out of "!!!" as three pad tokens instead of one BPE token.
+        "split_special_tokens": True,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", "utf-8")

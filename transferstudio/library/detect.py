@@ -276,11 +276,19 @@ def classify(header: SafetensorsHeader, *, name: str = "This file", prediction_t
     advice: list[str] = []
     components = ["unet"]
 
-    if UNET + "label_emb.0.0.weight" in tensors:
-        if model_channels == 384 or any(k.startswith(REFINER_TE) for k in keys):
-            family = "sdxl-refiner"
-        else:
-            family = "sdxl"
+    # The text-encoder layout names the family; widths decide only for files without one.
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    adm = UNET + "label_emb.0.0.weight" in tensors
+    if has(SDXL_TE2) or (adm and has(SDXL_TE1)):
+        family = "sdxl"
+    elif has(REFINER_TE):
+        family = "sdxl-refiner"
+    elif adm:
+        family = "sdxl-refiner" if model_channels == 384 else "sdxl"
+    elif has(CLIP_SD1):
+        family = "sd1"
+    elif has(OPENCLIP_SD2):
+        family = "sd2"
     else:
         to_k = tensors.get(UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
         width = to_k.shape[-1] if to_k is not None else None

@@ -73,8 +73,18 @@ class Project:
         return path
 
 
+BUILTIN = "builtin:"  # bundled resources, e.g. "builtin:starter": valid in any installation
+
+
 def _store_path(path: Path, folder: Path) -> str:
     path = Path(path)
+    from transferstudio.core.paths import resources_dir
+
+    try:
+        if path.resolve().is_relative_to(resources_dir().resolve()):
+            return BUILTIN + path.resolve().relative_to(resources_dir().resolve()).as_posix()
+    except (OSError, ValueError):
+        pass
     try:
         return Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() if \
             path.resolve().is_relative_to(folder.resolve()) else str(path)
@@ -83,6 +93,10 @@ def _store_path(path: Path, folder: Path) -> str:
 
 
 def _load_path(value: str, folder: Path) -> Path:
+    if value.startswith(BUILTIN):
+        from transferstudio.core.paths import resource
+
+        return resource(*value[len(BUILTIN):].split("/"))
     path = Path(value).expanduser()
     return path if path.is_absolute() else (folder / path)
 

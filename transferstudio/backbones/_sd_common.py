@@ -1,0 +1,399 @@
+"""What Stable Diffusion 1.x/2.x (sd.py) and SDXL (sdxl.py) share: folder reading, sizes,
+latent encoding, the denoiser call, device moves, preview sampling, LoRA export and the
+glue to the model library for single-file checkpoints.
+
+Conventions:
+- `encode_conditioning` sizes are (height, width) and crops (top, left), as in diffusers.
+- `sample(size=...)` takes (width, height), the order buckets and PIL use.
+- Previews use `DDIMScheduler.from_config(<scheduler as diffusers loads it>.config, clip_sample=False)`,
+  eta 0, one CPU `torch.Generator().manual_seed(seed)` per image and `negative_prompt=None` when it
+  is empty; a plain diffusers script doing the same gives the same picture (see `sample`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, Inspection
+from transferstudio.backbones.diffusers_folder import read_json
+from transferstudio.core.errors import BackboneError
+
+# Full fine-tuning (Adam states, fp32 master weights) is offered only below this UNet size:
+# SD 1.x/2.x (~0.87 B) fit a 24 GB card with 8-bit Adam, SDXL (~2.6 B) does not.
+FULL_FINETUNE_MAX_PARAMS = 1_500_000_000
+PIPELINE_MULTIPLE = 8  # diffusers' SD/SDXL pipelines refuse sizes not divisible by 8
+
+PREDICTION_LABELS = {"epsilon": "epsilon", "v_prediction": "v-prediction", "sample": "x0-prediction"}
+
+
+# --- reading folders (no weights) ------------------------------------------------------------
+
+def vae_scale_factor(vae_config: dict[str, Any]) -> int:
+    return 2 ** max(0, len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+
+
+def unet_downsampling(unet_config: dict[str, Any]) -> int:
+    return 2 ** max(0, len(unet_config.get("down_block_types", (0, 0, 0, 0))) - 1)
+
+
+def resolution_multiple(unet_config: dict[str, Any], vae_config: dict[str, Any]) -> int:
+    """Pixel sides must be a multiple of this: the VAE's scale factor times the UNet's own
+    downsampling (8 x 8 = 64 for real SD/SDXL), and of 8 for the pipelines. Tiny test models
+    (2-level VAE, 2 UNet levels) get lcm(2 x 2, 8) = 8."""
+    own = vae_scale_factor(vae_config) * unet_downsampling(unet_config)
+    return own * PIPELINE_MULTIPLE // math.gcd(own, PIPELINE_MULTIPLE)
+
+
+def native_resolution(unet_config: dict[str, Any], vae_config: dict[str, Any]) -> int | None:
+    size = unet_config.get("sample_size")
+    if not size:
+        return None
+    side = size if isinstance(size, int) else size[0]
+    return int(side) * vae_scale_factor(vae_config)
+
+
+def scheduler_config(folder: Path) -> dict[str, Any]:
+    """The scheduler config with the class defaults filled in, exactly as diffusers'
+    `from_pretrained` would see it (so DDIM built from it matches a user's script)."""
+    import diffusers
+
+    raw = read_json(Path(folder) / "scheduler" / "scheduler_config.json") or {}
+    cls = getattr(diffusers, str(raw.get("_class_name", "")), None)
+    if isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin):
+        try:
+            return dict(cls.from_config(raw).config)
+        except (TypeError, ValueError):
+            pass  # an odd config: keep what the file says
+    return dict(raw)
+
+
+def weights_variant(sub: Path) -> str | None:
+    """`fp16` when a component ships only `*.fp16.safetensors` (diffusers needs variant= for it)."""
+    sub = Path(sub)
+    plain = any((sub / n).is_file() or (sub / f"{n}.index.json").is_file()
+                for n in ("diffusion_pytorch_model.safetensors", "model.safetensors"))
+    if not plain and any(sub.glob("*.fp16.safetensors")):
+        return "fp16"
+    return None
+
+
+def load_component(loader: Any, sub: Path, what: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained` from local safetensors only, errors turned into advice."""
+    try:
+        return loader.from_pretrained(sub, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise BackboneError(f"Could not load the {what} from {sub}: {exc}",
+                            "The model folder may be incomplete or damaged; download it again.") from None
+
+
+def load_text_encoder(cls: Any, sub: Path, what: str) -> nn.Module:
+    return load_component(cls, sub, what, use_safetensors=True, dtype=torch.float32,
+                          variant=weights_variant(sub))
+
+
+def load_diffusers_model(cls: Any, sub: Path, what: str) -> nn.Module:
+    return load_component(cls, sub, what, use_safetensors=True, torch_dtype=torch.float32,
+                          variant=weights_variant(sub))
+
+
+def prediction_label(prediction_type: str) -> str:
+    return PREDICTION_LABELS.get(prediction_type, prediction_type)
+
+
+# --- single-file checkpoints through the model library ---------------------------------------
+
+def inspect_single_file(path: Path, *, families: Sequence[str], key: str) -> Inspection | None:
+    """Claim a `.safetensors` checkpoint whose detected family is one of `families`."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        from transferstudio.library.detect import detect
+    except ImportError:
+        return None  # the model library is not there yet: leave single files unclaimed
+    found = detect(path)
+    if getattr(found, "family", None) not in families:
+        return None
+    size = path.stat().st_size
+    details: list[tuple[str, str]] = [("layout", "single-file checkpoint")]
+    if getattr(found, "advice", ""):
+        details.append(("advice", str(found.advice)))
+    if "lora" in str(getattr(found, "kind", "")).lower():
+        return Inspection(path=path, family=None, label=str(found.label), usable=False,
+                          problems=("this file is a LoRA adapter, not a base model; pick the model it was "
+                                    "trained on as the backbone",), size_bytes=size, details=tuple(details))
+    problems = tuple(str(p) for p in (getattr(found, "problems", ()) or ()))
+    return Inspection(path=path, family=key if not problems else None, label=str(found.label),
+                      usable=not problems, problems=problems,
+                      native_resolution=getattr(found, "native_resolution", None),
+                      prediction_type=getattr(found, "prediction_type", None), size_bytes=size,
+                      details=tuple(details))
+
+
+def load_single_file_components(path: Path, prediction_type: str) -> Any:
+    try:
+        from transferstudio.library.single_file import load_single_file
+    except ImportError:
+        raise BackboneError(f"{path} is a single-file checkpoint, which needs TransferStudio's model "
+                            "library, and it is not available in this installation.",
+                            "Use the model as a diffusers folder instead.") from None
+    return load_single_file(Path(path), prediction_type=prediction_type or None, dtype=torch.float32)
+
+
+# --- the shared backbone ---------------------------------------------------------------------
+
+def _first_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _adapter_metadata(rank: int, alpha: float, targets: Sequence[str]) -> dict[str, Any]:
+    """The LoraConfig kwargs diffusers' `load_lora_weights` rebuilds the adapter from. Kept to
+    the fields every peft version knows, so alpha != rank survives and older peft still loads it."""
+    return {"r": int(rank), "lora_alpha": float(alpha), "target_modules": sorted(set(targets)),
+            "lora_dropout": 0.0, "bias": "none"}
+
+
+def _rank_of(state: dict[str, torch.Tensor]) -> int:
+    ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k and v.ndim >= 2}
+    if len(ranks) != 1:
+        raise ValueError(f"expected one LoRA rank in the adapter weights, found {sorted(ranks) or 'none'}")
+    return ranks.pop()
+
+
+def _checked_rank(state: dict[str, torch.Tensor], said: Any, what: str) -> int:
+    rank = _rank_of(state)
+    if said and int(said) != rank:
+        raise ValueError(f"the config says rank {said} but the {what} adapter weights have rank {rank}")
+    return rank
+
+
+def _clean_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("base_model.model.")
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def _text_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Write text-encoder keys as `text_model.encoder…`: the classic diffusers layout that older
+    loaders and converters expect; diffusers 0.42 strips it again for flattened CLIPTextModels."""
+    out = {}
+    for k, v in _clean_keys(state).items():
+        if not k.startswith(("text_model.", "text_projection")):
+            k = "text_model." + k
+        out[k] = v
+    return out
+
+
+class StableDiffusionBase(Backbone):
+    """UNet2DConditionModel + AutoencoderKL + CLIP text encoders. Subclasses add the text encoding
+    and the pipeline class."""
+
+    pipeline_class_name = ""
+    text_encoder_names: tuple[str, ...] = ("text_encoder",)
+
+    def __init__(self, *, unet: nn.Module, vae: nn.Module, text_encoders: Sequence[nn.Module],
+                 tokenizers: Sequence[Any], scheduler_config: dict[str, Any], source: Path,
+                 pipeline_config: dict[str, Any] | None = None, prediction_type: str = "") -> None:
+        self.unet = unet.float().eval()
+        self.vae = vae.float().eval()
+        self._text_encoders = [te.float().eval() for te in text_encoders]
+        self.tokenizers = list(tokenizers)
+        for module in (self.unet, self.vae, *self._text_encoders):
+            module.requires_grad_(False)
+        self.scheduler_config = dict(scheduler_config)
+        if prediction_type:
+            self.scheduler_config["prediction_type"] = prediction_type
+        self.scheduler_config.setdefault("prediction_type", "epsilon")
+        self.pipeline_config = dict(pipeline_config or {})
+        self.source = Path(source)
+        self.device = torch.device("cpu")
+        unet_cfg, vae_cfg = dict(self.unet.config), dict(self.vae.config)
+        self.caps = Capabilities(
+            conditioning="text",
+            native_resolution=native_resolution(unet_cfg, vae_cfg) or 512,
+            resolution_multiple=resolution_multiple(unet_cfg, vae_cfg),
+            supports_full_finetune=sum(p.numel() for p in self.unet.parameters()) <= FULL_FINETUNE_MAX_PARAMS,
+            text_encoders=len(self._text_encoders),
+            prediction_type=str(self.scheduler_config["prediction_type"]),
+            latent=True)
+
+    # --- modules ---------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.unet
+
+    def text_encoders(self) -> list[nn.Module]:
+        return list(self._text_encoders)
+
+    def lora_targets(self) -> list[str]:
+        # The attention projections: what diffusers' LoRA scripts train and what every
+        # kohya/A1111/ComfyUI loader maps.
+        return ["to_q", "to_k", "to_v", "to_out.0"]
+
+    def text_encoder_lora_targets(self) -> list[str]:
+        return ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "StableDiffusionBase":
+        """UNet stays fp32. The VAE and frozen text encoders take `dtype`, except a VAE flagged
+        `force_upcast` (SDXL's overflows in fp16) and text encoders with trainable (LoRA)
+        weights, which stay fp32 — so add adapters before calling this."""
+        self.device = torch.device(device)
+        self.unet.to(self.device)
+        vae_dtype = dtype
+        if dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            vae_dtype = torch.float32
+        self.vae.to(self.device, vae_dtype)
+        for te in self._text_encoders:
+            te.to(self.device, torch.float32 if _trainable(te) else dtype)
+        return self
+
+    # --- training --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, *, sample: bool = True,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled latents (fp32). `sample=False` takes the distribution's mean."""
+        dist = self.vae.encode(pixels.to(self.device, _first_dtype(self.vae))).latent_dist
+        latents = dist.sample(generator) if sample else dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents - shift
+        return (latents * self.vae.config.scaling_factor).float()
+
+    def _token_ids(self, tokenizer: Any, text_encoder: nn.Module, captions: Sequence[str]) -> Any:
+        # A tokenizer without a config may report a huge model_max_length; the position table decides.
+        max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+        return tokenizer(list(captions), padding="max_length", max_length=max_length, truncation=True,
+                         return_tensors="pt")
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.unet(noisy, timesteps, **cond.kwargs).sample
+
+    # --- sampling --------------------------------------------------------------------------
+    def _pipeline(self, scheduler: Any) -> Any:
+        raise NotImplementedError
+
+    def sample(self, *, seeds: Sequence[int], prompts: Sequence[str] | None = None, steps: int = 30,
+               guidance: float = 7.0, size: tuple[int, int] | None = None,
+               negative_prompt: str = "") -> list[Any]:
+        """PIL images, one per seed. Equivalent user script (all modules fp32):
+
+            pipe = StableDiffusion[XL]Pipeline.from_pretrained(folder)   # + pipe.load_lora_weights(file)
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+            pipe(prompts, negative_prompt=None, num_inference_steps=steps, guidance_scale=guidance,
+                 width=w, height=h, eta=0.0, generator=[torch.Generator().manual_seed(s) for s in seeds])
+
+        Seeds drive only the starting noise (one CPU generator per image), so an image does not
+        depend on its batch. With fp16/bf16 frozen parts the run happens under autocast.
+        """
+        from diffusers import DDIMScheduler
+
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            return []
+        texts = list(prompts) if prompts is not None else [""]
+        if len(texts) == 1:
+            texts = texts * len(seeds)
+        if len(texts) != len(seeds):
+            raise ValueError(f"{len(texts)} prompts for {len(seeds)} seeds; give one prompt or one per seed")
+        width, height = size or (self.caps.native_resolution, self.caps.native_resolution)
+        if width % PIPELINE_MULTIPLE or height % PIPELINE_MULTIPLE:
+            raise ValueError(f"preview size {width}x{height} must be a multiple of {PIPELINE_MULTIPLE}")
+
+        # clip_sample off: clipping "x0" to [-1, 1] is for pixel models and ruins latents (the SD
+        # pipeline forces it off anyway, the SDXL one does not).
+        pipe = self._pipeline(DDIMScheduler.from_config(self.scheduler_config, clip_sample=False))
+        pipe.set_progress_bar_config(disable=True)
+        modules = [self.unet, self.vae, *self._text_encoders]
+        modes = [m.training for m in modules]
+        low = [d for d in (_first_dtype(m) for m in modules) if d != torch.float32]
+        autocast = torch.autocast(self.device.type, dtype=low[0]) if low else nullcontext()
+        for m in modules:
+            m.eval()
+        try:
+            with torch.no_grad(), autocast:
+                gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+                out = pipe(texts, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                           guidance_scale=guidance, width=width, height=height, eta=0.0, generator=gens,
+                           output_type="pil")
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        return list(out.images)
+
+    # --- saving ----------------------------------------------------------------------------
+    def _pipeline_class(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class_name)
+
+    def _scheduler_for_saving(self) -> Any:
+        import diffusers
+
+        cls = getattr(diffusers, str(self.scheduler_config.get("_class_name", "")), None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            cls = diffusers.DDPMScheduler
+        return cls.from_config(self.scheduler_config)
+
+    def save_full(self, folder: Path) -> None:
+        """The whole model as a diffusers folder (safetensors), with its original scheduler."""
+        pipe = self._pipeline(self._scheduler_for_saving())
+        pipe.save_pretrained(Path(folder), safe_serialization=True)
+
+    def save_lora_diffusers(self, file: Path, denoiser_lora: dict[str, torch.Tensor],
+                            text_encoder_loras: list[dict[str, torch.Tensor]], config: dict[str, Any]) -> None:
+        """One `.safetensors` that `pipe.load_lora_weights(file)` reads, written atomically.
+
+        `denoiser_lora` / `text_encoder_loras` are peft-format state dicts (`lora_state_dict`);
+        empty ones are left out. `config` keys: `rank` (or `r`), `alpha` (or `lora_alpha`),
+        optional `targets`/`target_modules` (default `lora_targets()`), and for the text encoders
+        optional `text_encoder_rank`, `text_encoder_alpha`, `text_encoder_targets` (defaults: the
+        denoiser's rank and alpha, `text_encoder_lora_targets()`). The adapter configs go into the
+        file's `lora_adapter_metadata`, so diffusers scales by alpha/rank as in training."""
+        file = Path(file)
+        if len(text_encoder_loras) > len(self.text_encoder_names):
+            raise ValueError(f"{len(text_encoder_loras)} text-encoder adapters for a model with "
+                             f"{len(self.text_encoder_names)} text encoder(s)")
+        kwargs: dict[str, Any] = {}
+        alpha_cfg = config.get("alpha", config.get("lora_alpha"))
+        if denoiser_lora:
+            rank = _checked_rank(denoiser_lora, config.get("rank", config.get("r")), "UNet")
+            alpha = float(alpha_cfg if alpha_cfg is not None else rank)
+            targets = config.get("targets") or config.get("target_modules") or self.lora_targets()
+            kwargs["unet_lora_layers"] = _clean_keys(denoiser_lora)
+            kwargs["unet_lora_adapter_metadata"] = _adapter_metadata(rank, alpha, targets)
+        for name, state in zip(self.text_encoder_names, text_encoder_loras):
+            if not state:
+                continue
+            rank = _checked_rank(state, config.get("text_encoder_rank"), name)
+            te_alpha = config.get("text_encoder_alpha", alpha_cfg)
+            te_targets = config.get("text_encoder_targets") or self.text_encoder_lora_targets()
+            kwargs[f"{name}_lora_layers"] = _text_encoder_keys(state)
+            kwargs[f"{name}_lora_adapter_metadata"] = _adapter_metadata(
+                rank, float(te_alpha if te_alpha is not None else rank), te_targets)
+        if not any(k.endswith("_lora_layers") for k in kwargs):
+            raise ValueError("no adapter weights to save")
+
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp_name = f".{file.name}.{os.getpid()}.tmp"
+        try:
+            self._pipeline_class().save_lora_weights(file.parent, weight_name=tmp_name,
+                                                     safe_serialization=True, **kwargs)
+            with open(file.parent / tmp_name, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(file.parent / tmp_name, file)
+        finally:
+            (file.parent / tmp_name).unlink(missing_ok=True)

@@ -1,0 +1,94 @@
+"""What a project's run folders hold, read without torch (so the window can show it at once).
+
+Mirrors the engine's on-disk contract: checkpoints/step-N/ counts only with its COMPLETE
+marker; previews/step-N/seed-S.png; metrics.jsonl with one JSON object per step.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
+
+MARKER = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_dir: Path
+    checkpoint_step: int  # 0: no complete checkpoint
+    total: int  # the step total the run was started with
+
+    def resumable(self, wanted_total: int) -> bool:
+        """True when continuing this run would train more steps."""
+        return 0 < self.checkpoint_step < max(self.total, wanted_total)
+
+
+def latest_checkpoint_step(run_dir: Path) -> int:
+    folder = Path(run_dir) / "checkpoints"
+    best = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.iterdir():
+        if path.name.startswith("step-") and (path / MARKER).is_file():
+            try:
+                best = max(best, int(json.loads((path / "state.json").read_text())["step"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return best
+
+
+def latest_run_state(project: Any) -> RunState | None:
+    run = project.latest_run()
+    if run is None:
+        return None
+    try:
+        total = int(json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return RunState(run_dir=run, checkpoint_step=latest_checkpoint_step(run), total=total)
+
+
+def has_trained_weights(project: Any) -> bool:
+    return any(latest_checkpoint_step(run) > 0 for run in project.runs())
+
+
+def read_metrics(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) from metrics.jsonl; damaged lines are skipped."""
+    steps: list[int] = []
+    losses: list[float] = []
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            steps.append(int(row["step"]))
+            losses.append(float(row["loss"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+
+
+def preview_files(run_dir: Path) -> list[tuple[int, list[Path]]]:
+    """[(step, [seed-*.png, …])] oldest first."""
+    out = []
+    for step in preview_steps(run_dir):
+        folder = Path(run_dir) / "previews" / f"step-{step:06d}"
+        files = sorted(folder.glob("seed-*.png"), key=lambda p: seed_of(p))
+        if files:
+            out.append((step, files))
+    return out
+
+
+def seed_of(path: Path) -> int:
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return 1 << 30

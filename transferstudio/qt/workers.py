@@ -1,0 +1,234 @@
+"""Worker threads: a training run (events -> signals) and one-shot tasks.
+
+Signals are emitted from the worker thread on QObjects that live on the GUI thread, so
+Qt queues them to the GUI's event loop. QImages are made here; QPixmaps only on the GUI.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtGui import QImage
+
+from transferstudio.core.commands import Commands
+from transferstudio.core.errors import UserError
+from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed,
+                                        Started, Step, Stopped)
+
+log = logging.getLogger(__name__)
+
+# At most this many Step batches per second reach the GUI thread.
+STEP_INTERVAL_S = 0.1
+
+_live: "weakref.WeakSet[QThread]" = weakref.WeakSet()
+
+
+def live_threads() -> list[QThread]:
+    """Worker threads still running (tests fail when one outlives its test)."""
+    return [t for t in list(_live) if t.isRunning()]
+
+
+def pil_to_qimage(image: Any) -> QImage:
+    """A PIL image as a QImage that owns its pixels (safe to send across threads)."""
+    rgba = image.convert("RGBA")
+    data = rgba.tobytes("raw", "RGBA")
+    return QImage(data, rgba.width, rgba.height, rgba.width * 4, QImage.Format.Format_RGBA8888).copy()
+
+
+@dataclass(frozen=True)
+class PreviewImages:
+    """A Preview event with its pictures converted to QImage on the worker."""
+
+    step: int
+    images: tuple[QImage, ...]
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    paths: tuple[Path, ...]
+
+
+class _Thread(QThread):
+    def __init__(self, body: Callable[[], None], name: str) -> None:
+        super().__init__()
+        self._body = body
+        self.setObjectName(name)
+
+    def run(self) -> None:
+        self._body()
+
+
+class TrainingWorker(QObject):
+    """Runs `train(TrainJob(project, ...), commands)` on its own QThread.
+
+    Every Step is delivered (in batches, `steps`), but at most ~10 batches a second, so a fast
+    loop cannot flood the GUI; other events flush pending steps first to keep the order.
+    """
+
+    started = Signal(object)  # Started
+    steps = Signal(object)  # list[Step], oldest first
+    preview = Signal(object)  # PreviewImages
+    checkpoint = Signal(object)  # Checkpoint
+    message = Signal(str, str)  # text, level
+    paused = Signal(int)
+    resumed = Signal(int)
+    ended = Signal(object)  # Finished | Stopped | Failed
+    crashed = Signal(str)  # traceback of a programming error (already logged)
+    done = Signal()  # the thread has ended (after `ended` or `crashed`)
+
+    def __init__(self, project: Any, *, fresh: bool = False, steps: int | None = None,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.project = project
+        self.fresh = fresh
+        self.total_steps = steps
+        self.commands = Commands()
+        self._pending: list[Step] = []
+        self._last_emit = 0.0
+        self._end: Any = None
+        self._thread = _Thread(self._run, "training")
+        self._thread.finished.connect(self.done)
+        _live.add(self._thread)
+
+    # --- GUI side -----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+    def pause(self) -> None:
+        self.commands.pause()
+
+    def resume(self) -> None:
+        self.commands.resume()
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current step; it saves a checkpoint first."""
+        self.commands.stop()
+
+    def sample_now(self) -> None:
+        self.commands.sample_now()
+
+    def save_now(self) -> None:
+        self.commands.save_now()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._thread.wait(int(timeout_s * 1000))
+
+    def stop_and_wait(self, timeout_s: float = 60.0) -> bool:
+        """Stop, let the loop save, and wait for the thread. False if it is still running."""
+        self.stop()
+        return self.wait(timeout_s)
+
+    @property
+    def end_event(self) -> Any:
+        return self._end
+
+    # --- worker thread --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            from transferstudio.training.loop import TrainJob, train  # imports torch: worker only
+
+            job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh)
+            for event in train(job, self.commands):
+                self._dispatch(event)
+            if self._end is None:  # the contract says one end event; never leave the GUI waiting
+                self._flush()
+                self._end = Failed("Training ended without saying why.", "See the log for details.")
+                self.ended.emit(self._end)
+        except Exception:  # programming error: log it in full and tell the GUI
+            text = traceback.format_exc()
+            log.error("training crashed:\n%s", text)
+            self._flush()
+            self.crashed.emit(text)
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, Step):
+            self._pending.append(event)
+            now = time.monotonic()
+            if now - self._last_emit >= STEP_INTERVAL_S:
+                self._flush(now)
+            return
+        self._flush()
+        if isinstance(event, Preview):
+            self.preview.emit(PreviewImages(step=event.step,
+                                            images=tuple(pil_to_qimage(i) for i in event.images),
+                                            prompts=event.prompts, seeds=event.seeds, paths=event.paths))
+        elif isinstance(event, Started):
+            self.started.emit(event)
+        elif isinstance(event, Checkpoint):
+            self.checkpoint.emit(event)
+        elif isinstance(event, Message):
+            self.message.emit(event.text, event.level)
+        elif isinstance(event, Paused):
+            self.paused.emit(event.step)
+        elif isinstance(event, Resumed):
+            self.resumed.emit(event.step)
+        elif isinstance(event, (Finished, Stopped, Failed)):
+            self._end = event
+            self.ended.emit(event)
+
+    def _flush(self, now: float | None = None) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._last_emit = now if now is not None else time.monotonic()
+            self.steps.emit(batch)
+
+
+class TaskWorker(QObject):
+    """Runs `fn(*args, **kwargs)` once on its own thread.
+
+    `succeeded(result)`, or `failed(message, advice)` for a UserError, or `crashed(traceback)`
+    for a programming error (logged in full); then `done`.
+    """
+
+    succeeded = Signal(object)
+    failed = Signal(str, str)
+    crashed = Signal(str)
+    done = Signal()
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "task", parent: QObject | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(parent)
+        self._call = (fn, args, kwargs)
+        self.name = name
+        self._thread = _Thread(self._run, name)
+        self._thread.finished.connect(self._finished)
+        _live.add(self._thread)
+        _keep.add(self)
+
+    def start(self) -> "TaskWorker":
+        self._thread.start()
+        return self
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._thread.wait(int(timeout_s * 1000))
+
+    def _run(self) -> None:
+        fn, args, kwargs = self._call
+        try:
+            result = fn(*args, **kwargs)
+        except UserError as exc:
+            self.failed.emit(exc.message, exc.advice)
+        except Exception:
+            text = traceback.format_exc()
+            log.error("task %s crashed:\n%s", self.name, text)
+            self.crashed.emit(text)
+        else:
+            self.succeeded.emit(result)
+
+    def _finished(self) -> None:
+        self.done.emit()
+        _keep.discard(self)
+
+
+# Keeps a running TaskWorker alive when its caller holds no reference; dropped when done.
+_keep: set[TaskWorker] = set()

@@ -1,0 +1,172 @@
+"""The chosen base model: its path, and what inspecting it found.
+
+Inspection needs torch, so it runs in the Qt bridge; this panel only shows the result
+(`show_busy` while it runs, then `show_inspection(info)`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QProgressBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from transferstudio.ui.widgets import MessageLabel, PathPicker, human_bytes
+
+_PREDICTION_LABELS = {
+    "epsilon": "noise (epsilon)",
+    "v_prediction": "velocity (v-prediction)",
+    "sample": "image (sample)",
+    "flow": "flow matching",
+}
+
+
+class BackbonePanel(QWidget):
+    """`path_chosen(str)` fires when the user picks, drops or types a model path."""
+
+    path_chosen = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._info: dict[str, Any] | None = None
+
+        self.picker = PathPicker(
+            folders=True, files=True,
+            placeholder="A diffusers model folder or a .safetensors file",
+            dialog_title="Choose the base model",
+        )
+        self.picker.setToolTip(
+            "The pretrained model you fine-tune: a diffusers folder (with model_index.json) "
+            "or a single .safetensors checkpoint. Drop one here too."
+        )
+        self.picker.path_changed.connect(self._picked)
+
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)  # indeterminate: inspection has no progress to report
+        self.busy_bar.setTextVisible(False)
+        self.busy_bar.setMaximumHeight(6)
+        self.busy_bar.hide()
+
+        self.title = QLabel()
+        font = self.title.font()
+        font.setBold(True)
+        font.setPointSizeF(font.pointSizeF() * 1.15)
+        self.title.setFont(font)
+        self.title.setWordWrap(True)
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.status = MessageLabel()
+        self.problems = MessageLabel()
+
+        self.details_box = QWidget()
+        self.details = QFormLayout(self.details_box)
+        self.details.setContentsMargins(0, 0, 0, 0)
+        self.details.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
+        self.details.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+
+        box = QGroupBox("Base model")
+        inner = QVBoxLayout(box)
+        inner.addWidget(self.picker)
+        inner.addWidget(self.busy_bar)
+        inner.addWidget(self.title)
+        inner.addWidget(self.status)
+        inner.addWidget(self.problems)
+        inner.addWidget(self.details_box)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(box)
+        layout.addStretch(1)
+        self.clear()
+
+    # --- API ------------------------------------------------------------------------
+    def set_path(self, path: str | os.PathLike | None) -> None:
+        """Show the project's current model path (does not emit `path_chosen`)."""
+        self.picker.set_path(path)
+
+    def path(self) -> str:
+        return self.picker.path()
+
+    def inspection(self) -> dict[str, Any] | None:
+        return self._info
+
+    def set_running(self, running: bool) -> None:
+        """The model cannot change under a running job."""
+        self.picker.setReadOnly(running)
+
+    def clear(self) -> None:
+        self._info = None
+        self.busy_bar.hide()
+        self.title.setText("")
+        self.title.hide()
+        self.status.show_message(
+            "No model chosen yet." if not self.picker.path() else "", "muted")
+        self.problems.show_message("")
+        self._set_details([])
+
+    def show_busy(self, text: str = "Inspecting the model…") -> None:
+        self._info = None
+        self.busy_bar.show()
+        self.title.hide()
+        self.status.show_message(text, "muted")
+        self.problems.show_message("")
+        self._set_details([])
+
+    def show_error(self, message: str) -> None:
+        """Inspection itself failed (file unreadable…): same red message as unusable."""
+        self.show_inspection({"label": "", "usable": False, "problems": [message]})
+
+    def show_inspection(self, info: dict[str, Any]) -> None:
+        """info: label, usable, native_resolution, prediction_type, size_bytes,
+        problems (list[str]), details (list[(key, value)]), family. Missing keys are fine."""
+        self._info = dict(info)
+        self.busy_bar.hide()
+        label = str(info.get("label") or "")
+        self.title.setText(label)
+        self.title.setVisible(bool(label))
+        usable = bool(info.get("usable"))
+        problems = [str(p) for p in info.get("problems") or []]
+        if usable:
+            self.status.show_message("✓ Ready to train", "ok")
+            level = "warning"  # problems of a usable model are warnings
+        else:
+            self.status.show_message("✗ This model cannot be used for training", "error")
+            level = "error"
+        self.problems.show_message("\n".join(f"• {p}" for p in problems), level)
+
+        rows: list[tuple[str, str]] = []
+        if info.get("family"):
+            rows.append(("Family", str(info["family"])))
+        if info.get("native_resolution"):
+            side = int(info["native_resolution"])
+            rows.append(("Native resolution", f"{side}×{side} px"))
+        if info.get("prediction_type"):
+            pred = str(info["prediction_type"])
+            rows.append(("Predicts", _PREDICTION_LABELS.get(pred, pred)))
+        if info.get("size_bytes"):
+            rows.append(("Size on disk", human_bytes(info["size_bytes"])))
+        for key, value in info.get("details") or []:
+            rows.append((str(key), str(value)))
+        self._set_details(rows)
+
+    # --- internals ---------------------------------------------------------------------
+    def _set_details(self, rows: list[tuple[str, str]]) -> None:
+        while self.details.rowCount():
+            self.details.removeRow(0)
+        for key, value in rows:
+            value_label = QLabel(value)
+            value_label.setWordWrap(True)
+            value_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.details.addRow(QLabel(f"{key}:"), value_label)
+        self.details_box.setVisible(bool(rows))
+
+    def _picked(self, path: str) -> None:
+        if path:
+            self.path_chosen.emit(path)

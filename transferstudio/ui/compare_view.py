@@ -1,0 +1,181 @@
+"""Compare: the base model and the trained one side by side, same seed (and prompt).
+
+Sampling runs on a TaskWorker; the loaded model is kept between comparisons, so moving the
+strength slider only re-samples the trained side.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+                               QSlider, QSpinBox, QVBoxLayout, QWidget)
+
+from transferstudio.qt.tasks import ComparePair, CompareSession
+from transferstudio.qt.workers import TaskWorker
+from transferstudio.ui.train_view import PreviewGrid
+
+
+class CompareView(QWidget):
+    compared = Signal(object)  # ComparePair
+    failed = Signal(str, str)  # message, advice
+    crashed = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.project: Any = None
+        self.session: CompareSession | None = None
+        self.task: TaskWorker | None = None
+        self._again = False  # settings changed while a comparison was running
+        self.last: ComparePair | None = None
+        self._text = False
+        self._trained = False
+
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setValue(1)
+        self.seed.setToolTip("The same seed gives the same starting noise on both sides.")
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("What to draw (your trigger word calls up what was learned)")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1000)
+        self.steps.setValue(30)
+        self.steps.setSuffix(" steps")
+        self.steps.setToolTip("Denoising steps per picture: more is slower and a little finer.")
+        self.strength = QSlider(Qt.Orientation.Horizontal)
+        self.strength.setRange(0, 150)
+        self.strength.setValue(100)
+        self.strength.setToolTip("How strongly the trained adapter is applied: 0% is the base model, "
+                                 "100% as trained.")
+        self.strength_label = QLabel("100%")
+        self.strength_label.setMinimumWidth(44)
+        self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v}%"))
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.clicked.connect(self.generate)
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumWidth(140)
+        self.busy.setTextVisible(False)
+        self.busy.hide()
+        self.note = QLabel("Train the project first; then compare the base and trained models here.")
+        self.note.setWordWrap(True)
+
+        # Re-sample after the slider rests, not on every pixel it moves.
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(300)
+        self._debounce.timeout.connect(self.generate)
+        self.strength.valueChanged.connect(lambda _v: self._debounce.start() if self.last else None)
+
+        form = QFormLayout()
+        form.addRow("Seed", self.seed)
+        self._prompt_row_label = QLabel("Prompt")
+        form.addRow(self._prompt_row_label, self.prompt)
+        form.addRow("Quality", self.steps)
+        strength_row = QHBoxLayout()
+        strength_row.addWidget(self.strength, 1)
+        strength_row.addWidget(self.strength_label)
+        self._strength_row = QWidget()
+        self._strength_row.setLayout(strength_row)
+        strength_row.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Adapter strength", self._strength_row)
+        actions = QHBoxLayout()
+        actions.addWidget(self.generate_button)
+        actions.addWidget(self.busy)
+        actions.addStretch(1)
+        form.addRow("", actions)
+
+        self.base_title = QLabel("Base model")
+        self.trained_title = QLabel("Trained")
+        self.base_image = PreviewGrid()
+        self.trained_image = PreviewGrid()
+        self.base_image.clear("The base model's picture")
+        self.trained_image.clear("The trained model's picture")
+        sides = QHBoxLayout()
+        for title, image in ((self.base_title, self.base_image), (self.trained_title, self.trained_image)):
+            col = QVBoxLayout()
+            font = title.font()
+            font.setBold(True)
+            title.setFont(font)
+            title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            col.addWidget(title)
+            col.addWidget(image, 1)
+            sides.addLayout(col, 1)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.note)
+        layout.addLayout(sides, 1)
+        self.set_text_backbone(False)
+        self._update_enabled()
+
+    # --- public ----------------------------------------------------------------------
+    def set_project(self, project: Any, *, trained: bool = False) -> None:
+        self.project = project
+        self.session = CompareSession(project) if project is not None else None
+        self.last = None
+        self.base_image.clear("The base model's picture")
+        self.trained_image.clear("The trained model's picture")
+        self.set_trained_available(trained)
+
+    def set_trained_available(self, trained: bool) -> None:
+        self._trained = trained
+        self.note.setVisible(not trained)
+        self._update_enabled()
+
+    def set_text_backbone(self, text: bool) -> None:
+        """Prompts only for models that take text."""
+        self._text = text
+        self.prompt.setVisible(text)
+        self._prompt_row_label.setVisible(text)
+
+    def is_busy(self) -> bool:
+        return self.task is not None
+
+    def generate(self) -> None:
+        if self.session is None or not self._trained:
+            return
+        if self.task is not None:
+            self._again = True  # run once more with the newest settings when this one ends
+            return
+        strength = self.strength.value() / 100.0
+        self.task = TaskWorker(self.session.compare, self.seed.value(), self.prompt.text().strip(),
+                               strength, self.steps.value(), name="compare")
+        self.task.succeeded.connect(self._on_result)
+        self.task.failed.connect(self.failed)
+        self.task.crashed.connect(self.crashed)
+        self.task.done.connect(self._on_done)
+        self.busy.show()
+        self._update_enabled()
+        self.task.start()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.task is None or self.task.wait(timeout_s)
+
+    # --- results ----------------------------------------------------------------------
+    def _on_result(self, pair: ComparePair) -> None:
+        self.last = pair
+        caption = f"seed {pair.seed}" + (f" · {pair.prompt}" if pair.prompt else "")
+        self.base_image.set_images([pair.base], [caption])
+        self.trained_image.set_images([pair.trained], [caption])
+        self.trained_title.setText(f"Trained (step {pair.step}, strength {round(pair.strength * 100)}%)")
+        lora = self.session is not None and self.session.method == "lora"
+        self._strength_row.setEnabled(lora)
+        if not lora:
+            self._strength_row.setToolTip("Strength applies to LoRA adapters only.")
+        self.compared.emit(pair)
+
+    def _on_done(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.wait(5)
+        self.busy.hide()
+        self._update_enabled()
+        if self._again:
+            self._again = False
+            self.generate()
+
+    def _update_enabled(self) -> None:
+        ok = self.session is not None and self._trained
+        self.generate_button.setEnabled(ok and self.task is None)

@@ -1,0 +1,176 @@
+"""Export the trained weights: pick a format, a folder and a name; the work runs on a worker."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+from transferstudio.qt import tasks
+from transferstudio.qt.workers import TaskWorker
+
+FORMAT_LABELS = {
+    "diffusers": "Diffusers / PEFT (.safetensors LoRA, or a model folder)",
+    "kohya": "Kohya / A1111 LoRA (.safetensors)",
+    "merged": "Merged model (adapter baked in)",
+}
+
+
+def safe_name(text: str) -> str:
+    name = re.sub(r"[^\w\- .]+", "-", text).strip(" .-")
+    return name or "export"
+
+
+class ExportDialog(QDialog):
+    exported = Signal(object)  # ExportResult
+    export_failed = Signal(str, str)
+
+    def __init__(self, project: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.project = project
+        self.setWindowTitle("Export trained model")
+        self.setMinimumWidth(560)
+        self.task: TaskWorker | None = None
+        self.result_path: Path | None = None
+
+        self.format = QComboBox()
+        self.format.addItem("Loading formats…")
+        self.format.setEnabled(False)
+        self.folder = QLineEdit(str(Path(project.folder) / "exports"))
+        browse = QPushButton("Choose…")
+        browse.clicked.connect(self._browse)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder, 1)
+        folder_row.addWidget(browse)
+        self.name = QLineEdit(safe_name(project.name))
+        self.name.setToolTip("File or folder name; LoRA files get .safetensors added.")
+
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setTextVisible(False)
+        self.busy.hide()
+        self.result = QLabel("")
+        self.result.setWordWrap(True)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.hide()
+        self.open_button.clicked.connect(self.open_folder)
+
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.export_button = self.buttons.addButton("Export", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self.start_export)
+        self.buttons.rejected.connect(self.reject)
+
+        form = QFormLayout()
+        form.addRow("Format", self.format)
+        form.addRow("Folder", folder_row)
+        form.addRow("Name", self.name)
+        result_row = QHBoxLayout()
+        result_row.addWidget(self.result, 1)
+        result_row.addWidget(self.open_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.busy)
+        layout.addLayout(result_row)
+        layout.addWidget(self.buttons)
+
+        # Reading FORMATS imports the export engine (torch): do it off the GUI thread.
+        self._formats_task = TaskWorker(tasks.export_formats, name="export-formats")
+        self._formats_task.succeeded.connect(self._set_formats)
+        self._formats_task.failed.connect(lambda m, a: self._show_error(m, a))
+        self._formats_task.crashed.connect(lambda _t: self._show_error("Could not list export formats.",
+                                                                       "See the log file."))
+        self._formats_task.start()
+
+    # --- formats ----------------------------------------------------------------------
+    def _set_formats(self, formats: tuple[str, ...]) -> None:
+        self.format.clear()
+        for fmt in formats:
+            self.format.addItem(FORMAT_LABELS.get(fmt, fmt), fmt)
+        self.format.setEnabled(True)
+        self.export_button.setEnabled(bool(formats))
+
+    def formats_ready(self) -> bool:
+        return self.format.isEnabled()
+
+    def selected_format(self) -> str:
+        return str(self.format.currentData())
+
+    def set_format(self, fmt: str) -> None:
+        index = self.format.findData(fmt)
+        if index >= 0:
+            self.format.setCurrentIndex(index)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())
+        if folder:
+            self.folder.setText(folder)
+
+    # --- export -----------------------------------------------------------------------
+    def destination(self) -> Path:
+        return Path(self.folder.text().strip() or ".").expanduser() / safe_name(self.name.text())
+
+    def start_export(self, overwrite: bool = False) -> None:
+        if self.task is not None or not self.formats_ready():
+            return
+        out = self.destination()
+        candidates = [out, out.with_suffix(".safetensors")] if not out.suffix else [out]
+        if not overwrite and any(p.exists() for p in candidates):
+            answer = QMessageBox.question(self, "Replace?", f"{out.name} already exists in that folder. "
+                                          "Replace it?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+            overwrite = True
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.task = TaskWorker(tasks.export_project, self.project, out, self.selected_format(), overwrite,
+                               name="export")
+        self.task.succeeded.connect(self._on_exported)
+        self.task.failed.connect(self._show_error)
+        self.task.crashed.connect(lambda _t: self._show_error(
+            "The export failed because of an internal error.", "The details are in the log file "
+            "(Help ▸ Open Log Folder)."))
+        self.task.done.connect(self._on_done)
+        self.busy.show()
+        self.result.setText("Exporting…")
+        self.open_button.hide()
+        self.export_button.setEnabled(False)
+        self.task.start()
+
+    def _on_exported(self, result: Any) -> None:
+        self.result_path = Path(result.path)
+        what = "LoRA adapter" if result.kind == "lora" else "model"
+        self.result.setText(f"Saved the {what} from step {result.step} to\n{result.path}")
+        self.open_button.show()
+        self.exported.emit(result)
+
+    def _show_error(self, message: str, advice: str) -> None:
+        self.result.setText(f"{message}\n{advice}".strip())
+        self.export_failed.emit(message, advice)
+
+    def _on_done(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.wait(5)
+        self.busy.hide()
+        self.export_button.setEnabled(self.formats_ready())
+
+    def open_folder(self) -> None:
+        if self.result_path is not None:
+            folder = self.result_path if self.result_path.is_dir() else self.result_path.parent
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def is_busy(self) -> bool:
+        return self.task is not None or self._formats_task.is_running()
+
+    def wait(self, timeout_s: float) -> bool:
+        ok = self._formats_task.wait(timeout_s)
+        return ok and (self.task is None or self.task.wait(timeout_s))
+
+    def reject(self) -> None:
+        if self.task is not None:
+            return  # an export is being written; closing would leave the user guessing
+        super().reject()

@@ -1,0 +1,481 @@
+"""Training settings form, built from TrainConfig's field metadata (help, min/max, choices).
+
+Adding a field to TrainConfig adds it here (in Advanced) with its tooltip and range: the
+form never keeps its own copy of limits or help texts.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import Field, fields, replace
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, Signal
+from PySide6.QtGui import QRegularExpressionValidator, QStandardItemModel, QValidator
+from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from transferstudio.project.config import TrainConfig
+from transferstudio.ui.widgets import MessageLabel
+
+BASIC = (
+    "method", "steps", "learning_rate", "batch_size", "resolution", "trigger", "rank", "alpha",
+    "preview_every", "preview_prompts", "preview_seeds", "checkpoint_every",
+)
+
+LABELS = {
+    "method": "Method",
+    "steps": "Training steps",
+    "learning_rate": "Learning rate",
+    "batch_size": "Batch size",
+    "gradient_accumulation": "Gradient accumulation",
+    "resolution": "Resolution",
+    "buckets": "Aspect-ratio buckets",
+    "crop": "Crop",
+    "flip": "Random flip",
+    "trigger": "Trigger word",
+    "rank": "LoRA rank",
+    "alpha": "LoRA alpha",
+    "dropout": "LoRA dropout",
+    "train_text_encoder": "Train text encoder",
+    "ema": "EMA weights",
+    "ema_decay": "EMA decay",
+    "schedule": "LR schedule",
+    "warmup_steps": "Warm-up steps",
+    "precision": "Precision",
+    "gradient_checkpointing": "Gradient checkpointing",
+    "noise_offset": "Noise offset",
+    "min_snr_gamma": "Min-SNR gamma",
+    "seed": "Seed",
+    "preview_every": "Preview every",
+    "preview_prompts": "Preview prompts",
+    "preview_seeds": "Preview seeds",
+    "preview_steps": "Preview steps",
+    "checkpoint_every": "Checkpoint every",
+    "keep_checkpoints": "Keep checkpoints",
+    "device": "Device",
+}
+
+CHOICE_LABELS = {
+    "lora": "LoRA (small adapter)",
+    "full": "Full fine-tuning",
+    "constant": "Constant",
+    "cosine": "Cosine",
+    "linear": "Linear",
+    "auto": "Automatic",
+    "fp32": "fp32 (full precision)",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "center": "Centre",
+    "random": "Random",
+    "cpu": "CPU",
+    "cuda": "CUDA GPU",
+    "mps": "Apple MPS",
+}
+
+SUFFIXES = {
+    "resolution": " px",
+    "preview_every": " steps",
+    "checkpoint_every": " steps",
+    "warmup_steps": " steps",
+    "gradient_accumulation": " batches",
+    "preview_steps": " steps",
+}
+
+# Shown when the spin box is at its minimum and that minimum means something special.
+SPECIAL_MIN_TEXT = {
+    "resolution": "Model's native",
+    "preview_every": "Only at start and end",
+    "min_snr_gamma": "Off",
+    "noise_offset": "Off",
+    "warmup_steps": "None",
+}
+
+DECIMALS = {"alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1}
+
+TEXT_ONLY = ("trigger", "preview_prompts", "train_text_encoder")  # hidden for unconditional models
+LORA_ONLY = ("rank", "alpha", "dropout", "train_text_encoder")
+FULL_ONLY = ("ema", "ema_decay")
+
+_SEED_MAX = 2**31 - 1
+
+
+def format_scientific(value: float) -> str:
+    """1e-4 -> "1e-4", 2.5e-5 -> "2.5e-5", 0.3 -> "0.3": what people write for learning rates."""
+    if value == 0:
+        return "0"
+    if 1e-2 <= abs(value) < 1e3:
+        return f"{value:.6g}"
+    mantissa, exponent = f"{value:.4e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+class ScientificSpinBox(QDoubleSpinBox):
+    """A double spin box that reads and shows "1e-4"; arrows step the leading digit
+    (1e-4 → 2e-4 … 9e-4 → 1e-3), so tiny values stay reachable without typing."""
+
+    _PARTIAL = re.compile(r"^[+]?(\d+\.?\d*|\.\d*)?([eE][+-]?\d*)?$")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDecimals(15)  # rounding happens in textFromValue, not in the stored value
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802
+        return format_scientific(value)
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802
+        try:
+            return float(text.strip())
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int) -> object:
+        stripped = text.strip()
+        if not stripped:
+            return QValidator.State.Intermediate, text, pos
+        if not self._PARTIAL.match(stripped):
+            return QValidator.State.Invalid, text, pos
+        try:
+            value = float(stripped)
+        except ValueError:
+            return QValidator.State.Intermediate, text, pos  # "1e-" on the way to "1e-4"
+        if self.minimum() <= value <= self.maximum():
+            return QValidator.State.Acceptable, text, pos
+        return QValidator.State.Intermediate, text, pos  # refused on Enter/focus-out
+
+    def fixup(self, text: str) -> str:
+        return self.textFromValue(self.value())
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802
+        value = self.value()
+        for _ in range(abs(steps)):
+            value = self._step_once(value, up=steps > 0)
+        self.setValue(min(self.maximum(), max(self.minimum(), value)))
+
+    def _step_once(self, value: float, *, up: bool) -> float:
+        if value <= 0:
+            return self.minimum() if up else 0.0
+        exponent = math.floor(math.log10(value) + 1e-9)
+        unit = 10.0 ** exponent
+        digit = round(value / unit)
+        if not up and digit <= 1:
+            unit /= 10  # 1e-4 steps down to 9e-5
+        new = (round(value / unit) + (1 if up else -1)) * unit
+        return float(f"{new:.6g}")
+
+
+class SeedsEdit(QLineEdit):
+    """Comma-separated whole numbers ≥ 0; anything else cannot be typed."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setValidator(QRegularExpressionValidator(r"^[\d,\s]*$", self))
+        self.setPlaceholderText("e.g. 1, 2, 3, 4")
+
+    def seeds(self) -> list[int]:
+        return [min(int(t), _SEED_MAX) for t in re.split(r"[,\s]+", self.text()) if t]
+
+    def set_seeds(self, seeds: list[int]) -> None:
+        self.setText(", ".join(str(int(s)) for s in seeds))
+
+
+class PromptsEdit(QPlainTextEdit):
+    """One prompt per line; blank lines are dropped."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setPlaceholderText("One prompt per line.\nEmpty: your trigger word and captions are used.")
+        self.setTabChangesFocus(True)
+        lines = 4
+        self.setFixedHeight(self.fontMetrics().lineSpacing() * lines + 14)
+
+    def prompts(self) -> list[str]:
+        return [line.strip() for line in self.toPlainText().splitlines() if line.strip()]
+
+    def set_prompts(self, prompts: list[str]) -> None:
+        self.setPlainText("\n".join(prompts))
+
+
+class _NoWheelUnlessFocused(QObject):
+    """Scrolling the form over a spin box or combo must scroll, not change a setting."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.Wheel and isinstance(watched, QWidget) and not watched.hasFocus():
+            event.ignore()
+            return True
+        return False
+
+
+class SettingsForm(QWidget):
+    """Edits a TrainConfig. `changed` fires on every user edit, never on `set_config`."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._cfg = TrainConfig()
+        self._loading = False
+        self._running = False
+        self._text = True
+        self._full_ok = True
+        self.editors: dict[str, QWidget] = {}
+        self.labels: dict[str, QLabel] = {}
+        self._fields: dict[str, Field] = {f.name: f for f in fields(TrainConfig)}
+        self._wheel_guard = _NoWheelUnlessFocused(self)
+
+        content = QWidget()
+        outer = QVBoxLayout(content)
+        outer.setContentsMargins(0, 0, 0, 0)
+
+        basic_box = QGroupBox("Basic")
+        self._basic_form = self._new_form(basic_box)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.setCollapsedIcon("▸")
+        self.advanced.setExpandedIcon("▾")
+        self.advanced.setDuration(150)
+        advanced_widget = QWidget()
+        self._advanced_form = self._new_form(advanced_widget)
+        self.advanced.addWidget(advanced_widget)
+        self.advanced.layout().setContentsMargins(0, 0, 0, 0)
+
+        for name in BASIC:
+            self._add_field(self._basic_form, self._fields[name])
+        for f in fields(TrainConfig):
+            if f.name not in BASIC:
+                self._add_field(self._advanced_form, f)
+
+        self.method_note = MessageLabel()
+        self._basic_form.insertRow(1, "", self.method_note)
+        self._basic_form.setRowVisible(self.method_note, False)
+
+        outer.addWidget(basic_box)
+        outer.addWidget(self.advanced)
+        outer.addStretch(1)
+
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
+
+        self.set_config(TrainConfig())
+
+    # --- building ---------------------------------------------------------------------
+    @staticmethod
+    def _new_form(parent: QWidget) -> QFormLayout:
+        form = QFormLayout(parent)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return form
+
+    def _add_field(self, form: QFormLayout, f: Field) -> None:
+        editor = self._make_editor(f)
+        help_text = f.metadata.get("help", "")
+        editor.setToolTip(help_text)
+        editor.setObjectName(f.name)
+        if isinstance(editor, (QAbstractSpinBox, QComboBox)):
+            editor.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+            editor.installEventFilter(self._wheel_guard)
+        editor.setAccessibleName(LABELS.get(f.name, f.name))
+        editor.setAccessibleDescription(help_text)
+        label = QLabel(LABELS.get(f.name, f.name.replace("_", " ").capitalize()))
+        label.setToolTip(help_text)
+        label.setBuddy(editor)
+        self.editors[f.name] = editor
+        self.labels[f.name] = label
+        form.addRow(label, editor)
+
+    def _make_editor(self, f: Field) -> QWidget:
+        meta = f.metadata
+        kind = str(f.type)
+        if "choices" in meta:
+            combo = QComboBox()
+            for choice in meta["choices"]:
+                combo.addItem(CHOICE_LABELS.get(choice, choice), choice)
+            combo.currentIndexChanged.connect(self._edited)
+            return combo
+        if kind == "bool":
+            box = QCheckBox()
+            box.toggled.connect(self._edited)
+            return box
+        if kind == "int":
+            spin = QSpinBox()
+            spin.setRange(int(meta.get("min", 0)), int(min(meta.get("max", _SEED_MAX), _SEED_MAX)))
+            spin.setGroupSeparatorShown(True)
+            spin.setSuffix(SUFFIXES.get(f.name, ""))
+            spin.setSpecialValueText(SPECIAL_MIN_TEXT.get(f.name, ""))
+            self._spin_common(spin)
+            spin.valueChanged.connect(self._edited)
+            return spin
+        if kind == "float" and f.name == "learning_rate":
+            spin = ScientificSpinBox()
+            spin.setRange(float(meta["min"]), float(meta["max"]))
+            self._spin_common(spin)
+            spin.valueChanged.connect(self._edited)
+            return spin
+        if kind == "float":
+            spin = QDoubleSpinBox()
+            decimals = DECIMALS.get(f.name, 3)
+            spin.setDecimals(decimals)
+            spin.setRange(float(meta.get("min", 0.0)), float(meta.get("max", 1e9)))
+            spin.setSingleStep(10.0 ** -min(decimals, 2) if decimals else 1.0)
+            spin.setSpecialValueText(SPECIAL_MIN_TEXT.get(f.name, ""))
+            self._spin_common(spin)
+            spin.valueChanged.connect(self._edited)
+            return spin
+        if f.name == "preview_seeds":
+            seeds = SeedsEdit()
+            seeds.textEdited.connect(self._edited)
+            seeds.editingFinished.connect(self._normalise_seeds)
+            return seeds
+        if f.name == "preview_prompts" or kind == "list":
+            prompts = PromptsEdit()
+            prompts.textChanged.connect(self._edited)
+            return prompts
+        line = QLineEdit()
+        if f.name == "trigger":
+            line.setPlaceholderText("e.g. mystyle")
+        line.textEdited.connect(self._edited)
+        return line
+
+    @staticmethod
+    def _spin_common(spin: QAbstractSpinBox) -> None:
+        # Out-of-range text is refused: focus-out/Enter goes back to the last good value.
+        spin.setCorrectionMode(QAbstractSpinBox.CorrectionMode.CorrectToPreviousValue)
+        spin.setKeyboardTracking(False)  # one `changed` per finished number, not per digit
+        spin.setAccelerated(True)
+
+    # --- public API ---------------------------------------------------------------------
+    def set_config(self, cfg: TrainConfig) -> None:
+        self._cfg = replace(cfg)
+        self._loading = True
+        try:
+            for name, editor in self.editors.items():
+                self._write(editor, name, getattr(cfg, name))
+        finally:
+            self._loading = False
+        self._update_dependencies()
+
+    def config(self) -> TrainConfig:
+        values = {name: self._read(editor, name) for name, editor in self.editors.items()}
+        return replace(self._cfg, **values)
+
+    def set_capabilities(self, *, text: bool, supports_full_finetune: bool) -> None:
+        """Hide prompt/text-encoder fields for unconditional models; grey out "full" for big ones.
+
+        If the current method is "full" and the model cannot do it, the form switches to LoRA
+        and emits `changed` (training would fail otherwise); a note says why.
+        """
+        self._text = text
+        self._full_ok = supports_full_finetune
+        for name in TEXT_ONLY:
+            self._set_row_visible(name, text)
+        combo: QComboBox = self.editors["method"]  # type: ignore[assignment]
+        model = combo.model()
+        full_row = combo.findData("full")
+        if isinstance(model, QStandardItemModel) and full_row >= 0:
+            item = model.item(full_row)
+            item.setEnabled(supports_full_finetune)
+            item.setToolTip("" if supports_full_finetune else
+                            "This model is too large to fine-tune fully here; use LoRA.")
+        if not supports_full_finetune and combo.currentData() == "full":
+            combo.setCurrentIndex(combo.findData("lora"))  # emits changed via _edited
+            self.method_note.show_message(
+                "Switched to LoRA: this model is too large for full fine-tuning.", "warning")
+            self._basic_form.setRowVisible(self.method_note, True)
+        elif supports_full_finetune:
+            self._basic_form.setRowVisible(self.method_note, False)
+        self._update_dependencies()
+
+    def set_running(self, running: bool) -> None:
+        """Read-only while training: settings of a running job cannot change under it."""
+        self._running = running
+        self._update_dependencies()
+
+    def is_running(self) -> bool:
+        return self._running
+
+    # --- internals -----------------------------------------------------------------------
+    def _set_row_visible(self, name: str, visible: bool) -> None:
+        for form in (self._basic_form, self._advanced_form):
+            if form.indexOf(self.editors[name]) >= 0:
+                form.setRowVisible(self.editors[name], visible)
+
+    def _write(self, editor: QWidget, name: str, value: Any) -> None:
+        with QSignalBlocker(editor):
+            if isinstance(editor, QComboBox):
+                index = editor.findData(value)
+                editor.setCurrentIndex(max(0, index))
+            elif isinstance(editor, QCheckBox):
+                editor.setChecked(bool(value))
+            elif isinstance(editor, QSpinBox):
+                editor.setValue(int(value))
+            elif isinstance(editor, QDoubleSpinBox):
+                editor.setValue(float(value))
+            elif isinstance(editor, SeedsEdit):
+                editor.set_seeds(list(value))
+            elif isinstance(editor, PromptsEdit):
+                editor.set_prompts([str(p) for p in value])
+            elif isinstance(editor, QLineEdit):
+                editor.setText(str(value))
+
+    def _read(self, editor: QWidget, name: str) -> Any:
+        if isinstance(editor, QComboBox):
+            return editor.currentData()
+        if isinstance(editor, QCheckBox):
+            return editor.isChecked()
+        if isinstance(editor, QSpinBox):
+            return editor.value()
+        if isinstance(editor, QDoubleSpinBox):
+            return float(editor.value())
+        if isinstance(editor, SeedsEdit):
+            return editor.seeds()
+        if isinstance(editor, PromptsEdit):
+            return editor.prompts()
+        if isinstance(editor, QLineEdit):
+            return " ".join(editor.text().split()) if name == "trigger" else editor.text()
+        raise TypeError(name)
+
+    def _normalise_seeds(self) -> None:
+        seeds: SeedsEdit = self.editors["preview_seeds"]  # type: ignore[assignment]
+        with QSignalBlocker(seeds):
+            seeds.set_seeds(seeds.seeds())
+
+    def _edited(self, *_: Any) -> None:
+        if self._loading:
+            return
+        self._update_dependencies()
+        self.changed.emit()
+
+    def _update_dependencies(self) -> None:
+        """Enable only what applies: LoRA knobs for LoRA, EMA for full, decay when EMA is on."""
+        method = self.editors["method"].currentData()  # type: ignore[attr-defined]
+        ema_on = self.editors["ema"].isChecked()  # type: ignore[attr-defined]
+        for name, editor in self.editors.items():
+            applies = True
+            if name in LORA_ONLY:
+                applies = method == "lora"
+            elif name in FULL_ONLY:
+                applies = method == "full" and (name != "ema_decay" or ema_on)
+            editor.setEnabled(applies and not self._running)
+            self.labels[name].setEnabled(applies)

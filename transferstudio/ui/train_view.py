@@ -1,0 +1,525 @@
+"""The Train view: run controls, progress, a live loss chart and a gallery of previews.
+
+The view owns the TrainingWorker of the current run. It shows a project's history from its
+run folder (metrics.jsonl, previews/), so a reopened project shows what it trained before.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QImage, QPainter, QPalette, QPixmap
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy,
+                               QSlider, QSplitter, QVBoxLayout, QWidget)
+
+from transferstudio.core.events import Failed, Finished, Stopped
+from transferstudio.qt import history
+from transferstudio.qt.workers import PreviewImages, TrainingWorker
+
+EMA_WEIGHT = 0.98  # smoothing of the loss line; per-step diffusion loss is very noisy
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class LossBuffer:
+    """Growing numpy buffers of (step, loss, smoothed loss) with amortised appends."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._x = np.empty(1024)
+        self._y = np.empty(1024)
+        self._s = np.empty(1024)
+        self.n = 0
+        self._ema = 0.0
+        self._weight = 0.0  # for the start-up bias correction of the EMA
+
+    def extend(self, steps: Any, losses: Any) -> None:
+        steps = np.asarray(steps, dtype=np.float64)
+        losses = np.asarray(losses, dtype=np.float64)
+        need = self.n + len(steps)
+        if need > len(self._x):
+            size = max(need, 2 * len(self._x))
+            self._x, self._y, self._s = (np.resize(a, size) for a in (self._x, self._y, self._s))
+        for i, (x, y) in enumerate(zip(steps, losses)):
+            if math.isfinite(y):
+                self._ema = EMA_WEIGHT * self._ema + (1 - EMA_WEIGHT) * y
+                self._weight = EMA_WEIGHT * self._weight + (1 - EMA_WEIGHT)
+            j = self.n + i
+            self._x[j], self._y[j] = x, y
+            self._s[j] = self._ema / self._weight if self._weight else y
+        self.n = need
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._x[: self.n]
+
+    @property
+    def losses(self) -> np.ndarray:
+        return self._y[: self.n]
+
+    @property
+    def smoothed(self) -> np.ndarray:
+        return self._s[: self.n]
+
+
+class PreviewGrid(QWidget):
+    """Paints one step's samples as large as the space allows, captioned by seed (and prompt)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._pixmaps: list[QPixmap] = []
+        self._captions: list[str] = []
+        self._placeholder = "Previews appear here while training."
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(200, 160)
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(600, 400)
+
+    def set_images(self, images: list[QImage], captions: list[str]) -> None:
+        self._pixmaps = [QPixmap.fromImage(i) for i in images]  # GUI thread only
+        self._captions = captions
+        self.update()
+
+    def clear(self, placeholder: str | None = None) -> None:
+        self._pixmaps, self._captions = [], []
+        if placeholder is not None:
+            self._placeholder = placeholder
+        self.update()
+
+    def image_count(self) -> int:
+        return len(self._pixmaps)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802
+        painter = QPainter(self)
+        rect = self.rect()
+        if not self._pixmaps:
+            painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, self._placeholder)
+            return
+        n = len(self._pixmaps)
+        text_h = self.fontMetrics().height() + 4
+        gap = 8
+        # Choose the column count that gives the biggest tiles.
+        best = (0.0, 1)
+        for cols in range(1, n + 1):
+            rows = math.ceil(n / cols)
+            w = (rect.width() - gap * (cols + 1)) / cols
+            h = (rect.height() - gap * (rows + 1)) / rows - text_h
+            side = min(w, h)
+            if side > best[0]:
+                best = (side, cols)
+        side, cols = best
+        if side <= 4:
+            return
+        rows = math.ceil(n / cols)
+        x0 = (rect.width() - (cols * side + (cols - 1) * gap)) / 2
+        y0 = (rect.height() - (rows * (side + text_h) + (rows - 1) * gap)) / 2
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        for i, pix in enumerate(self._pixmaps):
+            r, c = divmod(i, cols)
+            x = x0 + c * (side + gap)
+            y = y0 + r * (side + text_h + gap)
+            # Small model outputs stay crisp (nearest neighbour); large ones are smoothed.
+            small = pix.width() * 2 <= side
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, not small)
+            scale = min(side / pix.width(), side / pix.height())
+            w, h = pix.width() * scale, pix.height() * scale
+            painter.drawPixmap(QRectF(x + (side - w) / 2, y + (side - h) / 2, w, h), pix,
+                               QRectF(pix.rect()))
+            caption = self.fontMetrics().elidedText(self._captions[i] if i < len(self._captions) else "",
+                                                    Qt.TextElideMode.ElideRight, int(side))
+            painter.drawText(QRectF(x, y + side + 2, side, text_h), Qt.AlignmentFlag.AlignHCenter, caption)
+
+
+class TrainView(QWidget):
+    start_requested = Signal()  # the window decides: continue the last run or start fresh
+    running_changed = Signal(bool)
+    run_started = Signal(object)  # Started
+    run_finished = Signal(object)  # Finished | Stopped | Failed | None (crash); the thread has ended
+    failed = Signal(object)  # Failed: the window shows it with the engine's advice
+    crashed = Signal(str)  # traceback of a programming error
+    preview_added = Signal(int)  # step
+    steps_received = Signal(int)  # latest step number
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.worker: TrainingWorker | None = None
+        self.project: Any = None
+        self.loss = LossBuffer()
+        self._previews: list[tuple[int, list[QImage] | None, list[Path], list[str]]] = []
+        self._state = "idle"  # idle | starting | running | pausing | paused | stopping
+        self._last_step = 0
+
+        # --- controls
+        self.start_button = QPushButton("Start training")
+        self.start_button.setToolTip("Train the model on your pictures. Continues an unfinished run "
+                                     "if there is one.")
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setToolTip("Pause after the current step; Resume carries on.")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step and save a checkpoint.")
+        self.sample_button = QPushButton("Sample now")
+        self.sample_button.setToolTip("Make preview samples after the current step.")
+        self.save_button = QPushButton("Save now")
+        self.save_button.setToolTip("Save a checkpoint after the current step.")
+        self.start_button.setDefault(True)
+        self.start_button.clicked.connect(self.start_requested)
+        self.pause_button.clicked.connect(self._toggle_pause)
+        self.stop_button.clicked.connect(self.stop)
+        self.sample_button.clicked.connect(self._sample_now)
+        self.save_button.clicked.connect(self._save_now)
+        buttons = QHBoxLayout()
+        for b in (self.start_button, self.pause_button, self.stop_button):
+            buttons.addWidget(b)
+        buttons.addSpacing(16)
+        buttons.addWidget(self.sample_button)
+        buttons.addWidget(self.save_button)
+        buttons.addStretch(1)
+        self.status = QLabel("Not started.")
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        buttons.addWidget(self.status)
+
+        # --- progress
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("step %v / %m")
+        self.speed_label = QLabel("")
+        self.eta_label = QLabel("")
+        self.loss_label = QLabel("")
+        for label in (self.speed_label, self.eta_label, self.loss_label):
+            label.setMinimumWidth(110)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.speed_label)
+        progress_row.addWidget(self.eta_label)
+        progress_row.addWidget(self.loss_label)
+
+        # --- loss chart
+        self.plot = pg.PlotWidget()
+        self.plot.setMinimumHeight(160)
+        self._style_plot()
+        item = self.plot.getPlotItem()
+        item.setLabel("bottom", "step")
+        item.setLabel("left", "loss")
+        item.showGrid(x=True, y=True, alpha=0.2)
+        item.addLegend(offset=(-10, 10))
+        # Thousands of points stay smooth: draw only what is visible, peak-downsampled.
+        item.setDownsampling(auto=True, mode="peak")
+        item.setClipToView(True)
+        accent = self.palette().color(QPalette.ColorRole.Highlight)
+        raw = pg.mkColor(accent)
+        raw.setAlpha(70)
+        self.raw_curve = self.plot.plot(pen=pg.mkPen(raw, width=1), name="loss")
+        self.smooth_curve = self.plot.plot(pen=pg.mkPen(accent, width=2), name="smoothed")
+
+        # --- preview gallery
+        self.gallery = PreviewGrid()
+        self.gallery_title = QLabel("Previews")
+        font = self.gallery_title.font()
+        font.setBold(True)
+        self.gallery_title.setFont(font)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 0)
+        self.slider.setEnabled(False)
+        self.slider.setToolTip("Go back through earlier previews (step 0 is the untrained model).")
+        self.slider.valueChanged.connect(self._show_preview)
+        self._follow_latest = True
+        gallery_box = QWidget()
+        g = QVBoxLayout(gallery_box)
+        g.setContentsMargins(0, 0, 0, 0)
+        head = QHBoxLayout()
+        head.addWidget(self.gallery_title)
+        head.addWidget(self.slider, 1)
+        g.addLayout(head)
+        g.addWidget(self.gallery, 1)
+
+        # --- log of messages
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(500)
+        self.log.setPlaceholderText("Messages from the training run appear here.")
+        self.log.setFixedHeight(self.fontMetrics().lineSpacing() * 4 + 12)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.plot)
+        split.addWidget(gallery_box)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        split.setChildrenCollapsible(False)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addLayout(progress_row)
+        layout.addWidget(split, 1)
+        layout.addWidget(self.log)
+        self._update_buttons()
+
+    # --- public --------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def is_running(self) -> bool:
+        return self.worker is not None and self._state != "idle"
+
+    def set_project(self, project: Any) -> None:
+        """Show the project's latest run (loss history and previews), or an empty view."""
+        self.project = project
+        self.clear()
+        if project is not None:
+            state = history.latest_run_state(project)
+            if state is not None:
+                self.load_history(state.run_dir)
+                self.progress.setRange(0, max(1, state.total))
+                self.progress.setValue(state.checkpoint_step or (int(self.loss.steps[-1]) if self.loss.n else 0))
+                self.status.setText(f"Last run: step {state.checkpoint_step} of {state.total} saved."
+                                    if state.checkpoint_step else "Last run has no checkpoint yet.")
+        self._update_buttons()
+
+    def clear(self) -> None:
+        self.loss.clear()
+        self.raw_curve.setData([], [])
+        self.smooth_curve.setData([], [])
+        self._previews.clear()
+        self.slider.setRange(0, 0)
+        self.slider.setEnabled(False)
+        self.gallery.clear()
+        self.gallery_title.setText("Previews")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        for label in (self.speed_label, self.eta_label, self.loss_label):
+            label.clear()
+        self.status.setText("Not started.")
+
+    def load_history(self, run_dir: Path) -> None:
+        steps, losses = history.read_metrics(run_dir)
+        self.loss.clear()
+        self.loss.extend(steps, losses)
+        self._redraw_loss()
+        if self.loss.n:
+            self.loss_label.setText(f"loss {self.loss.smoothed[-1]:.4f}")
+        self._previews = [(step, None, files, [f"seed {history.seed_of(f)}" for f in files])
+                          for step, files in history.preview_files(run_dir)]
+        self._follow_latest = True
+        self._refresh_slider()
+
+    def start_run(self, project: Any, *, fresh: bool, steps: int | None = None) -> TrainingWorker:
+        """Start training `project` on a worker thread (continue its last run unless `fresh`)."""
+        assert not self.is_running(), "a run is already going"
+        self.project = project
+        worker = TrainingWorker(project, fresh=fresh, steps=steps)
+        worker.started.connect(self._on_started)
+        worker.steps.connect(self._on_steps)
+        worker.preview.connect(self._on_preview)
+        worker.checkpoint.connect(lambda e: self._log(f"Checkpoint saved at step {e.step}."))
+        worker.message.connect(lambda text, level: self._log(("⚠ " if level == "warning" else "") + text))
+        worker.paused.connect(self._on_paused)
+        worker.resumed.connect(self._on_resumed)
+        worker.ended.connect(self._on_ended)
+        worker.crashed.connect(self._on_crashed)
+        worker.done.connect(self._on_done)
+        self.worker = worker
+        self._set_state("starting")
+        self.status.setText("Loading the model…")
+        self._log("Starting a new run…" if fresh else "Starting (continues the last run if it is unfinished)…")
+        worker.start()
+        return worker
+
+    def pause(self) -> None:
+        if self.worker is not None and self._state in ("starting", "running"):
+            self.worker.pause()
+            self._set_state("pausing")
+            self.status.setText("Pausing after this step…")
+
+    def resume(self) -> None:
+        if self.worker is not None and self._state in ("pausing", "paused"):
+            self.worker.resume()
+            self._set_state("running")
+            self.status.setText("Training…")
+
+    def stop(self) -> None:
+        if self.worker is not None and self._state not in ("idle", "stopping"):
+            self.worker.stop()
+            self._set_state("stopping")
+            self.status.setText("Stopping — saving a checkpoint…")
+
+    def stop_and_wait(self, timeout_s: float) -> bool:
+        """Blocking stop for shutdown paths; True when the thread has ended."""
+        if self.worker is None:
+            return True
+        self.stop()
+        return self.worker.stop_and_wait(timeout_s)
+
+    def preview_steps(self) -> list[int]:
+        return [p[0] for p in self._previews]
+
+    def show_preview_index(self, index: int) -> None:
+        self.slider.setValue(index)
+        self._show_preview(index)
+
+    # --- worker events -----------------------------------------------------------------
+    def _on_started(self, event: Any) -> None:
+        # The engine has already trimmed metrics past a resumed checkpoint: reload from disk.
+        self.load_history(event.run_dir)
+        self.progress.setRange(0, event.total_steps)
+        self.progress.setValue(event.start_step)
+        self._set_state("running" if self._state == "starting" else self._state)
+        self.status.setText("Training…" if self._state == "running" else self.status.text())
+        where = f"from step {event.start_step}" if event.start_step else "from the beginning"
+        self._log(f"Training {where} on {event.images} pictures ({event.device}); "
+                  f"{event.trainable_parameters:,} weights to train.")
+        self.run_started.emit(event)
+
+    def _on_steps(self, batch: list[Any]) -> None:
+        self.loss.extend([s.step for s in batch], [s.loss for s in batch])
+        self._redraw_loss()
+        last = batch[-1]
+        self._last_step = last.step
+        self.progress.setMaximum(last.total)
+        self.progress.setValue(last.step)
+        self.speed_label.setText(f"{last.images_per_s:.2f} images/s")
+        self.eta_label.setText(f"{format_duration(last.eta_s)} left")
+        self.loss_label.setText(f"loss {self.loss.smoothed[-1]:.4f}")
+        self.steps_received.emit(last.step)
+
+    def _on_preview(self, preview: PreviewImages) -> None:
+        captions = [f"seed {s}" + (f" · {p}" if p else "")
+                    for s, p in zip(preview.seeds, list(preview.prompts) + [""] * len(preview.seeds))]
+        entry = (preview.step, list(preview.images), list(preview.paths), captions)
+        self._previews = [p for p in self._previews if p[0] != preview.step] + [entry]
+        self._previews.sort(key=lambda p: p[0])
+        self._refresh_slider()
+        self.preview_added.emit(preview.step)
+
+    def _on_paused(self, step: int) -> None:
+        self._set_state("paused")
+        self.status.setText(f"Paused at step {step}.")
+
+    def _on_resumed(self, step: int) -> None:
+        if self._state != "stopping":
+            self._set_state("running")
+            self.status.setText("Training…")
+
+    def _on_ended(self, event: Any) -> None:
+        if isinstance(event, Finished):
+            self.status.setText(f"Finished at step {event.step} (loss {event.final_loss:.4f}).")
+            self._log(f"Finished at step {event.step}. Saved in {event.checkpoint}.")
+        elif isinstance(event, Stopped):
+            self.status.setText(f"Stopped at step {event.step}; saved.")
+            self._log(f"Stopped at step {event.step}. Saved in {event.checkpoint}.")
+        elif isinstance(event, Failed):
+            self.status.setText("Training stopped with a problem.")
+            self._log(f"Problem: {event.message} {event.advice}".strip())
+            self.failed.emit(event)
+
+    def _on_crashed(self, text: str) -> None:
+        self.status.setText("Training stopped because of an internal error.")
+        self._log("Internal error; the details are in the log file (Help ▸ Open Log Folder).")
+        self.crashed.emit(text)
+
+    def _on_done(self) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        worker.wait(5)  # `finished` is sent just before the thread really ends
+        self._set_state("idle")
+        end = worker.end_event
+        self.run_finished.emit(end)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _toggle_pause(self) -> None:
+        if self._state in ("pausing", "paused"):
+            self.resume()
+        else:
+            self.pause()
+
+    def _sample_now(self) -> None:
+        if self.worker is not None:
+            self.worker.sample_now()
+            self._log("Samples will be made after this step.")
+
+    def _save_now(self) -> None:
+        if self.worker is not None:
+            self.worker.save_now()
+            self._log("A checkpoint will be saved after this step.")
+
+    def _set_state(self, state: str) -> None:
+        was = self.is_running()
+        self._state = state
+        self._update_buttons()
+        if was != self.is_running():
+            self.running_changed.emit(self.is_running())
+
+    def _update_buttons(self) -> None:
+        s = self._state
+        active = s in ("starting", "running")
+        self.start_button.setEnabled(s == "idle" and self.project is not None)
+        self.pause_button.setEnabled(s in ("starting", "running", "pausing", "paused"))
+        self.pause_button.setText("Resume" if s in ("pausing", "paused") else "Pause")
+        self.stop_button.setEnabled(s in ("starting", "running", "pausing", "paused"))
+        self.sample_button.setEnabled(active)
+        self.save_button.setEnabled(active)
+
+    def _redraw_loss(self) -> None:
+        self.raw_curve.setData(self.loss.steps, self.loss.losses)
+        self.smooth_curve.setData(self.loss.steps, self.loss.smoothed)
+
+    def _refresh_slider(self) -> None:
+        n = len(self._previews)
+        at_end = self._follow_latest or self.slider.value() >= self.slider.maximum()
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(0, n - 1))
+        self.slider.setEnabled(n > 1)
+        if at_end:
+            self.slider.setValue(max(0, n - 1))
+        self.slider.blockSignals(False)
+        if n:
+            self._show_preview(self.slider.value())
+        else:
+            self.gallery.clear()
+            self.gallery_title.setText("Previews")
+
+    def _show_preview(self, index: int) -> None:
+        if not (0 <= index < len(self._previews)):
+            return
+        self._follow_latest = index == len(self._previews) - 1
+        step, images, paths, captions = self._previews[index]
+        if images is None:  # from disk: load once, when first shown
+            images = [QImage(str(p)) for p in paths]
+            self._previews[index] = (step, images, paths, captions)
+        latest = " (latest)" if index == len(self._previews) - 1 else ""
+        label = "untrained model" if step == 0 else f"step {step}"
+        self.gallery_title.setText(f"Previews — {label}{latest}")
+        self.gallery.set_images(images, captions)
+
+    def _log(self, text: str) -> None:
+        self.log.appendPlainText(text)
+
+    def _style_plot(self) -> None:
+        # Follow the system palette (light or dark) instead of pyqtgraph's black default.
+        pal = self.palette()
+        self.plot.setBackground(pal.color(QPalette.ColorRole.Base))
+        fg = pal.color(QPalette.ColorRole.Text)
+        for name in ("left", "bottom"):
+            axis = self.plot.getPlotItem().getAxis(name)
+            axis.setPen(pg.mkPen(fg))
+            axis.setTextPen(pg.mkPen(fg))
