@@ -88,6 +88,17 @@ def _check_complete(name: str, file_name: str, converted: Mapping[str, torch.Ten
     return dict(converted)
 
 
+def _convert(name: str, file_name: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """diffusers' converters index keys they expect; a file without them raises deep inside."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyError, IndexError, ValueError, RuntimeError, AttributeError) as e:
+        raise BackboneError(
+            f"The {name.replace('_', ' ')} in '{file_name}' does not match the expected architecture "
+            f"({type(e).__name__}: {str(e)[:120]}).",
+            "The file may be a variant TransferStudio does not know, or damaged; try the original download.") from e
+
+
 def _no_meta(name: str, model: torch.nn.Module) -> None:
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:
@@ -105,12 +116,13 @@ def _load_diffusers_component(cls: Any, name: str, path: Path, keys: list[str], 
         expected = cls.from_config(config).state_dict()
     raw = _read_tensors(path, _PREFIXES[name], keys)
     convert = convert_ldm_unet_checkpoint if name == "unet" else convert_ldm_vae_checkpoint
-    converted = _check_complete(name, path.name, convert(raw, config), expected)
+    converted = _check_complete(name, path.name, _convert(name, path.name, convert, raw, config), expected)
     del raw
+    # Cast here rather than via torch_dtype, whose model.to(dtype) logs a spurious fp32 warning.
+    converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
     # Keys now match exactly, so from_single_file loads them as they are (no second conversion);
     # `config=` keeps it offline.
-    model = cls.from_single_file(converted, config=str(config_dir), subfolder=name, local_files_only=True,
-                                 torch_dtype=dtype)
+    model = cls.from_single_file(converted, config=str(config_dir), subfolder=name, local_files_only=True)
     _no_meta(name, model)
     return model
 
@@ -128,7 +140,7 @@ def _load_text_encoder(name: str, style: str, prefix: str, path: Path, keys: lis
     expected = model.state_dict()
     raw = _read_tensors(path, (prefix,), keys)
     if style == "clip":
-        converted = convert_ldm_clip_checkpoint(raw, remove_prefix=prefix)
+        converted = _convert(name, path.name, convert_ldm_clip_checkpoint, raw, remove_prefix=prefix)
     else:
         if prefix == "cond_stage_model.":
             # SD 2.x conditions on the penultimate layer: the file's last layer and projection are
@@ -136,7 +148,7 @@ def _load_text_encoder(name: str, style: str, prefix: str, path: Path, keys: lis
             unused = f"{prefix}model.transformer.resblocks.{cfg.num_hidden_layers}."
             raw = {k: v for k, v in raw.items()
                    if not k.startswith(unused) and k != f"{prefix}model.text_projection"}
-        converted = convert_open_clip_checkpoint(model, raw, prefix=prefix + "model.")
+        converted = _convert(name, path.name, convert_open_clip_checkpoint, model, raw, prefix=prefix + "model.")
     del raw
     # transformers 5 flattened CLIPTextModel (no `text_model.`); older files lack it too: match the model.
     wants_prefix = any(k.startswith("text_model.") for k in expected)

@@ -17,6 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import (
     QAbstractListModel,
+    QEvent,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -34,11 +35,11 @@ from PySide6.QtGui import (
     QFocusEvent,
     QImage,
     QImageReader,
+    QKeyEvent,
     QKeySequence,
     QPainter,
     QPalette,
     QPixmap,
-    QShortcut,
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -104,6 +105,19 @@ def make_thumbnail(path: str, size: int = THUMB_SIZE, cache_dir: str | None = No
     return image
 
 
+def pad_square(image: QImage, size: int) -> QImage:
+    """Centre on a transparent square, so every grid cell lines up whatever the aspect ratio.
+    QPainter on a QImage is safe off the GUI thread."""
+    if image.isNull() or (image.width() == size and image.height() == size):
+        return image
+    canvas = QImage(size, size, QImage.Format.Format_ARGB32_Premultiplied)
+    canvas.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(canvas)
+    painter.drawImage((size - image.width()) // 2, (size - image.height()) // 2, image)
+    painter.end()
+    return canvas
+
+
 def _decode_scaled(path: str, size: int) -> QImage:
     reader = QImageReader(path)
     reader.setAutoTransform(True)  # EXIF orientation, as training sees it
@@ -149,7 +163,7 @@ class _ThumbRunnable(QRunnable):
             if job is None:
                 return
             path, size, cache_dir = job
-            image = make_thumbnail(path, size, cache_dir)
+            image = pad_square(make_thumbnail(path, size, cache_dir), size)
             self._loader._job_done(path, image)
 
 
@@ -170,7 +184,8 @@ class ThumbnailLoader(QObject):
         self.cache_dir = cache_dir
         self.max_pending = max_pending
         self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(max(1, min(4, QThread_ideal() - 1)))
+        # Leave a core for the GUI thread (and for training, which may run meanwhile).
+        self.pool.setMaxThreadCount(max(1, min(4, (os.cpu_count() or 2) - 1)))
         self._lock = threading.Lock()
         self._stack: OrderedDict[str, None] = OrderedDict()  # last = newest
         self._running = 0
@@ -213,10 +228,6 @@ class ThumbnailLoader(QObject):
 
     def _job_done(self, path: str, image: QImage) -> None:
         self._signals.loaded.emit(path, image)
-
-
-def QThread_ideal() -> int:  # noqa: N802
-    return os.cpu_count() or 2
 
 
 class ThumbnailCache:
@@ -388,6 +399,21 @@ class _ThumbView(QListView):
 
 class CaptionEdit(QPlainTextEdit):
     focus_lost = Signal()
+    save_requested = Signal()
+
+    def event(self, event: QEvent) -> bool:
+        # Claim Ctrl+S while typing, so a window-wide "Save" shortcut cannot make it ambiguous.
+        if event.type() == QEvent.Type.ShortcutOverride and event.matches(QKeySequence.StandardKey.Save):
+            event.accept()
+            return True
+        return super().event(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if event.matches(QKeySequence.StandardKey.Save):
+            self.save_requested.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
     def focusOutEvent(self, event: QFocusEvent) -> None:  # noqa: N802
         super().focusOutEvent(event)
@@ -426,13 +452,16 @@ class ImagesPanel(QWidget):
         self._scan_signals = _ScanSignals(self)
         self._scan_signals.done.connect(self._scan_done)
         self._scan_signals.failed.connect(self._scan_failed)
-        self._pending_scan: _ScanRunnable | None = None
+        # Runnables are kept alive here until they report (or are taken off the queue).
+        self._scans: dict[int, _ScanRunnable] = {}
+        self._retired_scan: _ScanRunnable | None = None
 
         self._build()
         self.setAcceptDrops(True)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
+        self._set_current(-1)
         self._show_empty_state()
 
     # --- layout -----------------------------------------------------------------------------
@@ -512,12 +541,12 @@ class ImagesPanel(QWidget):
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(1500)  # an edit is on disk soon even without leaving the field
         self._autosave.timeout.connect(self.save_caption)
-        save_shortcut = QShortcut(QKeySequence.StandardKey.Save, self.caption_edit)
-        save_shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
-        save_shortcut.activated.connect(self.save_caption)
+        self.caption_edit.save_requested.connect(self.save_caption)
         self.caption_status = MessageLabel()
         self.trigger_label = MessageLabel()
+        self.trigger_label.setTextFormat(Qt.TextFormat.RichText)
         self.trained_as = MessageLabel()
+        self.trained_as.setTextFormat(Qt.TextFormat.PlainText)
         self.trained_as.setToolTip("The caption exactly as training will use it.")
 
         self.caption_box = QWidget()
@@ -539,12 +568,16 @@ class ImagesPanel(QWidget):
         self.skipped_list.setAlternatingRowColors(True)
         self.skipped_list.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self.skipped_list.header().setStretchLastSection(True)
-        self.skipped_list.setMaximumHeight(140)
+        self.skipped_list.hide()
+        self.skipped_title.hide()
 
+        self.no_selection = MessageLabel()
+        self.no_selection.setAlignment(Qt.AlignmentFlag.AlignCenter)
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(6, 0, 0, 0)
         right_layout.addWidget(self.caption_box, 1)
+        right_layout.addWidget(self.no_selection, 1)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.view)
@@ -681,20 +714,21 @@ class ImagesPanel(QWidget):
     def _start_scan(self) -> None:
         self._generation += 1
         self._scanning = True
-        if self._pending_scan is not None:
-            self._scan_pool.tryTake(self._pending_scan)  # a queued, superseded scan need not run
+        for generation, queued in list(self._scans.items()):
+            if self._scan_pool.tryTake(queued):  # a superseded scan still queued need not run
+                del self._scans[generation]
         runnable = _ScanRunnable(self._generation, self._folder or "", self._scan_signals)
-        runnable.setAutoDelete(False)  # kept alive here so tryTake can refer to it
-        self._pending_scan = runnable
+        runnable.setAutoDelete(False)
+        self._scans[self._generation] = runnable
         self.counts_label.show_message("Scanning…", "muted")
         self.view.set_hint("Reading the folder…")
         self._scan_pool.start(runnable)
 
     def _scan_done(self, generation: int, result: ScanResult) -> None:
+        self._retire_scan(generation)
         if generation != self._generation:
             return  # a newer folder was chosen meanwhile
         self._scanning = False
-        self._pending_scan = None
         self._result = result
         self.model.set_records(list(result.images), result.folder)
         self.view.set_hint("")
@@ -712,13 +746,17 @@ class ImagesPanel(QWidget):
         self.scanned.emit(self.scan_result())
 
     def _scan_failed(self, generation: int, message: str) -> None:
+        self._retire_scan(generation)
         if generation != self._generation:
             return
         self._scanning = False
-        self._pending_scan = None
         self.counts_label.show_message(message, "error")
         self.view.set_hint("No usable images here.")
         self.scan_failed.emit(message)
+
+    def _retire_scan(self, generation: int) -> None:
+        # Freed one report later: the worker may still be returning from run() right now.
+        self._retired_scan = self._scans.pop(generation, None)
 
     # --- display helpers ----------------------------------------------------------------------
     def _show_empty_state(self) -> None:
@@ -732,6 +770,11 @@ class ImagesPanel(QWidget):
         self.skipped_title.setText(f"Skipped files ({n}) — these will not be trained on:")
         self.skipped_title.setVisible(n > 0)
         self.skipped_list.setVisible(n > 0)
+        if n:  # just tall enough for its rows, up to about six
+            rows = min(n, 6)
+            row_h = self.skipped_list.sizeHintForRow(0) if n else 0
+            header = self.skipped_list.header().sizeHint().height()
+            self.skipped_list.setFixedHeight(header + rows * max(row_h, 1) + 2 * self.skipped_list.frameWidth() + 2)
         self.rescan_button.setEnabled(self._folder is not None)
 
     def _update_trigger_label(self) -> None:
@@ -781,7 +824,7 @@ class ImagesPanel(QWidget):
         caption = " ".join(self.caption_edit.toPlainText().split())
         final = apply_trigger(caption, self._trigger)
         self.trained_as.show_message(
-            f"Trained as: “{_html(final)}”" if final else "Trained with an empty caption.", "muted")
+            f"Trained as: “{final}”" if final else "Trained with an empty caption.", "muted")
 
     # --- selection and caption editing -----------------------------------------------------------
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
@@ -791,7 +834,9 @@ class ImagesPanel(QWidget):
     def _set_current(self, row: int) -> None:
         self._autosave.stop()
         self._current_row = row
-        self.caption_box.setEnabled(row >= 0)
+        self.caption_box.setVisible(row >= 0)
+        self.no_selection.show_message(
+            "" if row >= 0 else "Select an image to see and edit its caption.", "muted")
         if row < 0:
             self._loaded_caption = ""
             self.caption_edit.blockSignals(True)

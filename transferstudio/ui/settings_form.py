@@ -93,7 +93,6 @@ SUFFIXES = {
     "preview_every": " steps",
     "checkpoint_every": " steps",
     "warmup_steps": " steps",
-    "gradient_accumulation": " batches",
     "preview_steps": " steps",
 }
 

@@ -55,6 +55,7 @@ class MessageLabel(QLabel):
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self._level = "plain"
+        self.setVisible(bool(text))
 
     def level(self) -> str:
         return self._level
@@ -70,10 +71,12 @@ class MessageLabel(QLabel):
             "ok": QColor(OK_GREEN),
         }.get(level)
         if colour is None:
-            colour = parent_pal.color(
-                QPalette.ColorGroup.Disabled if level == "muted" else QPalette.ColorGroup.Active,
-                QPalette.ColorRole.WindowText,
-            )
+            colour = parent_pal.color(QPalette.ColorRole.WindowText)
+            if level == "muted":  # halfway to the background: quieter, still readable
+                bg = parent_pal.color(QPalette.ColorRole.Window)
+                colour = QColor((colour.red() * 3 + bg.red() * 2) // 5,
+                                (colour.green() * 3 + bg.green() * 2) // 5,
+                                (colour.blue() * 3 + bg.blue() * 2) // 5)
         pal.setColor(QPalette.ColorRole.WindowText, colour)
         self.setPalette(pal)
         self.setText(text)
