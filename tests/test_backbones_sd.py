@@ -117,14 +117,16 @@ def test_sdxl_refiner_is_claimed_with_advice(tmp_path):
 
 @pytest.fixture
 def fake_library(monkeypatch, tiny_sd1_dir):
-    """Stand-in for transferstudio.library: detects any file as sd1, loads the tiny SD 1.x parts."""
+    """Stand-in for transferstudio.library: `detected` sets what detect() answers; loading gives
+    the tiny SD 1.x parts. (The real library has its own tests; this checks the glue.)"""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    def detect(path, prediction_type=None):
-        return types.SimpleNamespace(kind="checkpoint", family="sd1", label="Stable Diffusion 1.x checkpoint",
-                                     prediction_type=prediction_type or "epsilon", native_resolution=32,
-                                     problems=(), advice="")
+    detected = dict(kind="checkpoint", family="sd1", label="Stable Diffusion 1.x checkpoint",
+                    prediction_type="epsilon", native_resolution=32, problems=(), advice="")
+
+    def detect(path, *, prediction_type=None, expected_family=None):
+        return types.SimpleNamespace(**detected)
 
     def load_single_file(path, *, prediction_type=None, dtype=torch.float32):
         d = tiny_sd1_dir
@@ -146,28 +148,41 @@ def fake_library(monkeypatch, tiny_sd1_dir):
     monkeypatch.setitem(sys.modules, "transferstudio.library", package)
     monkeypatch.setitem(sys.modules, "transferstudio.library.detect", detect_mod)
     monkeypatch.setitem(sys.modules, "transferstudio.library.single_file", single_mod)
+    return detected
 
 
-def _fake_checkpoint(tmp_path: Path) -> Path:
-    from safetensors.torch import save_file
-
-    path = tmp_path / "model.safetensors"
-    save_file({"x": torch.zeros(1)}, str(path))
+def _fake_checkpoint(tmp_path: Path, name: str = "model.safetensors") -> Path:
+    path = tmp_path / name
+    path.write_bytes(b"not read: detection is faked")
     return path
 
 
 def test_single_file_checkpoint_claimed_via_library(fake_library, tmp_path):
     path = _fake_checkpoint(tmp_path)
-    found = SDFamily().inspect(path)
+    found = inspect_backbone(path)
     assert found.usable and found.family == "sd" and found.native_resolution == 32
     assert SDXLFamily().inspect(path) is None
-    backbone = SDFamily().load(path, prediction_type="v_prediction")
+    backbone = load_backbone(path, prediction_type="v_prediction")
     assert isinstance(backbone, SDBackbone) and backbone.source == path
-    assert backbone.caps.prediction_type == "v_prediction"
-    assert backbone.predict(torch.zeros(1, 4, 16, 16), torch.tensor([5]),
-                            backbone.encode_conditioning(["x"], **{**SIZES, "original_sizes": [(32, 32)],
-                                                                   "crop_top_left": [(0, 0)]},
-                                                         train_text_encoder=False)).shape == (1, 4, 16, 16)
+    assert backbone.caps.prediction_type == "v_prediction" == backbone.scheduler_config["prediction_type"]
+    cond = backbone.encode_conditioning(["x"], original_sizes=[(32, 32)], crop_top_left=[(0, 0)],
+                                        target_size=(32, 32), train_text_encoder=False)
+    assert backbone.predict(torch.zeros(1, 4, 16, 16), torch.tensor([5]), cond).shape == (1, 4, 16, 16)
+
+
+def test_single_file_problems_come_from_the_library(fake_library, tmp_path):
+    fake_library.update(kind="unknown", family=None, label="Unreadable file",
+                        problems=("'model.ckpt' is a pickle file, which can run code",), advice="Convert it.")
+    found = inspect_backbone(_fake_checkpoint(tmp_path, "model.ckpt"))
+    assert not found.usable and "pickle" in found.problems[0] and ("advice", "Convert it.") in found.details
+    fake_library.update(kind="lora", family="sd1", label="LoRA (SD 1.x)", problems=(), advice="")
+    found = inspect_backbone(_fake_checkpoint(tmp_path))
+    assert not found.usable and "LoRA" in found.problems[0]
+    fake_library.update(kind="checkpoint", family="sdxl-refiner", label="Stable Diffusion XL refiner",
+                        problems=("This is the SDXL refiner",))
+    assert SDFamily().inspect(_fake_checkpoint(tmp_path)) is None
+    found = SDXLFamily().inspect(_fake_checkpoint(tmp_path))
+    assert found is not None and not found.usable and "refiner" in found.problems[0]
 
 
 def test_single_file_unclaimed_without_library(monkeypatch, tmp_path):

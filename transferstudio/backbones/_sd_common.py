@@ -108,31 +108,39 @@ def prediction_label(prediction_type: str) -> str:
 
 # --- single-file checkpoints through the model library ---------------------------------------
 
-def inspect_single_file(path: Path, *, families: Sequence[str], key: str) -> Inspection | None:
-    """Claim a `.safetensors` checkpoint whose detected family is one of `families`."""
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def inspect_single_file(path: Path, *, families: Sequence[str], key: str,
+                        claim_unplaced: bool = False) -> Inspection | None:
+    """Claim a single file the model library detects as one of `families` (usable when it is a
+    complete checkpoint). With `claim_unplaced`, also files the library could not place at all
+    (pickles, unreadable or unknown files), so the user reads the library's reason and advice
+    instead of a generic "not a model"."""
     path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".safetensors":
+    if not path.is_file() or path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         return None
     try:
         from transferstudio.library.detect import detect
     except ImportError:
-        return None  # the model library is not there yet: leave single files unclaimed
+        return None  # the model library is not there: leave single files unclaimed
     found = detect(path)
-    if getattr(found, "family", None) not in families:
+    family = getattr(found, "family", None)
+    kind = str(getattr(found, "kind", "checkpoint"))
+    problems = tuple(str(p) for p in (getattr(found, "problems", ()) or ()))
+    if family not in families and not (claim_unplaced and family is None and (problems or kind != "checkpoint")):
         return None
-    size = path.stat().st_size
+    if kind != "checkpoint" and not problems:
+        what = {"lora": "a LoRA adapter", "vae": "a VAE only"}.get(kind, f"a {kind} file")
+        problems = (f"this file is {what}, not a base model; pick the full model (UNet, VAE and text "
+                    "encoder) as the backbone",)
     details: list[tuple[str, str]] = [("layout", "single-file checkpoint")]
     if getattr(found, "advice", ""):
         details.append(("advice", str(found.advice)))
-    if "lora" in str(getattr(found, "kind", "")).lower():
-        return Inspection(path=path, family=None, label=str(found.label), usable=False,
-                          problems=("this file is a LoRA adapter, not a base model; pick the model it was "
-                                    "trained on as the backbone",), size_bytes=size, details=tuple(details))
-    problems = tuple(str(p) for p in (getattr(found, "problems", ()) or ()))
     return Inspection(path=path, family=key if not problems else None, label=str(found.label),
                       usable=not problems, problems=problems,
                       native_resolution=getattr(found, "native_resolution", None),
-                      prediction_type=getattr(found, "prediction_type", None), size_bytes=size,
+                      prediction_type=getattr(found, "prediction_type", None), size_bytes=path.stat().st_size,
                       details=tuple(details))
 
 

@@ -45,7 +45,9 @@ class SDFamily(Family):
     def inspect(self, path: Path) -> Inspection | None:
         path = Path(path)
         if path.is_file():
-            return common.inspect_single_file(path, families=("sd1", "sd2"), key=self.key)
+            # SD is asked first of the single-file families, so it also reports files the model
+            # library could not place (pickles, unknown layouts) with the library's advice.
+            return common.inspect_single_file(path, families=("sd1", "sd2"), key=self.key, claim_unplaced=True)
         index = read_json(path / "model_index.json")
         if index is None or index.get("_class_name") not in PIPELINES:
             return None

@@ -35,7 +35,7 @@ class SDXLFamily(Family):
     def inspect(self, path: Path) -> Inspection | None:
         path = Path(path)
         if path.is_file():
-            return common.inspect_single_file(path, families=("sdxl",), key=self.key)
+            return common.inspect_single_file(path, families=("sdxl", "sdxl-refiner"), key=self.key)
         index = read_json(path / "model_index.json")
         if index is None or index.get("_class_name") not in PIPELINES:
             return None

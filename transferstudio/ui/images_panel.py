@@ -578,6 +578,7 @@ class ImagesPanel(QWidget):
         right_layout.setContentsMargins(6, 0, 0, 0)
         right_layout.addWidget(self.caption_box, 1)
         right_layout.addWidget(self.no_selection, 1)
+        right.setMinimumWidth(300)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.view)

@@ -123,6 +123,8 @@ class NewProjectDialog(QDialog):
         self.folder_msg = MessageLabel()
         self.backbone_msg = MessageLabel()
         self.images_msg = MessageLabel()
+        for msg in (self.name_msg, self.folder_msg, self.backbone_msg, self.images_msg):
+            msg.setWordWrap(False)  # one short line; wrapping labels inflate form rows
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
