@@ -227,6 +227,19 @@ def test_caption_edits_are_saved_and_survive_reselect(qtbot, make_panel, picture
         qtbot.keyClick(panel.caption_edit, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
     assert (picture_folder / "c.txt").read_text() == "a blue one"
 
+    # Leaving the field saves; so does pausing (autosave), without any other action.
+    panel.activateWindow()
+    panel.caption_edit.setFocus()
+    qtbot.waitUntil(panel.caption_edit.hasFocus, timeout=2000)
+    panel.caption_edit.setPlainText("blue, focus out")
+    with qtbot.waitSignal(panel.caption_saved, timeout=2000):
+        panel.view.setFocus()
+    assert (picture_folder / "c.txt").read_text() == "blue, focus out"
+    panel.caption_edit.setPlainText("blue, autosaved")
+    with qtbot.waitSignal(panel.caption_saved, timeout=5000):
+        pass
+    assert (picture_folder / "c.txt").read_text() == "blue, autosaved"
+
     panel.select_row(0)
     panel.select_row(1)
     assert panel.caption_edit.toPlainText() == "a green rectangle"

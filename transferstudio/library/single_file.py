@@ -51,15 +51,22 @@ _PREFIXES = {
 }
 
 
-def _read_tensors(path: Path, prefixes: tuple[str, ...], keys: list[str]) -> dict[str, torch.Tensor]:
-    """Only this component's tensors, so peak memory is one component, not the whole file."""
+def _read_tensors(path: Path, prefixes: tuple[str, ...], keys: list[str],
+                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Only this component's tensors, so peak memory is one component, not the whole file.
+
+    safe_open hands out views into the memory-mapped file: cast or copy each one, so the model
+    owns aligned memory (unaligned views run different, slower kernels) and does not keep the
+    file mapped (on Windows that would lock it against being replaced).
+    """
     from safetensors import safe_open
 
     out = {}
     with safe_open(str(path), framework="pt", device="cpu") as f:
         for k in keys:
             if k.startswith(prefixes):
-                out[k] = f.get_tensor(k)
+                t = f.get_tensor(k)
+                out[k] = t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t.clone()
     return out
 
 
@@ -114,12 +121,12 @@ def _load_diffusers_component(cls: Any, name: str, path: Path, keys: list[str], 
     config = cls.load_config(config_dir / name)
     with init_empty_weights():
         expected = cls.from_config(config).state_dict()
-    raw = _read_tensors(path, _PREFIXES[name], keys)
+    raw = _read_tensors(path, _PREFIXES[name], keys, dtype)
     convert = convert_ldm_unet_checkpoint if name == "unet" else convert_ldm_vae_checkpoint
     converted = _check_complete(name, path.name, _convert(name, path.name, convert, raw, config), expected)
     del raw
-    # Cast here rather than via torch_dtype, whose model.to(dtype) logs a spurious fp32 warning.
-    converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
+    # dtype was applied while reading: torch_dtype here would call model.to(dtype), which logs a
+    # spurious "keep in float32" warning in diffusers 0.42.
     # Keys now match exactly, so from_single_file loads them as they are (no second conversion);
     # `config=` keeps it offline.
     model = cls.from_single_file(converted, config=str(config_dir), subfolder=name, local_files_only=True)
@@ -138,7 +145,7 @@ def _load_text_encoder(name: str, style: str, prefix: str, path: Path, keys: lis
     with init_empty_weights():
         model = cls(cfg)
     expected = model.state_dict()
-    raw = _read_tensors(path, (prefix,), keys)
+    raw = _read_tensors(path, (prefix,), keys, dtype)
     if style == "clip":
         converted = _convert(name, path.name, convert_ldm_clip_checkpoint, raw, remove_prefix=prefix)
     else:
@@ -157,8 +164,7 @@ def _load_text_encoder(name: str, style: str, prefix: str, path: Path, keys: lis
         bare = k[len("text_model."):] if k.startswith("text_model.") else k
         fixed[("text_model." + bare) if wants_prefix and not bare.startswith("text_projection") else bare] = v
     fixed = _check_complete(name, path.name, fixed, expected)
-    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in fixed.items()},
-                          strict=True, assign=True)
+    model.load_state_dict(fixed, strict=True, assign=True)
     model.to(dtype)
     _no_meta(name, model)
     return model.eval()

@@ -11,7 +11,7 @@ import traceback
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from PySide6.QtCore import QObject, QThread, Signal
 from PySide6.QtGui import QImage
@@ -81,9 +81,12 @@ class TrainingWorker(QObject):
     done = Signal()  # the thread has ended (after `ended` or `crashed`)
 
     def __init__(self, project: Any, *, fresh: bool = False, steps: int | None = None,
+                 train_fn: Callable[[Any, Commands], Iterable[Any]] | None = None,
                  parent: QObject | None = None) -> None:
+        """`train_fn(job, commands)` replaces the engine's `train` (tests feed scripted events)."""
         super().__init__(parent)
         self.project = project
+        self._train_fn = train_fn
         self.fresh = fresh
         self.total_steps = steps
         self.commands = Commands()
@@ -135,7 +138,7 @@ class TrainingWorker(QObject):
             from transferstudio.training.loop import TrainJob, train  # imports torch: worker only
 
             job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh)
-            for event in train(job, self.commands):
+            for event in (self._train_fn or train)(job, self.commands):
                 self._dispatch(event)
             if self._end is None:  # the contract says one end event; never leave the GUI waiting
                 self._flush()

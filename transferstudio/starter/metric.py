@@ -101,26 +101,27 @@ def _normalise(desc: np.ndarray, mean=None, std=None) -> np.ndarray:
         mean = desc.mean(axis=(0, 1, 2), keepdims=True)
         std = desc.std(axis=(0, 1, 2), keepdims=True)
     desc = (desc - mean) / np.maximum(std, 1e-8)
-    return desc.reshape(desc.shape[0], -1)
+    return desc.reshape(desc.shape[0], -1).astype(np.float32)
 
 
 def _quantiles(sorted_proj: np.ndarray, m: int) -> np.ndarray:
     # nearest-rank resampling so sets of different size compare quantile by quantile
-    n = sorted_proj.shape[0]
+    n = sorted_proj.shape[1]
     if n == m:
         return sorted_proj
-    return sorted_proj[((np.arange(m) + 0.5) * n / m).astype(int)]
+    return sorted_proj[:, ((np.arange(m) + 0.5) * n / m).astype(int)]
 
 
 def _sliced_wd(a: np.ndarray, b: np.ndarray, rng, directions: int, repeats: int) -> float:
     m = min(a.shape[0], b.shape[0])
     vals = []
     for _ in range(repeats):
-        dirs = rng.standard_normal((a.shape[1], directions)).astype(np.float32)
-        dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-        pa = _quantiles(np.sort(a @ dirs, axis=0), m)
-        pb = _quantiles(np.sort(b @ dirs, axis=0), m)
-        vals.append(float(np.mean(np.abs(pa - pb))))
+        dirs = rng.standard_normal((directions, a.shape[1])).astype(np.float32)
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        # (directions, samples) layout: sorting contiguous rows is much faster
+        pa = np.sort(dirs @ a.T, axis=1)
+        pb = np.sort(dirs @ b.T, axis=1)
+        vals.append(float(np.mean(np.abs(_quantiles(pa, m) - _quantiles(pb, m)))))
     return float(np.mean(vals))
 
 

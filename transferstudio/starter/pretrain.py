@@ -229,7 +229,8 @@ def write_model_card(args, channels, n_params, final_loss, wall, losses) -> None
     cmd = ["python", "-m", "transferstudio.starter.pretrain", "--out", args.out,
            "--steps", str(args.steps), "--seed", str(args.seed), "--size", str(args.size),
            "--batch", str(args.batch), "--lr", str(args.lr), "--images", str(args.images),
-           "--channels", ",".join(map(str, channels)), "--ema", str(args.ema)]
+           "--channels", ",".join(map(str, channels)), "--ema", str(args.ema),
+           "--threads", str(torch.get_num_threads())]
     curve = ", ".join(f"{i}: {np.mean(losses[max(0, i - 100):i]):.4f}"
                       for i in range(100, len(losses) + 1, max(100, len(losses) // 10 // 100 * 100)))
     card = f"""# TransferStudio starter backbone

@@ -233,7 +233,7 @@ class ThumbnailLoader(QObject):
 class ThumbnailCache:
     """In-memory LRU of QPixmaps (GUI thread only)."""
 
-    def __init__(self, capacity: int = 1500) -> None:
+    def __init__(self, capacity: int = 800) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, QPixmap] = OrderedDict()
 
@@ -432,7 +432,7 @@ class ImagesPanel(QWidget):
     caption_saved = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, *, thumb_cache_dir: str | os.PathLike | None = None,
-                 memory_cache_size: int = 1500) -> None:
+                 memory_cache_size: int = 800) -> None:
         super().__init__(parent)
         self._folder: str | None = None
         self._trigger = ""

@@ -132,7 +132,7 @@ class MainWindow(QMainWindow):
         self.welcome_recent = QListWidget()
         self.welcome_recent.setMaximumWidth(640)
         self.welcome_recent.itemActivated.connect(lambda item: self.open_project(item.data(Qt.ItemDataRole.UserRole)))
-        recent_label = QLabel("Recent projects")
+        self.welcome_recent_label = recent_label = QLabel("Recent projects")
         col = QVBoxLayout(page)
         col.addStretch(1)
         col.addWidget(title)
@@ -613,6 +613,7 @@ class MainWindow(QMainWindow):
                 item.setData(Qt.ItemDataRole.UserRole, folder)
                 self.welcome_recent.addItem(item)
         self.welcome_recent.setVisible(self.welcome_recent.count() > 0)
+        self.welcome_recent_label.setVisible(self.welcome_recent.count() > 0)
 
     # ================================================================== help
     def open_log_folder(self) -> None:

@@ -240,7 +240,7 @@ class SettingsForm(QWidget):
 
         content = QWidget()
         outer = QVBoxLayout(content)
-        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setContentsMargins(4, 4, 4, 4)
 
         basic_box = QGroupBox("Basic")
         self._basic_form = self._new_form(basic_box)

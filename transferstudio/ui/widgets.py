@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPalette
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -59,6 +59,12 @@ class MessageLabel(QLabel):
 
     def level(self) -> str:
         return self._level
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802
+        super().changeEvent(event)
+        # The user switched light/dark: recompute the muted tone from the new palette.
+        if event.type() == QEvent.Type.ApplicationPaletteChange and self._level in ("plain", "muted"):
+            self.show_message(self.text(), self._level)
 
     def show_message(self, text: str, level: str = "plain") -> None:
         """level: plain | muted | ok | warning | error. Empty text hides the label."""
