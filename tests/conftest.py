@@ -13,7 +13,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 
+from conftest_sd import tiny_sd1_dir, tiny_sd2v_dir, tiny_sdxl_dir  # noqa: E402,F401
 from tiny_ddpm import make_images, make_tiny_ddpm  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny test models run faster on one thread than fighting over two cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,18 @@ from transferstudio.backbones.sdxl import SDXLBackbone, SDXLFamily  # noqa: E402
 from transferstudio.core.errors import BackboneError  # noqa: E402
 from transferstudio.training.adapters import add_lora, lora_state_dict  # noqa: E402
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are op-overhead bound: one intra-op thread is ~10x faster than two on a shared
+    2-core machine (OpenMP workers spin-wait for each other under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SIZES = dict(original_sizes=[(40, 32), (32, 32)], crop_top_left=[(4, 0), (0, 0)], target_size=(32, 32))
 
 
@@ -191,6 +203,26 @@ def test_single_file_unclaimed_without_library(monkeypatch, tmp_path):
     assert SDFamily().inspect(path) is None and SDXLFamily().inspect(path) is None
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_real_single_file_checkpoint_loads_and_samples(family, tmp_path, monkeypatch):
+    """End to end with the real model library: an original-layout tiny checkpoint."""
+    pytest.importorskip("transferstudio.library.single_file")
+    tiny_single_file = pytest.importorskip("tiny_single_file")
+    from transferstudio.library.original_layout import save_single_file
+
+    models = tiny_single_file.build_tiny_models(family)
+    tiny_single_file.write_tiny_config_root(tmp_path / "loading", family)
+    path = save_single_file(tmp_path / f"tiny-{family}.safetensors", models["unet"], models["vae"],
+                            models["text_encoder"], models.get("text_encoder_2"), family=family)
+    monkeypatch.setenv("TRANSFERSTUDIO_RESOURCES", str(tmp_path))  # the tiny configs, not the real ones
+    found = inspect_backbone(path)
+    assert found.usable and found.family == ("sdxl" if family == "sdxl" else "sd")
+    backbone = load_backbone(path)
+    assert isinstance(backbone, SDXLBackbone if family == "sdxl" else SDBackbone)
+    assert backbone.caps.text_encoders == (2 if family == "sdxl" else 1)
+    assert backbone.sample(seeds=[1], prompts=["a cat"], steps=2, size=(64, 64))[0].size == (64, 64)
+
+
 # --- encoding and the denoiser ---------------------------------------------------------------
 
 def test_sd_encode_and_predict_shapes(tiny_sd1_dir):
@@ -280,21 +312,25 @@ def test_lora_starts_at_base_and_changes_output_once_trained(tiny_sd1_dir):
         assert not torch.allclose(backbone.predict(latents, t, cond1), base, atol=1e-3)
 
 
-def _export_roundtrip(backbone, folder: Path, pipeline_cls, tmp_path: Path, **pipe_kwargs) -> None:
+def _export_roundtrip(backbone, folder: Path, pipeline_cls, tmp_path: Path, config_style: str,
+                      **pipe_kwargs) -> None:
     """Adapted backbone's preview == a fresh diffusers pipeline + load_lora_weights(our file)."""
     from diffusers import DDIMScheduler
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    add_lora(backbone.unet, rank=4, alpha=8, dropout=0.0, targets=backbone.lora_targets())
+    unet_config = add_lora(backbone.unet, rank=4, alpha=8, dropout=0.0, targets=backbone.lora_targets())
     for i, te in enumerate(backbone.text_encoders()):
         add_lora(te, rank=2, alpha=8, dropout=0.0, targets=backbone.text_encoder_lora_targets())
         _set_lora_b(te, seed=10 + i)
     _set_lora_b(backbone.unet)
     file = tmp_path / "exports" / "style.safetensors"
+    if config_style == "peft":  # what the exporter passes: the UNet adapter's peft config as a dict
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in unet_config.to_dict().items()}
+    else:
+        config = {"rank": 4, "alpha": 8, "text_encoder_rank": 2, "text_encoder_alpha": 8}
     backbone.save_lora_diffusers(file, lora_state_dict(backbone.unet),
-                                 [lora_state_dict(te) for te in backbone.text_encoders()],
-                                 {"rank": 4, "alpha": 8, "text_encoder_rank": 2, "text_encoder_alpha": 8})
+                                 [lora_state_dict(te) for te in backbone.text_encoders()], config)
     assert file.is_file() and [p.name for p in file.parent.iterdir()] == ["style.safetensors"]
     with safe_open(str(file), "pt") as fh:
         meta = json.loads(fh.metadata()["lora_adapter_metadata"])
@@ -319,17 +355,16 @@ def _export_roundtrip(backbone, folder: Path, pipeline_cls, tmp_path: Path, **pi
 def test_save_lora_diffusers_loads_in_plain_diffusers_sd(tiny_sd1_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    _export_roundtrip(SDFamily().load(tiny_sd1_dir), tiny_sd1_dir, StableDiffusionPipeline, tmp_path,
+    _export_roundtrip(SDFamily().load(tiny_sd1_dir), tiny_sd1_dir, StableDiffusionPipeline, tmp_path, "peft",
                       safety_checker=None)
 
 
-@pytest.mark.slow
 def test_save_lora_diffusers_loads_in_plain_diffusers_sdxl(tiny_sdxl_dir, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
     backbone = SDXLFamily().load(tiny_sdxl_dir)
     assert isinstance(backbone, SDXLBackbone)
-    _export_roundtrip(backbone, tiny_sdxl_dir, StableDiffusionXLPipeline, tmp_path)
+    _export_roundtrip(backbone, tiny_sdxl_dir, StableDiffusionXLPipeline, tmp_path, "plain")
 
 
 def test_save_lora_rejects_mismatched_rank(tiny_sd1_dir, tmp_path):
@@ -378,7 +413,7 @@ def test_thirty_lora_steps_on_two_images_reduce_the_loss(tiny_sd1_dir):
     before = probe_loss()
     backbone.unet.train()
     params = [p for p in backbone.unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=3e-3)
+    opt = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(30):
         loss = loss_for(torch.randn(latents.shape, generator=g), torch.randint(0, 1000, (2,), generator=g))
         opt.zero_grad()
@@ -386,4 +421,4 @@ def test_thirty_lora_steps_on_two_images_reduce_the_loss(tiny_sd1_dir):
         opt.step()
     backbone.unet.eval()
     after = probe_loss()
-    assert after < before * 0.9, (before, after)
+    assert after < before * 0.85, (before, after)  # 1.16 -> 0.76 when written

@@ -211,3 +211,8 @@ def test_describe_file_is_human_text(tmp_path):
                                   {"lora_unet_x.lora_down.weight": ("F16", (4, 8))})
     text = describe_file(lora)
     assert "Usable:      no" in text and "This is a LoRA, not a base model" in text
+
+
+def test_safetensors_with_a_pickle_suffix_is_read_as_safetensors(tmp_path):
+    path = write_fake_safetensors(tmp_path / "renamed.bin", fake_checkpoint_keys("sd1"))
+    assert detect(path).usable

@@ -322,7 +322,7 @@ def _random_full_size(key, dtype):
         model = _meta_model(key, name)
         for pname, p in list(model.named_parameters()):
             value = torch.empty(p.shape, dtype=dtype).normal_(0, 0.02, generator=gen)
-            set_module_tensor_to_device(model, pname, "cpu", value=value)
+            set_module_tensor_to_device(model, pname, "cpu", value=value, dtype=dtype)
         for bname, b in list(model.named_buffers()):
             if b.device.type == "meta":
                 set_module_tensor_to_device(model, bname, "cpu", value=torch.zeros(b.shape, dtype=b.dtype))

@@ -358,6 +358,11 @@ class StableDiffusionBase(Backbone):
 
     def save_full(self, folder: Path) -> None:
         """The whole model as a diffusers folder (safetensors), with its original scheduler."""
+        for module in (self.unet, *self._text_encoders):
+            if any("lora_" in name for name, _ in module.named_parameters()):
+                # peft layers would be saved under renamed keys and the folder would not load.
+                raise ValueError("save_full is for full fine-tuning; this model carries a LoRA adapter "
+                                 "(export it with save_lora_diffusers)")
         pipe = self._pipeline(self._scheduler_for_saving())
         pipe.save_pretrained(Path(folder), safe_serialization=True)
 

@@ -23,7 +23,7 @@ COMPONENTS = {"unet": True, "vae": True, "text_encoder": True, "tokenizer": Fals
 
 
 def sd_version(text_encoder_config: dict[str, Any], unet_config: dict[str, Any]) -> str:
-    """"1.x" or "2.x" from the text encoder width (768 / 1024); for other widths (custom or
+    """The version, "1.x" or "2.x", from the text encoder width (768 / 1024); for other widths (custom or
     test models) from its activation: OpenCLIP (2.x) uses gelu, OpenAI CLIP (1.x) quick_gelu."""
     width = text_encoder_config.get("hidden_size") or unet_config.get("cross_attention_dim")
     if width == 768:

@@ -112,12 +112,13 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
         raise BackboneError(f"'{name}' is empty (0 bytes).",
                             "The download or copy probably failed; get the file again.")
     with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
+        head = f.read(9)
+        if len(head) < 9:
             raise BackboneError(f"'{name}' is only {size} bytes long, too short to be a model.",
                                 "Get the file again.")
         kind = _looks_like_pickle(head)
-        if kind is not None or path.suffix.lower() in PICKLE_SUFFIXES:
+        # A pickle suffix counts only when the content is not a safetensors header ("{" after the length).
+        if kind is not None or (path.suffix.lower() in PICKLE_SUFFIXES and head[8:9] != b"{"):
             raise BackboneError(
                 f"'{name}' is {kind or 'a pickle file'}, which can run code when opened, so "
                 "TransferStudio does not open it directly.",
@@ -126,13 +127,13 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
         if head[:4] == b"GGUF":
             raise BackboneError(f"'{name}' is a quantized GGUF file, which cannot be fine-tuned here.",
                                 "Use the .safetensors version of the model.")
-        (n,) = struct.unpack("<Q", head)
+        (n,) = struct.unpack("<Q", head[:8])
         if n == 0 or n > _MAX_HEADER_BYTES or 8 + n > size:
             raise BackboneError(
                 f"'{name}' is not a valid safetensors file: its header claims {n:,} bytes but the "
                 f"file has only {size:,}.",
                 "The file is damaged or not a safetensors file; get it again.")
-        raw = f.read(n)
+        raw = head[8:] + f.read(n - 1)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -10,6 +10,7 @@ weights in the model.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,15 @@ from transferstudio.core.errors import BackboneError  # noqa: E402
 from transferstudio.library._paths import loading_root  # noqa: E402
 from transferstudio.library.detect import classify, read_safetensors_header  # noqa: E402
 from transferstudio.library.pickles import convert_pickle_to_safetensors  # noqa: E402,F401  (re-export)
+
+class _EmptyFp32ListFilter(logging.Filter):
+    """diffusers 0.42 warns "should be kept in float32: []" on every dtype cast, even with no such modules."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyFp32ListFilter())
 
 # Keys the original file may hold that no diffusers parameter corresponds to.
 _IGNORABLE = ("position_ids",)
@@ -42,13 +52,8 @@ class SingleFileComponents:
     config_dir: Path
 
 
-# component -> (file prefixes it is read from)
-_PREFIXES = {
-    "unet": ("model.diffusion_model.",),
-    "vae": ("first_stage_model.",),
-    "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
-    "text_encoder_2": ("conditioner.embedders.1.", "conditioner.embedders.0."),
-}
+# component -> file prefix it is read from (text encoders: per family, in load_single_file)
+_PREFIXES = {"unet": ("model.diffusion_model.",), "vae": ("first_stage_model.",)}
 
 
 def _read_tensors(path: Path, prefixes: tuple[str, ...], keys: list[str],
@@ -125,11 +130,10 @@ def _load_diffusers_component(cls: Any, name: str, path: Path, keys: list[str], 
     convert = convert_ldm_unet_checkpoint if name == "unet" else convert_ldm_vae_checkpoint
     converted = _check_complete(name, path.name, _convert(name, path.name, convert, raw, config), expected)
     del raw
-    # dtype was applied while reading: torch_dtype here would call model.to(dtype), which logs a
-    # spurious "keep in float32" warning in diffusers 0.42.
     # Keys now match exactly, so from_single_file loads them as they are (no second conversion);
     # `config=` keeps it offline.
-    model = cls.from_single_file(converted, config=str(config_dir), subfolder=name, local_files_only=True)
+    model = cls.from_single_file(converted, config=str(config_dir), subfolder=name, local_files_only=True,
+                                 torch_dtype=dtype)
     _no_meta(name, model)
     return model
 

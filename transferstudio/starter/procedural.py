@@ -395,10 +395,11 @@ def _render_city(seed: int, res: int) -> np.ndarray:
     dark = _jitter(rng, (0.10, 0.10, 0.15), 0.15)
     mid = dark * 0.8 + hor * 0.2
     # back row: taller, hazy, dimmer windows
-    _buildings(cv, rng, ground_v, (0.2, 0.5), (0.05, 0.12), mid, rng.uniform(0.1, 0.35),
-               0.6, hor, 0.35)
+    haze = hor * 0.5 + top * 0.5  # between horizon and zenith: reads as distance, not as paint
+    _buildings(cv, rng, ground_v, (0.26, 0.55), (0.05, 0.12), mid, rng.uniform(0.1, 0.35),
+               0.6, haze, 0.3)
     # front row: lower, darker, brighter windows
-    _buildings(cv, rng, ground_v, (0.38, 0.7), (0.06, 0.16), dark * 0.6, rng.uniform(0.2, 0.6),
+    _buildings(cv, rng, ground_v, (0.42, 0.72), (0.06, 0.16), dark * 0.6, rng.uniform(0.2, 0.6),
                1.0, hor, 0.0)
     if water:
         _reflect(cv, rng, ground_v, np.clip(top * 0.6 + 0.02, 0, 1), darken=rng.uniform(0.2, 0.5))

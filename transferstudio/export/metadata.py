@@ -1,0 +1,289 @@
+"""What an exported file says about itself: kohya `ss_*` keys and their hashes, `modelspec.*`
+keys (Stability AI's model metadata spec), and our provenance manifest written beside it.
+
+Hashes as sd-scripts computes them (A1111's additional-networks and model browsers compare them):
+- both are taken over the file *as it would be written with only the `ss_*` metadata*, so
+  user-editable keys (title, …) never change them;
+- `sshs_model_hash`: SHA-256 of everything after the header (the tensor bytes);
+- `sshs_legacy_hash`: first 8 hex digits of the SHA-256 of the 64 KiB at offset 1 MiB
+  (empty for files under 1 MiB, as in sd-scripts).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from transferstudio import __version__
+
+MODELSPEC_VERSION = "1.0.0"
+IMPL_SGM = "https://github.com/Stability-AI/generative-models"  # original (ldm/sgm) key layout
+IMPL_DIFFUSERS = "diffusers"
+MANIFEST_IN_FOLDER = "transferstudio.json"
+
+# variant key -> (ss_base_model_version, modelspec architecture of the base model)
+VARIANTS = {
+    "sd1": ("sd_v1", "stable-diffusion-v1"),
+    "sd2": ("sd_v2", "stable-diffusion-v2-512"),
+    "sd2-v": ("sd_v2_v", "stable-diffusion-v2-768-v"),
+    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base"),
+}
+
+
+# --- which model is it ------------------------------------------------------------------------
+
+def model_variant(backbone: Any) -> str | None:
+    """sd1 | sd2 | sd2-v | sdxl for Stable Diffusion backbones, None for anything else."""
+    family = getattr(backbone, "family", "")
+    if family == "sdxl":
+        return "sdxl"
+    if family == "sd":
+        if str(getattr(backbone, "version", "1.x")).startswith("2"):
+            return "sd2-v" if backbone.caps.prediction_type == "v_prediction" else "sd2"
+        return "sd1"
+    return None
+
+
+def resolution_of(backbone: Any, config: Any) -> int:
+    return int(getattr(config, "resolution", 0) or backbone.caps.native_resolution)
+
+
+# --- hashes -----------------------------------------------------------------------------------
+
+def _tensor_bytes_hash(buffer: io.BytesIO) -> str:
+    buffer.seek(0)
+    n = int.from_bytes(buffer.read(8), "little")
+    buffer.seek(8 + n)
+    h = hashlib.sha256()
+    for chunk in iter(lambda: buffer.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _legacy_hash(buffer: io.BytesIO) -> str:
+    buffer.seek(0x100000)
+    return hashlib.sha256(buffer.read(0x10000)).hexdigest()[:8]
+
+
+def safetensors_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) of `tensors` saved with the `ss_*` part of `metadata`."""
+    from safetensors.torch import save
+
+    ss = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    buffer = io.BytesIO(save(dict(tensors), metadata=ss))
+    return _tensor_bytes_hash(buffer), _legacy_hash(buffer)
+
+
+def file_model_hash(path: Path) -> str:
+    """SHA-256 of a safetensors file's tensor bytes (what `sshs_model_hash` must equal)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        f.seek(8 + n)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """A file's SHA-256; for a folder (a diffusers model) the SHA-256 of its sorted
+    `relative/path<TAB>sha256` lines, so the same files give the same hash anywhere."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    lines = []
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        lines.append(f"{f.relative_to(path).as_posix()}\t{sha256_file(f)}")
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+# --- dataset ----------------------------------------------------------------------------------
+
+def tag_frequency(captions: Iterable[str]) -> dict[str, int]:
+    """Comma-separated tags counted over captions (the trigger word is the first tag)."""
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        for tag in caption.split(","):
+            tag = tag.strip()
+            if tag:
+                counts[tag] += 1
+    return dict(counts.most_common())
+
+
+def dataset_summary(images_folder: Path, trigger: str) -> dict[str, Any]:
+    """Files (relative path, SHA-256, caption) and the captions' hash; {} if the folder is gone."""
+    from transferstudio.core.errors import DatasetError
+    from transferstudio.data.scan import scan_images
+
+    try:
+        scan = scan_images(images_folder, trigger=trigger)
+    except DatasetError as exc:
+        return {"folder": str(images_folder), "missing": exc.message}
+    files = []
+    for record in scan.images:
+        files.append({"path": record.path.relative_to(scan.folder).as_posix(), "sha256": sha256_file(record.path),
+                      "caption": record.caption, "repeats": record.repeats})
+    captions = "\n".join(f"{f['path']}\t{f['caption']}" for f in files)
+    return {"folder": str(scan.folder), "images": len(files),
+            "samples_per_epoch": scan.samples_per_epoch, "files": files,
+            "captions_sha256": hashlib.sha256(captions.encode("utf-8")).hexdigest(),
+            "tag_frequency": tag_frequency(f["caption"] for f in files)}
+
+
+# --- run --------------------------------------------------------------------------------------
+
+def final_loss(run_dir: Path, step: int | None = None) -> float | None:
+    """The last logged loss at or before `step` (metrics.jsonl), None if there is none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    loss = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if step is not None and int(row.get("step", 0)) > step:
+            break
+        value = row.get("loss")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            loss = float(value)
+    return loss
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+# --- metadata blocks --------------------------------------------------------------------------
+
+def kohya_metadata(*, variant: str, output_name: str, rank: int, alpha: float, resolution: int,
+                   dataset: Mapping[str, Any], config: Any, base_name: str, base_sha256: str | None,
+                   step: int, network_args: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The `ss_*` keys A1111's and others' LoRA browsers show (hashes added by `with_hashes`)."""
+    base_version = VARIANTS[variant][0]
+    folder_name = Path(str(dataset.get("folder", "images"))).name or "images"
+    meta = {
+        "ss_base_model_version": base_version,
+        "ss_v2": str(variant.startswith("sd2")),
+        "ss_v_parameterization": str(variant == "sd2-v"),
+        "ss_output_name": output_name,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": _num(alpha),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_num_train_images": str(int(dataset.get("samples_per_epoch", dataset.get("images", 0)))),
+        "ss_tag_frequency": json.dumps({folder_name: dict(dataset.get("tag_frequency", {}))}, ensure_ascii=False),
+        "ss_sd_model_name": base_name,
+        "ss_steps": str(int(step)),
+        "ss_max_train_steps": str(int(getattr(config, "steps", step))),
+        "ss_learning_rate": str(getattr(config, "learning_rate", "")),
+        "ss_lr_scheduler": str(getattr(config, "schedule", "")),
+        "ss_lr_warmup_steps": str(getattr(config, "warmup_steps", 0)),
+        "ss_batch_size_per_device": str(getattr(config, "batch_size", 1)),
+        "ss_gradient_accumulation_steps": str(getattr(config, "gradient_accumulation", 1)),
+        "ss_seed": str(getattr(config, "seed", "")),
+        "ss_mixed_precision": str(getattr(config, "precision", "")),
+        "ss_noise_offset": str(getattr(config, "noise_offset", 0.0)),
+        "ss_min_snr_gamma": str(getattr(config, "min_snr_gamma", 0.0)),
+        "ss_flip_aug": str(bool(getattr(config, "flip", False))),
+        "ss_enable_bucket": str(bool(getattr(config, "buckets", False))),
+        "ss_training_comment": f"TransferStudio {__version__}",
+    }
+    if base_sha256:
+        meta["ss_new_sd_model_hash"] = base_sha256
+    if network_args:
+        meta["ss_network_args"] = json.dumps({k: str(v) for k, v in network_args.items()})
+    return meta
+
+
+def modelspec_metadata(*, variant: str | None, adapter: bool, title: str, resolution: int,
+                       implementation: str, trigger: str = "", date: str | None = None,
+                       description: str = "") -> dict[str, str]:
+    """`modelspec.*` keys. Architecture like sd-scripts writes it: "<base>/lora" for adapters."""
+    arch = VARIANTS[variant][1] if variant else "unconditional-diffusion"
+    meta = {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": arch + ("/lora" if adapter else ""),
+        "modelspec.implementation": implementation,
+        "modelspec.title": title,
+        "modelspec.date": date or now_iso(),
+        "modelspec.resolution": f"{resolution}x{resolution}",
+    }
+    if variant:
+        meta["modelspec.prediction_type"] = "v" if variant == "sd2-v" else "epsilon"
+    if trigger:
+        meta["modelspec.trigger_phrase"] = trigger
+        meta["modelspec.usage_hint"] = f"Trigger word: {trigger}"
+    if description:
+        meta["modelspec.description"] = description
+    return meta
+
+
+def with_hashes(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    model_hash, legacy = safetensors_hashes(tensors, metadata)
+    metadata = dict(metadata)
+    metadata["sshs_model_hash"] = model_hash
+    metadata["sshs_legacy_hash"] = legacy
+    metadata["modelspec.hash_sha256"] = "0x" + model_hash
+    return metadata
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# --- provenance manifest ----------------------------------------------------------------------
+
+def manifest_path(out: Path, *, folder: bool | None = None) -> Path:
+    """`<name>.json` beside a file, `transferstudio.json` inside a folder. (A1111 reads a LoRA's
+    `<name>.json` as its user metadata: the `activation text` / `sd version` keys we add show there.)"""
+    out = Path(out)
+    if folder is None:
+        folder = out.is_dir()
+    return out / MANIFEST_IN_FOLDER if folder else out.with_suffix(".json")
+
+
+def manifest(*, fmt: str, out: Path, trained: Any, project: Any | None, strength: float, fp16: bool,
+             base_sha256: str | None, dataset: Mapping[str, Any], date: str,
+             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to tell later what an exported file was made from."""
+    backbone, config = trained.backbone, trained.config
+    step = trained.checkpoint.step
+    source = Path(backbone.source)
+    data: dict[str, Any] = {
+        "app": "TransferStudio",
+        "app_version": __version__,
+        "date": date,
+        "format": fmt,
+        "file": Path(out).name,
+        "method": config.method,
+        "strength": strength,
+        "fp16": fp16,
+        "base_model": {"name": source.name, "path": str(source), "family": getattr(backbone, "family", ""),
+                       "variant": model_variant(backbone), "sha256": base_sha256,
+                       "prediction_type": backbone.caps.prediction_type},
+        "project": ({"name": project.name, "folder": str(project.folder)} if project is not None else None),
+        "run": {"folder": str(trained.run_dir), "checkpoint": Path(trained.checkpoint.path).name, "steps": step,
+                "final_loss": final_loss(trained.run_dir, step)},
+        "settings": config.to_dict(),
+        "dataset": dict(dataset),
+    }
+    if extra:
+        data.update(extra)
+    return data
