@@ -127,7 +127,6 @@ def adapted(tmp_path_factory, tiny_sd1_dir, tiny_sdxl_dir):
 
 # --- LoRA files loaded by diffusers' own loader ------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_lora_file_loaded_by_diffusers_gives_the_apps_image(adapted, family, fmt):
@@ -181,7 +180,6 @@ def _tiny_sdxl_distinct_widths(folder: Path, src: Path) -> Path:
     return folder
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_merged_single_file_loads_in_library_and_diffusers_like_base_plus_lora(tmp_path, family, tiny_sd1_dir,
                                                                                tiny_sdxl_dir):
@@ -217,7 +215,6 @@ def test_merged_single_file_loads_in_library_and_diffusers_like_base_plus_lora(t
     _same(_pipe_image(pipe), image)
 
 
-@pytest.mark.slow
 def test_merged_diffusers_folder_at_half_strength_and_fp16(tmp_path, tiny_sd1_dir):
     trained = _adapted(tmp_path, tiny_sd1_dir, "sd1")
     trained.trainee.set_strength(0.5)
@@ -406,7 +403,6 @@ def test_rslora_and_alpha_pattern_become_the_equivalent_kohya_alpha():
 
 # --- metadata, manifest, a real run -----------------------------------------------------------
 
-@pytest.mark.slow
 def test_kohya_export_of_a_real_run_has_metadata_and_a_manifest_that_match(tmp_path, tiny_sd1_dir):
     from tiny_ddpm import make_images
 
@@ -474,8 +470,8 @@ def test_tag_frequency_and_legacy_hash_of_a_big_file():
 
 # --- safety: no overwrite, atomic, clear errors, dialog lists, folders -----------------------------
 
-def test_never_overwrites_silently_and_a_full_disk_leaves_nothing(adapted, monkeypatch):
-    trained, _, _, tmp = adapted("sd1")
+def test_never_overwrites_silently_and_a_full_disk_leaves_nothing(tmp_path, tiny_sd1_dir, monkeypatch):
+    trained, tmp = _adapted(tmp_path, tiny_sd1_dir, "sd1"), tmp_path
     out = tmp / "safe" / "style.safetensors"
     export_trained(trained, out, "kohya")
     before = out.read_bytes()

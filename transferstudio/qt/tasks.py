@@ -55,6 +55,13 @@ def sample_project_available() -> bool:
         return False
 
 
+def starter_model_present() -> bool:
+    from transferstudio.core.paths import resource
+
+    starter = resource("starter")
+    return (starter / "model_index.json").is_file() or (starter / "config.json").is_file()
+
+
 def ensure_sample_project(parent: str | Path) -> Path:
     from transferstudio.starter.sample import ensure_sample_project as _ensure
 
@@ -160,7 +167,7 @@ def make_demo_project(folder: str | Path, *, steps: int, size: int = 32, images:
         hill = yy > 0.6 + 0.15 * np.sin(xx * (3 + i) + rng.random() * 6)
         arr = np.where(hill[..., None], [0.1, 0.15 + 0.1 * rng.random(), 0.1], sky)
         Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).save(pictures / f"sunset_{i:02d}.png")
-    config = TrainConfig(steps=steps, learning_rate=1e-3, batch_size=4, preview_every=max(1, steps // 4),
+    config = TrainConfig(steps=steps, learning_rate=1e-3, batch_size=2, preview_every=max(1, steps // 4),
                          preview_steps=10, checkpoint_every=max(1, steps // 2), rank=8, alpha=8.0)
     create_project(folder / "project", backbone=model, images=pictures, name="Sunsets", config=config)
     return folder / "project"

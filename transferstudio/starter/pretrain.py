@@ -154,7 +154,9 @@ def main(argv=None) -> int:
 
     log(f"UNet2DModel {args.size}px channels={channels}: {n_params / 1e6:.2f} M params, "
         f"{torch.get_num_threads()} threads")
+    t_data = time.time()
     data = make_dataset(args.images, args.size, args.seed, log)
+    t_data = time.time() - t_data
     alphas = sched.alphas_cumprod
 
     def checkpoint() -> None:
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
     grid = procedural.make_grid(list(samples), 8)
     grid = grid.resize((grid.width * 2, grid.height * 2), resample=0)  # nearest: show real pixels
     grid.save(os.path.join(args.out, "samples.png"))
-    write_model_card(args, channels, n_params, final_loss, wall, losses)
+    write_model_card(args, channels, n_params, final_loss, wall, losses, t_data)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     log(f"done: {step} steps, final loss (mean last 100) {final_loss:.4f}, wall {wall / 60:.1f} min")
     return 0
@@ -225,7 +227,7 @@ def save_pipeline(unet, scheduler, out: str) -> None:
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out, safe_serialization=True)
 
 
-def write_model_card(args, channels, n_params, final_loss, wall, losses) -> None:
+def write_model_card(args, channels, n_params, final_loss, wall, losses, t_data=0.0) -> None:
     cmd = ["python", "-m", "transferstudio.starter.pretrain", "--out", args.out,
            "--steps", str(args.steps), "--seed", str(args.seed), "--size", str(args.size),
            "--batch", str(args.batch), "--lr", str(args.lr), "--images", str(args.images),
@@ -258,7 +260,8 @@ Scheduler: `DDPMScheduler`, 1000 steps, linear betas, epsilon prediction.
 - Seed {args.seed}; torch threads {torch.get_num_threads()}
 - Final loss (mean MSE over last 100 steps): **{final_loss:.4f}**
 - Loss curve (mean over the previous 100 steps): {curve}
-- Wall time: {wall / 60:.1f} min on a 2-core CPU (shared with other processes)
+- Wall time: {wall / 60:.1f} min of training (+ {t_data:.0f} s generating the data) on a 2-core CPU
+  shared with other processes (busy machines are slower)
 
 `samples.png`: 32 DDIM samples (50 steps, eta 0, noise seed 0), shown at 2x with nearest-neighbour.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from transferstudio.qt.tasks import ComparePair, CompareSession
@@ -68,23 +68,25 @@ class CompareView(QWidget):
         self._debounce.timeout.connect(self.generate)
         self.strength.valueChanged.connect(lambda _v: self._debounce.start() if self.last else None)
 
-        form = QFormLayout()
-        form.addRow("Seed", self.seed)
+        # One compact row of controls; the pictures get the space.
+        controls = QHBoxLayout()
         self._prompt_row_label = QLabel("Prompt")
-        form.addRow(self._prompt_row_label, self.prompt)
-        form.addRow("Quality", self.steps)
-        strength_row = QHBoxLayout()
+        for label, widget, stretch in ((QLabel("Seed"), self.seed, 0), (self._prompt_row_label, self.prompt, 3),
+                                       (QLabel("Quality"), self.steps, 0)):
+            controls.addWidget(label)
+            controls.addWidget(widget, stretch)
+            controls.addSpacing(12)
+        self._strength_row = QWidget()
+        strength_row = QHBoxLayout(self._strength_row)
+        strength_row.setContentsMargins(0, 0, 0, 0)
+        strength_row.addWidget(QLabel("Adapter strength"))
         strength_row.addWidget(self.strength, 1)
         strength_row.addWidget(self.strength_label)
-        self._strength_row = QWidget()
-        self._strength_row.setLayout(strength_row)
-        strength_row.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Adapter strength", self._strength_row)
-        actions = QHBoxLayout()
-        actions.addWidget(self.generate_button)
-        actions.addWidget(self.busy)
-        actions.addStretch(1)
-        form.addRow("", actions)
+        self.strength.setMinimumWidth(160)
+        controls.addWidget(self._strength_row, 2)
+        controls.addSpacing(12)
+        controls.addWidget(self.generate_button)
+        controls.addWidget(self.busy)
 
         self.base_title = QLabel("Base model")
         self.trained_title = QLabel("Trained")
@@ -104,7 +106,7 @@ class CompareView(QWidget):
             sides.addLayout(col, 1)
 
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(controls)
         layout.addWidget(self.note)
         layout.addLayout(sides, 1)
         self.set_text_backbone(False)

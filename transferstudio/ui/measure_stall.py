@@ -17,7 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from PySide6.QtCore import QSettings, QTimer  # noqa: E402
+from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from transferstudio.qt import tasks  # noqa: E402
@@ -35,7 +35,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--project", type=Path, help="train this project instead of a built one")
     parser.add_argument("--screenshot", type=Path, help="save the window as PNG after the run")
     args = parser.parse_args(argv)
@@ -52,12 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
 
     intervals: list[float] = []
+    phases: list[str] = []
+    phase = ["loading the model"]  # the last thing the GUI heard: locates the worst stalls
     last = [time.perf_counter()]
 
     def tick() -> None:
         now = time.perf_counter()
         intervals.append((now - last[0]) * 1000)
+        phases.append(phase[0])
         last[0] = now
+
+    view = window.train_view
+    view.run_started.connect(lambda e: phase.__setitem__(0, "started (first preview)"))
+    view.steps_received.connect(lambda step: phase.__setitem__(0, f"after step {step}"))
+    view.preview_added.connect(lambda step: phase.__setitem__(0, f"after preview {step}"))
 
     probe = QTimer()
     probe.setInterval(TICK_MS)
@@ -78,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run ended: {type(end).__name__} at step {getattr(end, 'step', '?')}")
         print(f"event-loop stall over {len(intervals)} ticks: p50 {percentile(stalls, 50):.1f} ms, "
               f"p99 {percentile(stalls, 99):.1f} ms, max {max(stalls, default=float('nan')):.1f} ms")
+        worst = sorted(range(len(stalls)), key=lambda i: -stalls[i])[:5]
+        print("worst: " + "; ".join(f"{stalls[i]:.0f} ms ({phases[i]})" for i in worst))
         if args.screenshot:
             window.work_tabs.setCurrentWidget(window.train_view)
             window.setup_tabs.setCurrentIndex(1)
-            app.processEvents()
+            settle = QEventLoop()  # let thumbnails finish loading before the picture is taken
+            QTimer.singleShot(1500, settle.quit)
+            settle.exec()
             args.screenshot.parent.mkdir(parents=True, exist_ok=True)
             window.grab().save(str(args.screenshot))
             print(f"screenshot: {args.screenshot}")
@@ -92,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     window.train_view.run_finished.connect(finished)
     if args.project:
         QTimer.singleShot(0, lambda: open_and_train(args.project))
+    elif tasks.sample_project_available() and tasks.starter_model_present():
+        print("using the sample project…", flush=True)
+        sample = TaskWorker(tasks.ensure_sample_project, work / "samples", name="sample")
+        sample.succeeded.connect(open_and_train)
+        sample.failed.connect(lambda m, a: (print(m, a), app.exit(2)))
+        sample.start()
     else:
         print("building a small project…", flush=True)
         builder = TaskWorker(tasks.make_demo_project, work / "demo", steps=args.steps, name="build")

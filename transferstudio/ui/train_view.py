@@ -20,7 +20,13 @@ from transferstudio.core.events import Failed, Finished, Stopped
 from transferstudio.qt import history
 from transferstudio.qt.workers import PreviewImages, TrainingWorker
 
-EMA_WEIGHT = 0.98  # smoothing of the loss line; per-step diffusion loss is very noisy
+
+
+def ema_weight(total_steps: int) -> float:
+    """Smoothing of the loss line, averaging over ~1/20 of the run (5…100 steps): per-step
+    diffusion loss is very noisy, but a fixed long window lags far behind a short run."""
+    window = min(100.0, max(5.0, total_steps / 20))
+    return 1.0 - 1.0 / window
 
 
 def format_duration(seconds: float) -> str:
@@ -40,9 +46,12 @@ class LossBuffer:
     """Growing numpy buffers of (step, loss, smoothed loss) with amortised appends."""
 
     def __init__(self) -> None:
+        self.weight = ema_weight(500)
         self.clear()
 
-    def clear(self) -> None:
+    def clear(self, total_steps: int | None = None) -> None:
+        if total_steps:
+            self.weight = ema_weight(total_steps)
         self._x = np.empty(1024)
         self._y = np.empty(1024)
         self._s = np.empty(1024)
@@ -59,8 +68,8 @@ class LossBuffer:
             self._x, self._y, self._s = (np.resize(a, size) for a in (self._x, self._y, self._s))
         for i, (x, y) in enumerate(zip(steps, losses)):
             if math.isfinite(y):
-                self._ema = EMA_WEIGHT * self._ema + (1 - EMA_WEIGHT) * y
-                self._weight = EMA_WEIGHT * self._weight + (1 - EMA_WEIGHT)
+                self._ema = self.weight * self._ema + (1 - self.weight) * y
+                self._weight = self.weight * self._weight + (1 - self.weight)
             j = self.n + i
             self._x[j], self._y[j] = x, y
             self._s[j] = self._ema / self._weight if self._weight else y
@@ -131,7 +140,7 @@ class PreviewGrid(QWidget):
             return
         rows = math.ceil(n / cols)
         x0 = (rect.width() - (cols * side + (cols - 1) * gap)) / 2
-        y0 = (rect.height() - (rows * (side + text_h) + (rows - 1) * gap)) / 2
+        y0 = gap  # top-aligned, right under the gallery's title
         painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
         for i, pix in enumerate(self._pixmaps):
             r, c = divmod(i, cols)
@@ -288,7 +297,7 @@ class TrainView(QWidget):
         if project is not None:
             state = history.latest_run_state(project)
             if state is not None:
-                self.load_history(state.run_dir)
+                self.load_history(state.run_dir, max(state.total, project.config.steps))
                 self.progress.setRange(0, max(1, state.total))
                 self.progress.setValue(state.checkpoint_step or (int(self.loss.steps[-1]) if self.loss.n else 0))
                 self.status.setText(f"Last run: step {state.checkpoint_step} of {state.total} saved."
@@ -310,13 +319,13 @@ class TrainView(QWidget):
             label.clear()
         self.status.setText("Not started.")
 
-    def load_history(self, run_dir: Path) -> None:
+    def load_history(self, run_dir: Path, total_steps: int | None = None) -> None:
         steps, losses = history.read_metrics(run_dir)
-        self.loss.clear()
+        self.loss.clear(total_steps)
         self.loss.extend(steps, losses)
         self._redraw_loss()
         if self.loss.n:
-            self.loss_label.setText(f"loss {self.loss.smoothed[-1]:.4f}")
+            self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
         self._previews = [(step, None, files, [f"seed {history.seed_of(f)}" for f in files])
                           for step, files in history.preview_files(run_dir)]
         self._follow_latest = True
@@ -379,7 +388,7 @@ class TrainView(QWidget):
     # --- worker events -----------------------------------------------------------------
     def _on_started(self, event: Any) -> None:
         # The engine has already trimmed metrics past a resumed checkpoint: reload from disk.
-        self.load_history(event.run_dir)
+        self.load_history(event.run_dir, event.total_steps)
         self.progress.setRange(0, event.total_steps)
         self.progress.setValue(event.start_step)
         self._set_state("running" if self._state == "starting" else self._state)
@@ -398,7 +407,7 @@ class TrainView(QWidget):
         self.progress.setValue(last.step)
         self.speed_label.setText(f"{last.images_per_s:.2f} images/s")
         self.eta_label.setText(f"{format_duration(last.eta_s)} left")
-        self.loss_label.setText(f"loss {self.loss.smoothed[-1]:.4f}")
+        self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
         self.steps_received.emit(last.step)
 
     def _on_preview(self, preview: PreviewImages) -> None:
