@@ -259,6 +259,32 @@ def test_unconditional_lora_exports_as_peft_file_and_merged_folder(tmp_path, tin
     _same(np.asarray(out.images[0], dtype=np.float32), image)
 
 
+def test_full_finetune_of_an_unconditional_model_is_a_diffusers_folder_with_its_manifest(tmp_path, tiny_ddpm):
+    from diffusers import UNet2DModel
+
+    from transferstudio.backbones.registry import load_backbone
+
+    backbone = load_backbone(tiny_ddpm)
+    config = TrainConfig(method="full")
+    trainee = Trainee(backbone, config)
+    with torch.no_grad():
+        next(backbone.unet.parameters()).add_(1.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 0.25}) + "\n")
+    trained = TrainedModel(backbone, trainee, config, run, CheckpointInfo(run / "c", 5, {}))
+    assert [k for k, _, _ in formats_for(backbone, "full")] == ["diffusers"]
+    result = export_trained(trained, tmp_path / "full", "diffusers")
+    assert result.kind == "full" and result.path.is_dir()
+    manifest = json.loads((result.path / "transferstudio.json").read_text())
+    assert manifest["method"] == "full" and manifest["run"] == {
+        "folder": str(run), "checkpoint": "c", "steps": 5, "final_loss": 0.25}
+    loaded = UNet2DModel.from_pretrained(result.path / "unet", local_files_only=True)
+    torch.testing.assert_close(next(loaded.parameters()), next(backbone.unet.parameters()))
+    with pytest.raises(ExportError, match="already exists"):
+        export_trained(trained, tmp_path / "full", "diffusers")
+
+
 # --- names as the loaders map them --------------------------------------------------------------
 
 def _real_unet(family: str):

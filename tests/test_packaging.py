@@ -106,8 +106,8 @@ def test_self_check_passes_on_a_whole_installation(tiny_resources, tmp_path):
     checks = lines[1:-1]
     assert lines[-1].startswith("PASS")
     assert all(line.split()[0] in ("ok", "warn") for line in checks), "\n".join(lines)
-    names = {line[5:].split(":")[0] for line in checks}
-    assert {"offline", "imports: torch", "torchvision operators", "main window", "load starter model",
+    names = {line[5:].split(": ", 1)[0] for line in checks}
+    assert {"offline", "imports (torch)", "torchvision operators", "main window", "load starter model",
             "train (full fine-tune)", "load export (full fine-tune)", "train (LoRA)", "load export (LoRA)",
             "network"} <= names
     assert (tmp_path / "work" / "exports" / "full-model" / "model_index.json").is_file()
@@ -124,12 +124,12 @@ def test_self_check_fails_when_a_library_is_missing(tiny_resources, tmp_path, mo
     assert selfcheck.main(["--report", str(report), "--workdir", str(tmp_path / "work")]) == 1
 
     lines = report.read_text().splitlines()
-    by_name = {line[5:].split(":")[0]: line for line in lines[1:-1]}
-    assert by_name["imports: diffusion libraries"].startswith("FAIL")
-    assert "transferstudio_not_a_library" in by_name["imports: diffusion libraries"]
+    by_name = {line[5:].split(": ", 1)[0]: line for line in lines[1:-1]}
+    assert by_name["imports (diffusion libraries)"].startswith("FAIL")
+    assert "transferstudio_not_a_library" in by_name["imports (diffusion libraries)"]
     assert by_name["load starter model"].startswith("skip")  # what needs the library is not attempted
-    assert by_name["imports: torch"].startswith("ok")
-    assert lines[-1].startswith("FAIL") and "imports: diffusion libraries" in lines[-1]
+    assert by_name["imports (torch)"].startswith("ok")
+    assert lines[-1].startswith("FAIL") and "imports (diffusion libraries)" in lines[-1]
 
 
 def test_self_check_fails_when_the_starter_model_is_missing(tiny_resources, tmp_path):

@@ -362,3 +362,29 @@ def test_step_signals_are_throttled_but_every_step_arrives(qtbot, project):
     assert got == list(range(1, total + 1))
     assert len(batches) <= elapsed * 10 + 3  # ≤ ~10 batches a second (+ first and final flush)
     assert isinstance(worker.end_event, Finished)
+
+
+def test_unexpected_errors_reach_the_log_and_a_dialog(qtbot, user_home, monkeypatch):
+    import logging
+
+    from transferstudio import app
+
+    shown: list[str] = []
+    monkeypatch.setattr(QMessageBox, "exec", lambda box: shown.append(box.detailedText()) or 0)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    path = app.setup_logging()
+    try:
+        app.install_excepthook()
+        try:
+            raise ValueError("a programming error")
+        except ValueError:
+            sys.excepthook(*sys.exc_info())
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        assert "ValueError: a programming error" in path.read_text(encoding="utf-8")
+        assert shown and "Traceback" in shown[0]
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "baseFilename", "") == str(path)]:
+            root.removeHandler(handler)
+            handler.close()

@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the trained weights")
     p.add_argument("project", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--format", default="diffusers")
+    p.add_argument("--format", default="diffusers",
+                   choices=("diffusers", "kohya", "merged-diffusers", "merged-single-file"),
+                   help="kohya: LoRA for ComfyUI/A1111; diffusers: load_lora_weights / from_pretrained; "
+                        "merged-*: the whole model with the training baked in")
+    p.add_argument("--strength", type=float, default=1.0, help="strength the merged formats bake in")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("inspect", help="say what a model path is, or why it is not usable")
@@ -209,10 +214,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from transferstudio.export.diffusers_export import export_project
+    from transferstudio.export.formats import export
     from transferstudio.project.project import load_project
 
-    result = export_project(load_project(args.project), args.out, fmt=args.format, overwrite=args.overwrite)
+    result = export(load_project(args.project), args.out, args.format, strength=args.strength, fp16=args.fp16,
+                    overwrite=args.overwrite)
     print(f"exported {result.kind} weights from step {result.step} to {result.path}")
     return 0
 

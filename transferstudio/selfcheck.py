@@ -393,12 +393,12 @@ def check_load_full_export(state: _State) -> str:
 
     from diffusers.utils import logging as diffusers_logging
 
-    quiet = diffusers_logging.are_progress_bars_disabled()
+    bars = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # one report line per check, no progress bars
     try:
         pipe = DiffusionPipeline.from_pretrained(state.exports["full"], local_files_only=True)
     finally:
-        if not quiet:
+        if bars:
             diffusers_logging.enable_progress_bar()
     unet = pipe.unet
     changed = sum(not torch.equal(v, state.starter_weights[k]) for k, v in unet.state_dict().items()
@@ -480,13 +480,13 @@ def run_self_check(out: Callable[[str], Any] = print, workdir: Path | None = Non
         with NetworkGuard() as guard:
             checks.run("offline", check_offline)
             for group in IMPORT_GROUPS:
-                checks.run(f"imports: {group}", check_imports(group))
-            checks.run("torchvision operators", check_torchvision_ops, needs=["imports: torch"])
-            checks.run("imports: TransferStudio modules", check_own_modules)
+                checks.run(f"imports ({group})", check_imports(group))
+            checks.run("torchvision operators", check_torchvision_ops, needs=["imports (torch)"])
+            checks.run("imports (TransferStudio)", check_own_modules)
             checks.run("resources", check_resources)
-            checks.run("main window", check_window(work), needs=["imports: Qt"])
-            checks.run("desktop plugin", check_display_plugin, needs=["imports: Qt"])
-            engine = ["imports: torch", "imports: diffusion libraries", "resources"]
+            checks.run("main window", check_window(work), needs=["imports (Qt)"])
+            checks.run("desktop plugin", check_display_plugin, needs=["imports (Qt)"])
+            engine = ["imports (torch)", "imports (diffusion libraries)", "resources"]
             checks.run("load starter model", lambda: check_load_starter(state), needs=engine)
             for method, label in (("full", "full fine-tune"), ("lora", "LoRA")):
                 checks.run(f"train ({label})", check_train(state, work, method), needs=["load starter model"])
@@ -503,12 +503,14 @@ def run_self_check(out: Callable[[str], Any] = print, workdir: Path | None = Non
     finally:
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
-    failed = [r.name for r in checks.results if r.status not in ("ok", "warn")]
+    failed = [r.name for r in checks.results if r.status == "FAIL"]
+    skipped = sum(r.status == "skip" for r in checks.results)
     warnings = sum(r.status == "warn" for r in checks.results)
     seconds = time.perf_counter() - started
-    if failed:
-        out(f"FAIL: {len(failed)} of {len(checks.results)} checks did not pass ({', '.join(failed)}) "
-            f"in {seconds:.0f} s")
+    if failed or skipped:
+        not_run = f", {skipped} not run because of them" if skipped else ""
+        out(f"FAIL: {len(failed)} of {len(checks.results)} checks failed ({', '.join(failed)}){not_run} "
+            f"in {seconds:.0f} s — this installation is incomplete or damaged")
     else:
         note = f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else ""
         out(f"PASS: all {len(checks.results)} checks passed{note} in {seconds:.0f} s — this installation is whole")

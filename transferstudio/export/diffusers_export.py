@@ -22,7 +22,7 @@ from transferstudio.project.project import Project
 from transferstudio.training.restore import TrainedModel, load_trained
 from transferstudio.training.trainee import DENOISER, TEXT_ROLES
 
-FORMATS = ("diffusers",)
+FORMATS = ("diffusers", "kohya", "merged-diffusers", "merged-single-file")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ def export_project(project: Project, out: Path, *, fmt: str = "diffusers", run_d
                    overwrite: bool = False) -> ExportResult:
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format '{fmt}'.", f"Choose one of: {', '.join(FORMATS)}.")
+    if fmt != "diffusers":
+        from transferstudio.export.formats import export
+
+        return export(project, out, fmt, run_dir=run_dir, overwrite=overwrite)
     trained = load_trained(project, run_dir)
     return export_trained(trained, Path(out), overwrite=overwrite)
 

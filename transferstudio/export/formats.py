@@ -14,12 +14,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transferstudio.core.atomic import fsync_dir, write_json_atomic
 from transferstudio.core.errors import ExportError
 from transferstudio.export import metadata as md
-from transferstudio.export.diffusers_export import ExportResult
+
+if TYPE_CHECKING:  # importing this module stays light (no torch) for the CLI's and dialog's lists
+    from transferstudio.export.diffusers_export import ExportResult
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,10 @@ def unique_path(path: Path) -> Path:
 
 def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bool = False,
            overwrite: bool = False, run_dir: Path | None = None) -> ExportResult:
-    """Export a project's latest (or `run_dir`'s) trained weights as `fmt`."""
+    """Export a project's latest (or `run_dir`'s) trained weights as `fmt`.
+
+    `strength` bakes the LoRA in at that scale for the merged formats; LoRA files keep the
+    trained alpha (their strength is set in the tool) and record it as the preferred weight."""
     from transferstudio.training.restore import load_trained
 
     _info(fmt)
@@ -119,6 +124,8 @@ def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bo
 def export_trained(trained: Any, out: Path, fmt: str, *, project: Any | None = None, strength: float = 1.0,
                    fp16: bool = False, overwrite: bool = False, title: str | None = None) -> ExportResult:
     """Export an already loaded TrainedModel. Merged formats change its backbone in place."""
+    from transferstudio.export.diffusers_export import ExportResult
+
     info = _info(fmt)
     backbone, config = trained.backbone, trained.config
     method = config.method
@@ -126,7 +133,7 @@ def export_trained(trained: Any, out: Path, fmt: str, *, project: Any | None = N
     if fmt not in applicable and not (fmt == "merged-diffusers" and method == "full"):
         raise ExportError(f"The {fmt} format does not apply to this {_what(backbone, method)}.",
                           f"Choose one of: {', '.join(applicable)}.")
-    if not (0.0 <= strength <= 10.0):
+    if not (0.0 <= strength <= 2.0):
         raise ExportError(f"Strength {strength} is out of range.", "Use a value between 0 and 2 (1 = as trained).")
 
     out = Path(out).expanduser()
@@ -158,7 +165,7 @@ def export_trained(trained: Any, out: Path, fmt: str, *, project: Any | None = N
                            base_sha256=base_sha256, dataset=dataset, date=date, extra=extra)
         staged_manifest = md.manifest_path(staged, folder=folder_out)
         write_json_atomic(staged_manifest, data)
-        _move_into_place(staged, out, folder_out, overwrite)
+        _move_into_place(staged, out, folder_out)
         if not folder_out:
             os.replace(staged_manifest, manifest_file)
         fsync_dir(out.parent)
@@ -194,10 +201,8 @@ def _os_error(exc: OSError, out: Path) -> ExportError:
                        "Check that the disk has space and the folder is writable; nothing was written.")
 
 
-def _move_into_place(staged: Path, out: Path, folder: bool, overwrite: bool) -> None:
+def _move_into_place(staged: Path, out: Path, folder: bool) -> None:
     if not folder or not out.exists():
-        if folder and out.exists() and not overwrite:
-            raise ExportError(f"{out} already exists.", "Choose another name, or allow overwriting.")
         os.replace(staged, out)
         return
     # A folder cannot be swapped in one rename: move the old one aside, then delete it.

@@ -17,11 +17,12 @@ import math
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from transferstudio import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 MODELSPEC_VERSION = "1.0.0"
 IMPL_SGM = "https://github.com/Stability-AI/generative-models"  # original (ldm/sgm) key layout

@@ -22,7 +22,8 @@ N_SAMPLES = 64
 SAMPLE_STEPS = 50
 
 
-def run_demo(out: Path, *, steps: int | None = None, method: str = "full", log=print) -> int:
+def run_demo(out: Path, *, steps: int | None = None, method: str = "full", samples: int = N_SAMPLES,
+             sample_steps: int = SAMPLE_STEPS, log=print) -> int:
     from transferstudio.project.project import create_project, load_project
     from transferstudio.starter.sample import create_sample_project
     from transferstudio.training.loop import TrainJob, train
@@ -54,7 +55,7 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", log=p
         return 2
 
     log("sampling both models and measuring the distance to the target images…")
-    report = compare(project, scratch, out, log)
+    report = compare(project, scratch, out, samples=samples, sample_steps=sample_steps)
     report["export"] = str(export_path)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -118,17 +119,17 @@ def _random_copy(backbone_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def compare(project, scratch, out: Path, log) -> dict:
+def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> dict:
     from transferstudio.backbones.registry import load_backbone
     from transferstudio.data.images import open_rgb
     from transferstudio.data.scan import scan_images
     from transferstudio.starter.metric import swd
     from transferstudio.training.restore import load_trained
 
-    seeds = list(range(1000, 1000 + N_SAMPLES))
-    tuned = load_trained(project).backbone.sample(seeds=seeds, steps=SAMPLE_STEPS)
-    base = load_backbone(project.backbone).sample(seeds=seeds, steps=SAMPLE_STEPS)
-    baseline = load_trained(scratch).backbone.sample(seeds=seeds, steps=SAMPLE_STEPS)
+    seeds = list(range(1000, 1000 + samples))
+    tuned = load_trained(project).backbone.sample(seeds=seeds, steps=sample_steps)
+    base = load_backbone(project.backbone).sample(seeds=seeds, steps=sample_steps)
+    baseline = load_trained(scratch).backbone.sample(seeds=seeds, steps=sample_steps)
     size = tuned[0].width
     targets = [open_rgb(r.path) for r in scan_images(project.images).images]
     targets = [t.resize((size, size)) for t in targets]
@@ -141,7 +142,7 @@ def compare(project, scratch, out: Path, log) -> dict:
     shutil.copy(previews[0] / "grid.png", out / "preview-step-0.png")
     shutil.copy(previews[-1] / "grid.png", out / "preview-final.png")
     return {"swd_finetuned": scores["finetuned"], "swd_scratch": scores["scratch"], "swd_base": scores["base"],
-            "samples": N_SAMPLES, "sample_steps": SAMPLE_STEPS, "train_steps": project.config.steps,
+            "samples": samples, "sample_steps": sample_steps, "train_steps": project.config.steps,
             "method": project.config.method}
 
 

@@ -439,6 +439,7 @@ class MainWindow(QMainWindow):
             return
         self.project.backbone = Path(path).expanduser()
         self._set_dirty(True)
+        self.compare_view.set_project(self.project, trained=history.has_trained_weights(self.project))
         self._inspect(path)
 
     def _images_chosen(self, path: str) -> None:
