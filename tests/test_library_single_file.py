@@ -102,7 +102,8 @@ def test_written_file_has_the_original_layout(tiny):
     for key in ["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.label_emb.0.0.weight",
                 "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
                 "model.diffusion_model.output_blocks.2.2.conv.weight",  # upsampler after attention -> .2.conv
-                "model.diffusion_model.output_blocks.5.2.conv.weight", "model.diffusion_model.input_blocks.6.0.op.weight",
+                "model.diffusion_model.output_blocks.5.2.conv.weight",
+                "model.diffusion_model.input_blocks.6.0.op.weight",
                 "model.diffusion_model.middle_block.2.in_layers.0.weight",
                 "model.diffusion_model.out.2.weight", "first_stage_model.decoder.up.3.upsample.conv.weight",
                 "first_stage_model.encoder.mid.attn_1.proj_out.weight", "first_stage_model.encoder.norm_out.bias",
@@ -120,7 +121,8 @@ def test_written_file_has_the_original_layout(tiny):
         assert len(f.get_slice("model.diffusion_model.input_blocks.1.1.proj_in.weight").get_shape()) == 4  # 1x1 conv
     for key in ["model.diffusion_model.output_blocks.2.1.conv.weight",  # UpBlock2D first: upsampler at .1.conv
                 "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
-                "model.diffusion_model.input_blocks.3.0.op.weight", "model.diffusion_model.input_blocks.11.0.in_layers.2.weight",
+                "model.diffusion_model.input_blocks.3.0.op.weight",
+                "model.diffusion_model.input_blocks.11.0.in_layers.2.weight",
                 "cond_stage_model.transformer.text_model.encoder.layers.1.self_attn.q_proj.weight"]:
         assert key in keys1, key
     assert not any(".1.1.conv." in k or "input_blocks.12" in k for k in keys1)

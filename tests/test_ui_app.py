@@ -211,7 +211,8 @@ def test_stop_saves_and_reopening_offers_to_continue(qtbot, make_window, project
         assert again.open_project(project.folder)
     assert "Continue training?" in again.answers.questions
     assert started.args[0].start_step == end.step and started.args[0].run_dir == run_dir
-    assert again.train_view.loss.n == end.step  # the earlier run's loss history is on the chart
+    chart = again.train_view.loss  # the earlier run's loss history is on the chart
+    assert chart.n >= end.step and list(chart.steps[:end.step]) == list(range(1, end.step + 1))
     again.train_view.stop()
     second = wait_run_end(qtbot, again)
     assert isinstance(second, Stopped) and second.step > end.step
@@ -259,6 +260,13 @@ def test_export_through_the_dialog_loads_back(qtbot, make_window, trained_projec
     dialog = window.export()
     qtbot.waitUntil(dialog.formats_ready, timeout=LONG)
     assert dialog.selected_format() == "diffusers"
+    offered = [dialog.format.itemData(i) for i in range(dialog.format.count())]
+    assert "kohya" not in offered  # kohya LoRAs are for Stable Diffusion models, not this one
+    if "merged-diffusers" in offered:  # merged formats bake the LoRA in at a chosen strength
+        dialog.set_format("merged-diffusers")
+        assert not dialog.strength.isHidden()
+        dialog.set_format("diffusers")
+        assert dialog.strength.isHidden()
     dialog.folder.setText(str(tmp_path / "out"))
     dialog.name.setText("squares-lora")
     with qtbot.waitSignal(dialog.exported, timeout=LONG) as exported:

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="say what a model path is, or why it is not usable")
     p.add_argument("path", type=Path)
+    p.add_argument("--v-prediction", action="store_true", help="treat an SD 2.x checkpoint as v-prediction")
+
+    p = sub.add_parser("convert-pickle", help="convert a .ckpt/.pt/.bin checkpoint to .safetensors, "
+                                              "refusing anything but plain tensors")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path, nargs="?")
 
     p = sub.add_parser("demo", help="fine-tune the starter model on the sample images, "
                                     "and compare with training from scratch")
@@ -226,9 +232,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from transferstudio.backbones.registry import inspect_backbone
 
+    if args.path.is_file():
+        from transferstudio.library.detect import detect
+        from transferstudio.library.discovery import describe_file
+
+        print(describe_file(args.path))
+        prediction = "v_prediction" if args.v_prediction else None
+        return 0 if detect(args.path, prediction_type=prediction).usable else 1
     found = inspect_backbone(args.path)
     print(found.describe())
     return 0 if found.usable else 1
+
+
+def cmd_convert_pickle(args: argparse.Namespace) -> int:
+    from transferstudio.library.pickles import convert_pickle_to_safetensors
+
+    dst = args.dst or args.src.with_suffix(".safetensors")
+    if dst.exists():
+        raise UserError(f"{dst} already exists.", "Give another destination name.")
+    print(f"wrote {convert_pickle_to_safetensors(args.src, dst)}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -238,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"new": cmd_new, "train": cmd_train, "sample": cmd_sample, "export": cmd_export,
-            "inspect": cmd_inspect, "demo": cmd_demo}
+            "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -254,15 +254,19 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *, 
     raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as safetensors does
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for _, t in items:
-            if t.numel():
-                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for _, t in items:
+                if t.numel():
+                    f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written checkpoint behind (disk full, Ctrl-C)
+        raise
     return path
 
 

@@ -53,6 +53,17 @@ def latest_run_state(project: Any) -> RunState | None:
     return RunState(run_dir=run, checkpoint_step=latest_checkpoint_step(run), total=total)
 
 
+def trained_method(project: Any) -> str | None:
+    """The method ("lora" / "full") of the newest run that has trained weights."""
+    for run in reversed(project.runs()):
+        if latest_checkpoint_step(run) > 0:
+            try:
+                return str(json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]["method"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def has_trained_weights(project: Any) -> bool:
     return any(latest_checkpoint_step(run) > 0 for run in project.runs())
 

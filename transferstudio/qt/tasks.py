@@ -34,16 +34,25 @@ def inspect_backbone(path: str | Path) -> dict[str, Any]:
             "resolution_multiple": multiple}
 
 
-def export_formats() -> tuple[str, ...]:
-    from transferstudio.export import diffusers_export
+def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]]:
+    """(key, label, description) of the export formats that apply to this model and method."""
+    try:
+        from transferstudio.export.formats import formats_for
+    except ImportError:  # an engine without the format registry: its plain list
+        from transferstudio.export import diffusers_export
 
-    return tuple(diffusers_export.FORMATS)
+        return [(f, f, "") for f in diffusers_export.FORMATS]
+    return formats_for(family or "ddpm", method)
 
 
-def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool) -> Any:
-    from transferstudio.export.diffusers_export import export_project as _export
+def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, strength: float = 1.0) -> Any:
+    try:
+        from transferstudio.export.formats import export
+    except ImportError:
+        from transferstudio.export.diffusers_export import export_project as _export
 
-    return _export(project, Path(out), fmt=fmt, overwrite=overwrite)
+        return _export(project, Path(out), fmt=fmt, overwrite=overwrite)
+    return export(project, Path(out), fmt, strength=strength, overwrite=overwrite)
 
 
 def sample_project_available() -> bool:

@@ -5,19 +5,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QUrl, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
+from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from transferstudio.qt import tasks
 from transferstudio.qt.workers import TaskWorker
 
-FORMAT_LABELS = {
-    "diffusers": "Diffusers / PEFT (.safetensors LoRA, or a model folder)",
-    "kohya": "Kohya / A1111 LoRA (.safetensors)",
-    "merged": "Merged model (adapter baked in)",
-}
 
 
 def safe_name(text: str) -> str:
@@ -29,7 +24,10 @@ class ExportDialog(QDialog):
     exported = Signal(object)  # ExportResult
     export_failed = Signal(str, str)
 
-    def __init__(self, project: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, project: Any, parent: QWidget | None = None, *, family: str | None = None,
+                 method: str | None = None) -> None:
+        """`family`: the backbone's family key, `method`: the trained run's method; they decide
+        which formats apply (a kohya LoRA needs a Stable Diffusion model, for example)."""
         super().__init__(parent)
         self.project = project
         self.setWindowTitle("Export trained model")
@@ -40,6 +38,14 @@ class ExportDialog(QDialog):
         self.format = QComboBox()
         self.format.addItem("Loading formats…")
         self.format.setEnabled(False)
+        self.format.currentIndexChanged.connect(self._format_changed)
+        self.description = QLabel("")
+        self.description.setWordWrap(True)
+        self.strength = QDoubleSpinBox()
+        self.strength.setRange(0.0, 2.0)
+        self.strength.setSingleStep(0.1)
+        self.strength.setValue(1.0)
+        self.strength.setToolTip("How strongly the training is baked into a merged model (1 = as trained).")
         self.folder = QLineEdit(str(Path(project.folder) / "exports"))
         browse = QPushButton("Choose…")
         browse.clicked.connect(self._browse)
@@ -67,6 +73,10 @@ class ExportDialog(QDialog):
 
         form = QFormLayout()
         form.addRow("Format", self.format)
+        form.addRow("", self.description)
+        form.addRow("Strength", self.strength)
+        self._form = form
+        form.setRowVisible(self.strength, False)
         form.addRow("Folder", folder_row)
         form.addRow("Name", self.name)
         result_row = QHBoxLayout()
@@ -79,7 +89,8 @@ class ExportDialog(QDialog):
         layout.addWidget(self.buttons)
 
         # Reading FORMATS imports the export engine (torch): do it off the GUI thread.
-        self._formats_task = TaskWorker(tasks.export_formats, name="export-formats")
+        self._formats_task = TaskWorker(tasks.export_formats, family, method or project.config.method,
+                                        name="export-formats")
         self._formats_task.succeeded.connect(self._set_formats)
         self._formats_task.failed.connect(lambda m, a: self._show_error(m, a))
         self._formats_task.crashed.connect(lambda _t: self._show_error("Could not list export formats.",
@@ -87,12 +98,21 @@ class ExportDialog(QDialog):
         self._formats_task.start()
 
     # --- formats ----------------------------------------------------------------------
-    def _set_formats(self, formats: tuple[str, ...]) -> None:
+    def _set_formats(self, formats: list[tuple[str, str, str]]) -> None:
         self.format.clear()
-        for fmt in formats:
-            self.format.addItem(FORMAT_LABELS.get(fmt, fmt), fmt)
+        for key, label, description in formats:
+            self.format.addItem(label, key)
+            self.format.setItemData(self.format.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.format.setEnabled(True)
         self.export_button.setEnabled(bool(formats))
+        self._format_changed()
+
+    def _format_changed(self, *_: Any) -> None:
+        self.description.setText(str(self.format.currentData(Qt.ItemDataRole.ToolTipRole) or ""))
+        merged = str(self.format.currentData() or "").startswith("merged")
+        self._form.setRowVisible(self.strength, merged)  # LoRA files keep their strength for the tool
+        self.layout().activate()
+        self.resize(self.width(), max(self.height(), self.sizeHint().height()))  # room for the text
 
     def formats_ready(self) -> bool:
         return self.format.isEnabled()
@@ -127,7 +147,7 @@ class ExportDialog(QDialog):
             overwrite = True
         out.parent.mkdir(parents=True, exist_ok=True)
         self.task = TaskWorker(tasks.export_project, self.project, out, self.selected_format(), overwrite,
-                               name="export")
+                               self.strength.value(), name="export")
         self.task.succeeded.connect(self._on_exported)
         self.task.failed.connect(self._show_error)
         self.task.crashed.connect(lambda _t: self._show_error(
@@ -142,7 +162,8 @@ class ExportDialog(QDialog):
 
     def _on_exported(self, result: Any) -> None:
         self.result_path = Path(result.path)
-        what = "LoRA adapter" if result.kind == "lora" else "model"
+        what = {"lora": "LoRA adapter", "full": "fine-tuned model", "merged": "merged model"}.get(result.kind,
+                                                                                                  "export")
         self.result.setText(f"Saved the {what} from step {result.step} to\n{result.path}")
         self.open_button.show()
         self.exported.emit(result)

@@ -569,7 +569,8 @@ class MainWindow(QMainWindow):
             self.show_problem("Nothing to export yet", "This project has no trained weights yet.",
                               "Train it first (a checkpoint is saved when you stop).")
             return None
-        dialog = ExportDialog(self.project, self)
+        dialog = ExportDialog(self.project, self, family=(self.inspection or {}).get("family"),
+                              method=history.trained_method(self.project))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.export_dialog = dialog
         dialog.destroyed.connect(lambda *_: setattr(self, "export_dialog", None))
