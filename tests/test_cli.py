@@ -67,3 +67,20 @@ def test_python_dash_m_and_inspect_exit_status(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "usable:      no" in result.stdout
+
+
+def test_inspect_explains_a_lora_file_and_convert_pickle_makes_safetensors(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    lora = tmp_path / "style.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}, lora)
+    assert main(["inspect", str(lora)]) == 1
+    assert "LoRA" in capsys.readouterr().out
+
+    src = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, src)
+    assert main(["convert-pickle", str(src)]) == 0
+    assert torch.equal(load_file(tmp_path / "old.safetensors")["w"], torch.ones(2))
