@@ -58,6 +58,23 @@ def native_resolution(unet_config: dict[str, Any], vae_config: dict[str, Any]) -
     return int(side) * vae_scale_factor(vae_config)
 
 
+def inspected_capabilities(found: Any, *, text_encoders: int, supports_full_finetune: bool) -> Any:
+    """Capabilities of an inspected SD/SDXL model from its configs (single files: real sizes)."""
+    from transferstudio.backbones.base import Capabilities
+    from transferstudio.backbones.diffusers_folder import read_json
+
+    path = Path(found.path)
+    multiple = 64
+    if path.is_dir():
+        unet_cfg, vae_cfg = read_json(path / "unet" / "config.json"), read_json(path / "vae" / "config.json")
+        if unet_cfg and vae_cfg:
+            multiple = resolution_multiple(unet_cfg, vae_cfg)
+    return Capabilities(conditioning="text", native_resolution=found.native_resolution or 0,
+                        resolution_multiple=multiple, supports_full_finetune=supports_full_finetune,
+                        text_encoders=text_encoders, prediction_type=found.prediction_type or "epsilon",
+                        latent=True)
+
+
 def scheduler_config(folder: Path) -> dict[str, Any]:
     """The scheduler config with the class defaults filled in, exactly as diffusers'
     `from_pretrained` would see it (so DDIM built from it matches a user's script)."""

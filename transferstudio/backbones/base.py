@@ -39,6 +39,7 @@ class Inspection:
     prediction_type: str | None = None
     size_bytes: int = 0
     details: tuple[tuple[str, str], ...] = ()  # extra (name, value) lines for `inspect`
+    caps: Capabilities | None = None  # what the model can do, read from configs (usable models)
 
     def describe(self) -> str:
         lines = [f"{self.path}", f"  kind:        {self.label}"]
@@ -137,6 +138,10 @@ class Family(ABC):
     @abstractmethod
     def load(self, path: Path, *, prediction_type: str = "") -> Backbone:
         """Load from local files only. Raises BackboneError with advice when it cannot."""
+
+    def capabilities(self, found: Inspection) -> Capabilities | None:
+        """Capabilities of an inspected, usable model, from its configs alone (no weights)."""
+        return None
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

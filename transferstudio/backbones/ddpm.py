@@ -66,6 +66,15 @@ class DDPMFamily(Family):
                           details=(("layout", "pipeline folder" if unet_dir != path else "bare UNet folder"),
                                    ("prompts", "no (unconditional)")))
 
+    def capabilities(self, found: Inspection) -> Capabilities | None:
+        unet_dir = _unet_folder(Path(found.path))
+        config = read_json(unet_dir / "config.json") if unet_dir else None
+        if not config:
+            return None
+        return Capabilities(conditioning="none", native_resolution=found.native_resolution or 0,
+                            resolution_multiple=_downsampling(config), supports_full_finetune=True,
+                            text_encoders=0, prediction_type=found.prediction_type or "epsilon", latent=False)
+
     def load(self, path: Path, *, prediction_type: str = "") -> Backbone:
         from diffusers import UNet2DModel
 

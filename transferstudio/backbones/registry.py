@@ -1,6 +1,7 @@
 """Finds the family that claims a path, and loads it. Families are imported lazily."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from transferstudio.backbones.base import Backbone, Family, Inspection, folder_size
@@ -31,6 +32,8 @@ def inspect_backbone(path: Path) -> Inspection:
     for fam in families():
         found = fam.inspect(path)
         if found is not None:
+            if found.usable and found.caps is None:
+                found = replace(found, caps=fam.capabilities(found))
             return found
     hint = ("A backbone is a diffusers model folder (with model_index.json or a UNet config.json) "
             "or a Stable Diffusion .safetensors checkpoint.")

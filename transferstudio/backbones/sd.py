@@ -70,6 +70,9 @@ class SDFamily(Family):
                           problems=tuple(problems), native_resolution=resolution, prediction_type=prediction,
                           size_bytes=folder_size(path), details=tuple(details))
 
+    def capabilities(self, found: Inspection) -> Any:
+        return common.inspected_capabilities(found, text_encoders=1, supports_full_finetune=True)
+
     def load(self, path: Path, *, prediction_type: str = "") -> "SDBackbone":
         path = Path(path)
         found = self.inspect(path)

@@ -59,6 +59,9 @@ class SDXLFamily(Family):
                           native_resolution=resolution, prediction_type=prediction, size_bytes=folder_size(path),
                           details=(("layout", "diffusers folder"), ("prompts", "yes (2 text encoders)")))
 
+    def capabilities(self, found: Inspection) -> Any:
+        return common.inspected_capabilities(found, text_encoders=2, supports_full_finetune=False)
+
     def load(self, path: Path, *, prediction_type: str = "") -> "SDXLBackbone":
         path = Path(path)
         found = self.inspect(path)

@@ -1,7 +1,7 @@
 """What a project's run folders hold, read without torch (so the window can show it at once).
 
-Mirrors the engine's on-disk contract: checkpoints/step-N/ counts only with its COMPLETE
-marker; previews/step-N/seed-S.png; metrics.jsonl with one JSON object per step.
+Uses the engine's torch-free readers of the on-disk contract: checkpoints/step-N/ counts only
+with its COMPLETE marker; previews/step-N/seed-S.png; metrics.jsonl with one JSON object per step.
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from transferstudio.training.checkpoints import latest_checkpoint  # torch-free listing
 from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
-
-MARKER = "COMPLETE"
 
 
 @dataclass(frozen=True)
@@ -29,17 +28,8 @@ class RunState:
 
 
 def latest_checkpoint_step(run_dir: Path) -> int:
-    folder = Path(run_dir) / "checkpoints"
-    best = 0
-    if not folder.is_dir():
-        return 0
-    for path in folder.iterdir():
-        if path.name.startswith("step-") and (path / MARKER).is_file():
-            try:
-                best = max(best, int(json.loads((path / "state.json").read_text())["step"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-    return best
+    found = latest_checkpoint(run_dir)
+    return found.step if found is not None else 0
 
 
 def latest_run_state(project: Any) -> RunState | None:

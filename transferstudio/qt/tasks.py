@@ -16,17 +16,10 @@ def inspect_backbone(path: str | Path) -> dict[str, Any]:
     from transferstudio.backbones.registry import inspect_backbone as _inspect
 
     info = _inspect(Path(path))
-    caps = getattr(info, "caps", None)  # newer engines describe capabilities without loading
-    details = dict(info.details)
-    if caps is not None:
-        text = caps.conditioning == "text"
-        full = bool(caps.supports_full_finetune)
-        multiple = int(caps.resolution_multiple)
-    else:
-        # Fallback until Inspection carries capabilities: unconditional models say so in details.
-        text = info.family is not None and not details.get("prompts", "").startswith("no")
-        full = info.family == "ddpm"
-        multiple = 64 if text else 8
+    caps = info.caps
+    text = caps is not None and caps.conditioning == "text"
+    full = caps is not None and caps.supports_full_finetune
+    multiple = caps.resolution_multiple if caps is not None else 8
     return {"path": str(info.path), "family": info.family, "label": info.label, "usable": info.usable,
             "problems": list(info.problems), "native_resolution": info.native_resolution,
             "prediction_type": info.prediction_type, "size_bytes": info.size_bytes,

@@ -16,14 +16,16 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from transferstudio.core.atomic import fsync_dir, write_text_atomic
 from transferstudio.core.errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported inside the functions that need them, so the Qt bridge can
+# list checkpoints (complete_checkpoints) without loading torch on the GUI thread.
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
 WEIGHTS = "weights.safetensors"
@@ -45,6 +47,9 @@ def write_checkpoint(run_dir: Path, step: int, *, weights: dict[str, torch.Tenso
                      optimizer: dict[str, Any] | None, rng: dict[str, Any], state: dict[str, Any],
                      ema: dict[str, torch.Tensor] | None = None, keep: int = 3,
                      metadata: dict[str, str] | None = None) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
     folder = Path(run_dir) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
@@ -109,6 +114,8 @@ def prune(run_dir: Path, keep: int) -> None:
 
 
 def read_weights(checkpoint: Path, name: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
         return load_file(Path(checkpoint) / name)
     except (OSError, RuntimeError, ValueError) as exc:  # safetensors raises these on damage
@@ -117,6 +124,8 @@ def read_weights(checkpoint: Path, name: str = WEIGHTS) -> dict[str, torch.Tenso
 
 
 def read_torch(checkpoint: Path, name: str) -> Any:
+    import torch
+
     try:
         return torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:

@@ -173,6 +173,9 @@ def _train(job: TrainJob, commands: Commands, progress: _Progress) -> Iterator[A
         log.write(f"checkpoint {path.name}")
         return Checkpoint(step=at, path=path)
 
+    if commands.stop_requested:  # stopped while the model was loading: nothing new to save
+        yield Stopped(step=step, checkpoint=progress.checkpoint)
+        return
     if step == 0:
         yield make_preview(0)
 
