@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, Inspection
+from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, Family, Inspection
 from transferstudio.backbones.diffusers_folder import read_json
 from transferstudio.core.errors import BackboneError
 
@@ -60,9 +60,6 @@ def native_resolution(unet_config: dict[str, Any], vae_config: dict[str, Any]) -
 
 def inspected_capabilities(found: Any, *, text_encoders: int, supports_full_finetune: bool) -> Any:
     """Capabilities of an inspected SD/SDXL model from its configs (single files: real sizes)."""
-    from transferstudio.backbones.base import Capabilities
-    from transferstudio.backbones.diffusers_folder import read_json
-
     path = Path(found.path)
     multiple = 64
     if path.is_dir():
@@ -221,6 +218,36 @@ def _text_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             k = "text_model." + k
         out[k] = v
     return out
+
+
+class StableDiffusionFamily(Family):
+    """What SD 1.x/2.x and SDXL families share: loading from a folder or a single file."""
+
+    what = ""  # "Stable Diffusion XL"
+    pick_hint = ""  # advice when the path is of another kind
+    text_encoders = 1
+    supports_full_finetune = True
+
+    def backbone_class(self) -> type["StableDiffusionBase"]:
+        raise NotImplementedError
+
+    def capabilities(self, found: Inspection) -> Any:
+        return inspected_capabilities(found, text_encoders=self.text_encoders,
+                                      supports_full_finetune=self.supports_full_finetune)
+
+    def load(self, path: Path, *, prediction_type: str = "") -> "StableDiffusionBase":
+        path = Path(path)
+        found = self.inspect(path)
+        if found is None:
+            raise BackboneError(f"{path} is not a {self.what} model.", self.pick_hint)
+        if not found.usable:
+            raise BackboneError(f"{path} cannot be used: {'; '.join(found.problems)}.",
+                                "Complete or re-download the model.")
+        cls = self.backbone_class()
+        if path.is_file():
+            return cls.from_components(load_single_file_components(path, prediction_type),
+                                       source=path, prediction_type=prediction_type)
+        return cls.from_folder(path, prediction_type=prediction_type)
 
 
 class StableDiffusionBase(Backbone):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from transferstudio.backbones import _sd_common as common
-from transferstudio.backbones.base import Conditioning, Family, Inspection, folder_size
+from transferstudio.backbones.base import Conditioning, Inspection, folder_size
 from transferstudio.backbones.diffusers_folder import component_problems, read_json
 from transferstudio.core.errors import BackboneError
 
@@ -39,8 +39,12 @@ def _label(version: str, resolution: int | None, prediction_type: str) -> str:
     return f"Stable Diffusion {version} ({inner})"
 
 
-class SDFamily(Family):
+class SDFamily(common.StableDiffusionFamily):
     key = "sd"
+    what = "Stable Diffusion 1.x/2.x"
+    pick_hint = "Pick a StableDiffusionPipeline folder or an SD 1.x/2.x .safetensors file."
+    text_encoders = 1
+    supports_full_finetune = True
 
     def inspect(self, path: Path) -> Inspection | None:
         path = Path(path)
@@ -70,22 +74,8 @@ class SDFamily(Family):
                           problems=tuple(problems), native_resolution=resolution, prediction_type=prediction,
                           size_bytes=folder_size(path), details=tuple(details))
 
-    def capabilities(self, found: Inspection) -> Any:
-        return common.inspected_capabilities(found, text_encoders=1, supports_full_finetune=True)
-
-    def load(self, path: Path, *, prediction_type: str = "") -> "SDBackbone":
-        path = Path(path)
-        found = self.inspect(path)
-        if found is None:
-            raise BackboneError(f"{path} is not a Stable Diffusion 1.x/2.x model.",
-                                "Pick a StableDiffusionPipeline folder or an SD 1.x/2.x .safetensors file.")
-        if not found.usable:
-            raise BackboneError(f"{path} cannot be used: {'; '.join(found.problems)}.",
-                                "Complete or re-download the model.")
-        if path.is_file():
-            return SDBackbone.from_components(common.load_single_file_components(path, prediction_type),
-                                              source=path, prediction_type=prediction_type)
-        return SDBackbone.from_folder(path, prediction_type=prediction_type)
+    def backbone_class(self) -> type["SDBackbone"]:
+        return SDBackbone
 
 
 class SDBackbone(common.StableDiffusionBase):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from transferstudio.backbones import _sd_common as common
-from transferstudio.backbones.base import Conditioning, Family, Inspection, folder_size
+from transferstudio.backbones.base import Conditioning, Inspection, folder_size
 from transferstudio.backbones.diffusers_folder import component_problems, read_json
 from transferstudio.core.errors import BackboneError
 
@@ -29,8 +29,12 @@ def _is_refiner(index: dict[str, Any]) -> bool:
     return bool(index.get("requires_aesthetics_score")) or (isinstance(te, list) and te[0] is None)
 
 
-class SDXLFamily(Family):
+class SDXLFamily(common.StableDiffusionFamily):
     key = "sdxl"
+    what = "Stable Diffusion XL"
+    pick_hint = "Pick a StableDiffusionXLPipeline folder or an SDXL .safetensors file."
+    text_encoders = 2
+    supports_full_finetune = False
 
     def inspect(self, path: Path) -> Inspection | None:
         path = Path(path)
@@ -59,22 +63,8 @@ class SDXLFamily(Family):
                           native_resolution=resolution, prediction_type=prediction, size_bytes=folder_size(path),
                           details=(("layout", "diffusers folder"), ("prompts", "yes (2 text encoders)")))
 
-    def capabilities(self, found: Inspection) -> Any:
-        return common.inspected_capabilities(found, text_encoders=2, supports_full_finetune=False)
-
-    def load(self, path: Path, *, prediction_type: str = "") -> "SDXLBackbone":
-        path = Path(path)
-        found = self.inspect(path)
-        if found is None:
-            raise BackboneError(f"{path} is not a Stable Diffusion XL model.",
-                                "Pick a StableDiffusionXLPipeline folder or an SDXL .safetensors file.")
-        if not found.usable:
-            raise BackboneError(f"{path} cannot be used: {'; '.join(found.problems)}.",
-                                "Complete or re-download the model.")
-        if path.is_file():
-            return SDXLBackbone.from_components(common.load_single_file_components(path, prediction_type),
-                                                source=path, prediction_type=prediction_type)
-        return SDXLBackbone.from_folder(path, prediction_type=prediction_type)
+    def backbone_class(self) -> type["SDXLBackbone"]:
+        return SDXLBackbone
 
 
 class SDXLBackbone(common.StableDiffusionBase):
