@@ -123,7 +123,10 @@ def test_self_check_fails_when_a_library_is_missing(tiny_resources, tmp_path, mo
     report = tmp_path / "report.txt"
     assert selfcheck.main(["--report", str(report), "--workdir", str(tmp_path / "work")]) == 1
 
-    lines = report.read_text().splitlines()
+    text = report.read_text()
+    summary, _, details = text.partition("\nDetails of the failures:\n")
+    assert "Traceback" in details and "transferstudio_not_a_library" in details  # for support
+    lines = summary.strip().splitlines()
     by_name = {line[5:].split(": ", 1)[0]: line for line in lines[1:-1]}
     assert by_name["imports (diffusion libraries)"].startswith("FAIL")
     assert "transferstudio_not_a_library" in by_name["imports (diffusion libraries)"]

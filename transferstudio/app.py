@@ -86,11 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transferstudio.qt.workers import live_threads
     from transferstudio.ui.main_window import MainWindow
 
-    window = MainWindow(QSettings())
+    settings = QSettings()
+    window = MainWindow(settings)
     window.show()
     args = [a for a in argv[1:] if not a.startswith("-")]
     if args:
         window.open_project(Path(args[0]).expanduser())
+    elif not settings.value("app/first_run_done", False, bool):
+        # First start: open the ready-to-train sample project so there is something to try.
+        settings.setValue("app/first_run_done", True)
+        window.open_sample_project()
 
     def last_resort() -> None:
         # A run still going at exit (forced quit): it was asked to stop; give it time to save.

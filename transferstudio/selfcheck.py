@@ -27,6 +27,7 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -61,6 +62,7 @@ class Result:
     status: str  # "ok" | "warn" | "FAIL" | "skip"
     detail: str
     seconds: float
+    trace: str = ""  # the traceback of a FAIL, for the report file
 
     def line(self) -> str:
         return f"{self.status:<5}{self.name}: {self.detail} ({self.seconds:.1f} s)"
@@ -79,7 +81,7 @@ class _Checks:
         missing = [n for n in needs if not self.passed(n)]
         if missing:
             return self._record(Result(name, "skip", f"not run: needs {', '.join(missing)}", 0.0))
-        start = time.perf_counter()
+        start, trace = time.perf_counter(), ""
         try:
             detail, status = fn(), "ok"
         except Warn as exc:
@@ -87,8 +89,8 @@ class _Checks:
         except BaseException as exc:  # noqa: BLE001 - reported as FAIL; a self-check must report, not crash
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            detail, status = _describe(exc), "FAIL"
-        return self._record(Result(name, status, detail, time.perf_counter() - start))
+            detail, status, trace = _describe(exc), "FAIL", traceback.format_exc()
+        return self._record(Result(name, status, detail, time.perf_counter() - start, trace))
 
     def _record(self, result: Result) -> bool:
         self.results.append(result)
@@ -480,11 +482,12 @@ def _env(**values: str) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- entry points
-def run_self_check(out: Callable[[str], Any] = print, workdir: Path | None = None) -> bool:
+def run_self_check(out: Callable[[str], Any] = print, workdir: Path | None = None,
+                   results: list[Result] | None = None) -> bool:
     """Run every check, printing one line each and a verdict; True when the installation is whole.
 
     `workdir` keeps the sample projects and exports for inspection; by default a temporary
-    folder is used and removed.
+    folder is used and removed. `results`, when given, receives each check's Result.
     """
     started = time.perf_counter()
     frozen = bool(getattr(sys, "frozen", False))
@@ -494,6 +497,8 @@ def run_self_check(out: Callable[[str], Any] = print, workdir: Path | None = Non
     work = Path(tempfile.mkdtemp(prefix="transferstudio-selfcheck-")) if own_dir else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     checks = _Checks(out)
+    if results is not None:
+        checks.results = results
     state = _State()
     try:
         with NetworkGuard() as guard:
@@ -552,11 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sys.stdout is not None:  # a windowed app on Windows has no console; the report file still has it
             print(line, flush=True)
 
-    ok = run_self_check(out, args.workdir)
+    results: list[Result] = []
+    ok = run_self_check(out, args.workdir, results)
     report = args.report or user_log_dir() / "self-check.txt"  # for support requests: send this file
+    details = [f"\n--- {r.name}\n{r.trace}" for r in results if r.trace]
     try:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        report.write_text("\n".join(lines + (["", "Details of the failures:", *details] if details else []))
+                          + "\n", encoding="utf-8")
         out(f"report: {report}")
     except OSError as exc:
         out(f"could not write the report to {report}: {exc}")

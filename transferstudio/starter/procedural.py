@@ -37,12 +37,8 @@ _LIGHT = {"dawn": 0.62, "day": 1.0, "dusk": 0.42, "night": 0.14}
 
 
 def _supersample(size: int) -> int:
-    # ~128-256 px internal canvas: enough for smooth edges, cheap for 20k images.
-    if size <= 48:
-        return 3
-    if size <= 96:
-        return 3
-    return 2
+    # 3x (96-288 px canvas) gives smooth edges and keeps 20k images at 32 px under a minute.
+    return 3 if size <= 96 else 2
 
 
 def _jitter(rng: np.random.Generator, color, amount: float = 0.06) -> np.ndarray:

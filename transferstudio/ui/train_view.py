@@ -295,6 +295,7 @@ class TrainView(QWidget):
         self.project = project
         self.clear()
         if project is not None:
+            self.progress.setRange(0, max(1, project.config.steps))  # "step 0 / 300" before a run
             state = history.latest_run_state(project)
             if state is not None:
                 self.load_history(state.run_dir, max(state.total, project.config.steps))
