@@ -7,7 +7,7 @@
 #   bash packaging/build.sh --check      build, then run the built self-check with the network off
 #   PYTHON=/path/to/venv/bin/python bash packaging/build.sh    build with an existing environment
 #
-# About 5 min and 11 GB of free disk (build/ + dist/ + tarball) on 2 cores; see packaging/README.md.
+# About 7 min and 8 GB of free disk (build/ + dist/ + tarball) on 2 cores; see packaging/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -70,6 +70,10 @@ def install_excepthook() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    if "--self-check" in argv[1:]:  # the installation check; see transferstudio/selfcheck.py
+        from transferstudio.selfcheck import main as self_check
+
+        return self_check([a for a in argv[1:] if a != "--self-check"])
     log_path = setup_logging()
     log.info("TransferStudio %s starting (log: %s)", __version__, log_path)
     install_excepthook()
@@ -82,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     QCoreApplication.setApplicationVersion(__version__)
     app = QApplication(argv)  # no palette or style set: the app follows the system's
     app.setApplicationDisplayName("TransferStudio")
+    from PySide6.QtGui import QIcon
+
+    from transferstudio.core.paths import resource
+
+    app.setWindowIcon(QIcon(str(resource("icons", "transferstudio.png"))))
 
     from transferstudio.qt.workers import live_threads
     from transferstudio.ui.main_window import MainWindow

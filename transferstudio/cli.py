@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("self-check", help="check that this installation is whole (imports, a short "
+                                          "training, export)")
+    p.add_argument("--workdir", type=Path, help="keep the sample projects and exports in this folder")
+
     p = sub.add_parser("inspect", help="say what a model path is, or why it is not usable")
     p.add_argument("path", type=Path)
     p.add_argument("--v-prediction", action="store_true", help="treat an SD 2.x checkpoint as v-prediction")
@@ -254,6 +258,12 @@ def cmd_convert_pickle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_self_check(args: argparse.Namespace) -> int:
+    from transferstudio.selfcheck import main as self_check
+
+    return self_check(["--workdir", str(args.workdir)] if args.workdir else [])
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from transferstudio.starter.demo import run_demo
 
@@ -261,7 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"new": cmd_new, "train": cmd_train, "sample": cmd_sample, "export": cmd_export,
-            "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo}
+            "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
+            "self-check": cmd_self_check}
 
 if __name__ == "__main__":
     raise SystemExit(main())
