@@ -173,3 +173,47 @@ def make_demo_project(folder: str | Path, *, steps: int, size: int = 32, images:
                          preview_steps=10, checkpoint_every=max(1, steps // 2), rank=8, alpha=8.0)
     create_project(folder / "project", backbone=model, images=pictures, name="Sunsets", config=config)
     return folder / "project"
+
+
+# --- model library ------------------------------------------------------------------------
+
+def discover_models(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models in the user's folders and tool installs, as plain dicts for the library dialog.
+
+    settings: folders (list of paths), a1111, comfyui, hf_cache (paths or ""/None: not scanned),
+    include_starter (default True). Reads headers only; unusable models come with their problems.
+    """
+    from transferstudio.core.paths import user_cache_dir
+    from transferstudio.library.discovery import discover
+
+    def path_or_none(key: str) -> Path | None:
+        value = settings.get(key)
+        return Path(str(value)).expanduser() if value else None
+
+    starter = None
+    if settings.get("include_starter", True):
+        from transferstudio.starter.sample import starter_model
+
+        starter = starter_model()
+    entries = discover([Path(str(f)).expanduser() for f in settings.get("folders") or [] if f],
+                       a1111=path_or_none("a1111"), comfyui=path_or_none("comfyui"),
+                       hf_cache=path_or_none("hf_cache"), starter=starter, cache_dir=user_cache_dir())
+    return [{"path": str(e.path), "name": e.name, "kind": e.kind, "family": e.family, "label": e.label,
+             "native_resolution": e.native_resolution, "size_bytes": e.size_bytes, "usable": e.usable,
+             "problems": list(e.problems), "advice": e.advice, "prediction_type": e.prediction_type,
+             "source": e.source} for e in entries]
+
+
+def lora_folders(a1111: str | Path | None = None, comfyui: str | Path | None = None) -> list[Path]:
+    """The LoRA folders of the configured installs. `export.formats` imports nothing heavy at
+    module level, so the export dialog may call this on the GUI thread."""
+    from transferstudio.export.formats import lora_folders as _folders
+
+    return _folders(Path(a1111).expanduser() if a1111 else None, Path(comfyui).expanduser() if comfyui else None)
+
+
+def unique_path(path: str | Path) -> Path:
+    """`path` or the first free `name-2`, `name-3`… beside it (export never overwrites silently)."""
+    from transferstudio.export.formats import unique_path as _unique
+
+    return _unique(Path(path))

@@ -12,8 +12,10 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
+    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -29,9 +31,11 @@ _PREDICTION_LABELS = {
 
 
 class BackbonePanel(QWidget):
-    """`path_chosen(str)` fires when the user picks, drops or types a model path."""
+    """`path_chosen(str)` fires when the user picks, drops or types a model path;
+    `library_requested()` when they ask to pick from the model library."""
 
     path_chosen = Signal(str)
+    library_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -47,6 +51,16 @@ class BackbonePanel(QWidget):
             "or a single .safetensors checkpoint. Drop one here too."
         )
         self.picker.path_changed.connect(self._picked)
+
+        self.library_button = QPushButton("Model library…")
+        self.library_button.setToolTip(
+            "Pick from the models already on this computer: your model folders, A1111 / Forge, ComfyUI "
+            "and the Hugging Face cache (set them in Edit ▸ Preferences…).")
+        self.library_button.clicked.connect(self.library_requested)
+        library_row = QHBoxLayout()
+        library_row.setContentsMargins(0, 0, 0, 0)
+        library_row.addWidget(self.library_button)
+        library_row.addStretch(1)
 
         self.busy_bar = QProgressBar()
         self.busy_bar.setRange(0, 0)  # indeterminate: inspection has no progress to report
@@ -74,6 +88,7 @@ class BackbonePanel(QWidget):
         box = QGroupBox("Base model")
         inner = QVBoxLayout(box)
         inner.addWidget(self.picker)
+        inner.addLayout(library_row)
         inner.addWidget(self.busy_bar)
         inner.addWidget(self.title)
         inner.addWidget(self.status)
@@ -94,12 +109,19 @@ class BackbonePanel(QWidget):
     def path(self) -> str:
         return self.picker.path()
 
+    def choose(self, path: str | os.PathLike) -> None:
+        """A model picked elsewhere (the library): show it and emit `path_chosen` like a browse."""
+        text = os.path.normpath(str(path))
+        self.picker.set_path(text)
+        self.path_chosen.emit(text)
+
     def inspection(self) -> dict[str, Any] | None:
         return self._info
 
     def set_running(self, running: bool) -> None:
         """The model cannot change under a running job."""
         self.picker.setReadOnly(running)
+        self.library_button.setEnabled(not running)
 
     def clear(self) -> None:
         self._info = None

@@ -5,14 +5,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from transferstudio.qt import tasks
 from transferstudio.qt.workers import TaskWorker
-
+from transferstudio.ui.preferences_dialog import library_settings
 
 
 def safe_name(text: str) -> str:
@@ -20,14 +20,23 @@ def safe_name(text: str) -> str:
     return name or "export"
 
 
+def written_paths(out: Path) -> list[Path]:
+    """What an export to `out` may write: the folder formats `out`, the file formats
+    `out.safetensors` (the exporter adds the suffix unless it is there)."""
+    if out.suffix.lower() == ".safetensors":
+        return [out]
+    return [out, out.with_name(out.name + ".safetensors")]
+
+
 class ExportDialog(QDialog):
     exported = Signal(object)  # ExportResult
     export_failed = Signal(str, str)
 
     def __init__(self, project: Any, parent: QWidget | None = None, *, family: str | None = None,
-                 method: str | None = None) -> None:
+                 method: str | None = None, settings: QSettings | None = None) -> None:
         """`family`: the backbone's family key, `method`: the trained run's method; they decide
-        which formats apply (a kohya LoRA needs a Stable Diffusion model, for example)."""
+        which formats apply (a kohya LoRA needs a Stable Diffusion model, for example).
+        `settings`: where the A1111 / ComfyUI installs are (Preferences), for "Export to"."""
         super().__init__(parent)
         self.project = project
         self.setWindowTitle("Export trained model")
@@ -47,8 +56,20 @@ class ExportDialog(QDialog):
         self.strength.setValue(1.0)
         self.strength.setToolTip("How strongly the training is baked into a merged model (1 = as trained).")
         self.folder = QLineEdit(str(Path(project.folder) / "exports"))
+        self.folder.setToolTip("The folder the export is written to (created if needed).")
+        self.folder.textChanged.connect(self._sync_destination)
         browse = QPushButton("Choose…")
+        browse.setToolTip("Choose any folder.")
         browse.clicked.connect(self._browse)
+        self.export_to = QComboBox()
+        self.export_to.setToolTip("Shortcuts: this project's exports folder, or the LoRA folder of an A1111 / "
+                                  "Forge or ComfyUI install (set the installs in Edit ▸ Preferences…), so the "
+                                  "tool finds the LoRA at once.")
+        # Long install paths must not widen the dialog (they squeezed the labels): elide instead.
+        self.export_to.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.export_to.setMinimumContentsLength(24)
+        self._fill_destinations(settings)
+        self.export_to.activated.connect(self._destination_picked)
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder, 1)
         folder_row.addWidget(browse)
@@ -77,6 +98,7 @@ class ExportDialog(QDialog):
         form.addRow("Strength", self.strength)
         self._form = form
         form.setRowVisible(self.strength, False)
+        form.addRow("Export to", self.export_to)
         form.addRow("Folder", folder_row)
         form.addRow("Name", self.name)
         result_row = QHBoxLayout()
@@ -130,21 +152,81 @@ class ExportDialog(QDialog):
         if folder:
             self.folder.setText(folder)
 
+    # --- "Export to" shortcuts ------------------------------------------------------------
+    def _fill_destinations(self, settings: QSettings | None) -> None:
+        self.export_to.addItem("This project's exports folder", str(Path(self.project.folder) / "exports"))
+        if settings is not None:
+            values = library_settings(settings)
+            # formats.lora_folders is torch-free and only stats a few paths: fine on the GUI thread.
+            for label, kwargs in (("A1111 / Forge LoRA folder", {"a1111": values["a1111"]}),
+                                  ("ComfyUI LoRA folder", {"comfyui": values["comfyui"]})):
+                for folder in tasks.lora_folders(**kwargs) if any(kwargs.values()) else []:
+                    note = "" if folder.is_dir() else "  (will be created)"
+                    self.export_to.addItem(f"{label} — {folder}{note}", str(folder))
+                    self.export_to.setItemData(self.export_to.count() - 1,
+                                               f"{folder}\nFor LoRA files: the tool lists them at its next "
+                                               "refresh.", Qt.ItemDataRole.ToolTipRole)
+        self.export_to.addItem("Other folder…", None)
+        self._sync_destination()
+
+    def destinations(self) -> list[str]:
+        """The folders offered under "Export to" (the first is the project's exports folder)."""
+        return [str(self.export_to.itemData(i)) for i in range(self.export_to.count())
+                if self.export_to.itemData(i) is not None]
+
+    def _destination_picked(self, index: int) -> None:
+        folder = self.export_to.itemData(index)
+        if folder is None:
+            self._browse()
+            self._sync_destination()  # back to the matching item if the file dialog was cancelled
+        else:
+            self.folder.setText(str(folder))
+
+    def _sync_destination(self, *_: Any) -> None:
+        text = str(Path(self.folder.text().strip() or ".").expanduser())
+        index = self.export_to.findData(text)
+        self.export_to.setCurrentIndex(index if index >= 0 else self.export_to.count() - 1)
+
     # --- export -----------------------------------------------------------------------
     def destination(self) -> Path:
         return Path(self.folder.text().strip() or ".").expanduser() / safe_name(self.name.text())
+
+    def free_destination(self, out: Path) -> Path:
+        """`out`, or `out-2`, `out-3`… — the first name none of whose files exist yet."""
+        candidate, n = out, 1
+        while any(tasks.unique_path(p) != p for p in written_paths(candidate)):
+            n += 1
+            candidate = out.with_name(f"{out.name}-{n}")
+        return candidate
+
+    def ask_existing(self, name: str, free: str) -> str:
+        """"keep" (save under the free name), "replace" or "cancel". Tests replace this."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Already exists",
+                          f"“{name}” already exists in that folder.", parent=self)
+        box.setInformativeText(f"Save this export as “{free}” instead, or replace the existing one?")
+        keep = box.addButton(f"Save as “{free}”", QMessageBox.ButtonRole.AcceptRole)
+        replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(keep)
+        box.exec()
+        clicked = box.clickedButton()
+        return "keep" if clicked is keep else "replace" if clicked is replace else "cancel"
 
     def start_export(self, overwrite: bool = False) -> None:
         if self.task is not None or not self.formats_ready():
             return
         out = self.destination()
-        candidates = [out, out.with_suffix(".safetensors")] if not out.suffix else [out]
-        if not overwrite and any(p.exists() for p in candidates):
-            answer = QMessageBox.question(self, "Replace?", f"{out.name} already exists in that folder. "
-                                          "Replace it?")
-            if answer != QMessageBox.StandardButton.Yes:
+        if not overwrite and any(p.exists() for p in written_paths(out)):
+            # The exporter refuses to overwrite; ask here instead of failing after the wait.
+            free = self.free_destination(out)
+            answer = self.ask_existing(out.name, free.name)
+            if answer == "cancel":
                 return
-            overwrite = True
+            if answer == "keep":
+                self.name.setText(free.name)
+                out = free
+            else:
+                overwrite = True
         out.parent.mkdir(parents=True, exist_ok=True)
         self.task = TaskWorker(tasks.export_project, self.project, out, self.selected_format(), overwrite,
                                self.strength.value(), name="export")

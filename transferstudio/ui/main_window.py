@@ -25,7 +25,9 @@ from transferstudio.ui.backbone_panel import BackbonePanel
 from transferstudio.ui.compare_view import CompareView
 from transferstudio.ui.export_dialog import ExportDialog
 from transferstudio.ui.images_panel import ImagesPanel
+from transferstudio.ui.library_dialog import LibraryDialog
 from transferstudio.ui.new_project_dialog import NewProjectDialog, ask_for_moved_path
+from transferstudio.ui.preferences_dialog import PreferencesDialog
 from transferstudio.ui.settings_form import SettingsForm
 from transferstudio.ui.train_view import TrainView
 
@@ -59,6 +61,8 @@ class MainWindow(QMainWindow):
         self._stop_timer.setSingleShot(True)
         self._stop_timer.timeout.connect(self._stop_took_too_long)
         self.export_dialog: ExportDialog | None = None
+        self.library_dialog: LibraryDialog | None = None
+        self.preferences_dialog: PreferencesDialog | None = None
 
         self._build_views()
         self._build_menus()
@@ -100,6 +104,7 @@ class MainWindow(QMainWindow):
         self.statusBar()
 
         self.backbone_panel.path_chosen.connect(self._backbone_chosen)
+        self.backbone_panel.library_requested.connect(self.open_library)
         self.images_panel.folder_chosen.connect(self._images_chosen)
         self.settings_form.changed.connect(self._settings_changed)
         self.train_view.start_requested.connect(self.start_training)
@@ -164,6 +169,8 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self.act_sample = self._action(m, "Open &Sample Project", self.open_sample_project,
                                        tip="A ready project with a small bundled model, to try things out.")
+        self.act_library = self._action(m, "Model &Library…", self.open_library, "Ctrl+L",
+                                        tip="The models already on this computer; pick one as the base model.")
         m.addSeparator()
         self.act_save = self._action(m, "&Save", self.save_project, QKeySequence.StandardKey.Save)
         self.act_export = self._action(m, "&Export Trained Model…", self.export, "Ctrl+E")
@@ -184,6 +191,10 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         self.act_reset = self._action(m, "Reset Settings to &Defaults", self.reset_settings,
                                       tip="Put every training setting back to its beginner-safe default.")
+        m.addSeparator()
+        self.act_preferences = self._action(m, "&Preferences…", self.open_preferences, "Ctrl+,",
+                                            tip="Where the model library looks for models.")
+        self.act_preferences.setMenuRole(QAction.MenuRole.PreferencesRole)
 
         m = bar.addMenu("&View")
         for i, (text, tabs, index) in enumerate((("&Model", self.setup_tabs, 0), ("&Pictures", self.setup_tabs, 1),
@@ -233,10 +244,11 @@ class MainWindow(QMainWindow):
                           f"The details are in the log file (Help ▸ Open Log Folder): {user_log_dir()}")
 
     # ================================================================== projects
-    def new_project(self) -> NewProjectDialog | None:
+    def new_project(self, backbone: str = "") -> NewProjectDialog | None:
         if not self._may_leave_project():
             return None
-        dialog = NewProjectDialog(self, projects_root=self.settings.value("projects_root") or None)
+        dialog = NewProjectDialog(self, projects_root=self.settings.value("projects_root") or None,
+                                  backbone=backbone)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(lambda: self._create_from_dialog(dialog))
         dialog.open()
@@ -442,6 +454,44 @@ class MainWindow(QMainWindow):
         self.compare_view.set_project(self.project, trained=history.has_trained_weights(self.project))
         self._inspect(path)
 
+    # ================================================================== model library and preferences
+    def open_library(self) -> LibraryDialog | None:
+        if self.train_view.is_running():
+            self.show_problem("Training is running", "The base model cannot change during a run.",
+                              "Stop the training first.")
+            return None
+        if self.library_dialog is not None:
+            self.library_dialog.raise_()
+            return self.library_dialog
+        current = str(self.project.backbone) if self.project is not None else ""
+        dialog = LibraryDialog(self.settings, self, current=current)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.model_chosen.connect(self._library_chosen)
+        self.library_dialog = dialog
+        dialog.destroyed.connect(lambda *_: setattr(self, "library_dialog", None))
+        dialog.open()
+        return dialog
+
+    def _library_chosen(self, path: str) -> None:
+        if self.project is None:  # no project yet: start one with this model
+            self.new_project(backbone=path)
+            return
+        self._show_tab(self.setup_tabs, 0)
+        self.backbone_panel.choose(path)  # the same flow as Choose folder…/file…: set, then inspect
+
+    def open_preferences(self) -> PreferencesDialog:
+        if self.preferences_dialog is not None:
+            self.preferences_dialog.raise_()
+            return self.preferences_dialog
+        dialog = PreferencesDialog(self.settings, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        if self.library_dialog is not None:
+            dialog.saved.connect(self.library_dialog.refresh)
+        self.preferences_dialog = dialog
+        dialog.destroyed.connect(lambda *_: setattr(self, "preferences_dialog", None))
+        dialog.open()
+        return dialog
+
     def _images_chosen(self, path: str) -> None:
         if self.project is None or Path(path) == self.project.images:
             return
@@ -570,7 +620,7 @@ class MainWindow(QMainWindow):
                               "Train it first (a checkpoint is saved when you stop).")
             return None
         dialog = ExportDialog(self.project, self, family=(self.inspection or {}).get("family"),
-                              method=history.trained_method(self.project))
+                              method=history.trained_method(self.project), settings=self.settings)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.export_dialog = dialog
         dialog.destroyed.connect(lambda *_: setattr(self, "export_dialog", None))
