@@ -213,6 +213,8 @@ def test_stop_saves_and_reopening_offers_to_continue(qtbot, make_window, project
     assert started.args[0].start_step == end.step and started.args[0].run_dir == run_dir
     chart = again.train_view.loss  # the earlier run's loss history is on the chart
     assert chart.n >= end.step and list(chart.steps[:end.step]) == list(range(1, end.step + 1))
+    with qtbot.waitSignal(again.train_view.steps_received, timeout=LONG):
+        pass  # let the resumed run train at least one new step before stopping it
     again.train_view.stop()
     second = wait_run_end(qtbot, again)
     assert isinstance(second, Stopped) and second.step > end.step
