@@ -104,6 +104,9 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=20000, help="landscapes in the training set")
     p.add_argument("--channels", default=",".join(map(str, DEFAULT_CHANNELS)))
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (0 = off)")
+    p.add_argument("--offset-noise", type=float, default=0.1,
+                   help="per-image, per-channel constant added to the training noise; lets an "
+                        "epsilon model change overall colour, so DDIM samples are not all mid-grey")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -177,6 +180,8 @@ def main(argv=None) -> int:
         flip = torch.rand(args.batch, generator=gen) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         noise = torch.randn(x0.shape, generator=gen)
+        if args.offset_noise:
+            noise = noise + args.offset_noise * torch.randn((args.batch, 3, 1, 1), generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -232,7 +237,7 @@ def write_model_card(args, channels, n_params, final_loss, wall, losses, t_data=
            "--steps", str(args.steps), "--seed", str(args.seed), "--size", str(args.size),
            "--batch", str(args.batch), "--lr", str(args.lr), "--images", str(args.images),
            "--channels", ",".join(map(str, channels)), "--ema", str(args.ema),
-           "--threads", str(torch.get_num_threads())]
+           "--offset-noise", str(args.offset_noise), "--threads", str(torch.get_num_threads())]
     curve = ", ".join(f"{i}: {np.mean(losses[max(0, i - 100):i]):.4f}"
                       for i in range(100, len(losses) + 1, max(100, len(losses) // 10 // 100 * 100)))
     card = f"""# TransferStudio starter backbone
@@ -256,6 +261,8 @@ Scheduler: `DDPMScheduler`, 1000 steps, linear betas, epsilon prediction.
 ## Training
 - Steps: {args.steps}, batch {args.batch}, AdamW (weight decay 0), grad-norm clip 1.0
 - Learning rate: one-cycle, peak {args.lr:g} at 15% of steps, cosine anneal
+- Offset noise {args.offset_noise} (a per-channel constant added to the noise, so the model
+  learns overall colour; without it DDIM samples drift to mid-grey)
 - Saved weights: exponential moving average, decay {args.ema} (0 = raw weights)
 - Seed {args.seed}; torch threads {torch.get_num_threads()}
 - Final loss (mean MSE over last 100 steps): **{final_loss:.4f}**
