@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--method", choices=("full", "lora"), default="full",
                    help="full fine-tuning (default, best on the tiny starter) or LoRA")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the sample project's)")
     return parser
 
 
@@ -267,7 +268,7 @@ def cmd_self_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from transferstudio.starter.demo import run_demo
 
-    return run_demo(args.out, steps=args.steps, method=args.method)
+    return run_demo(args.out, steps=args.steps, method=args.method, learning_rate=args.lr)
 
 
 COMMANDS = {"new": cmd_new, "train": cmd_train, "sample": cmd_sample, "export": cmd_export,

@@ -23,7 +23,7 @@ SAMPLE_STEPS = 50
 
 
 def run_demo(out: Path, *, steps: int | None = None, method: str = "full", samples: int = N_SAMPLES,
-             sample_steps: int = SAMPLE_STEPS, log=print) -> int:
+             sample_steps: int = SAMPLE_STEPS, learning_rate: float | None = None, log=print) -> int:
     from transferstudio.project.project import create_project, load_project
     from transferstudio.starter.sample import create_sample_project
     from transferstudio.training.loop import TrainJob, train
@@ -40,6 +40,8 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
         overrides.update(learning_rate=2e-3, rank=32, alpha=32)
     if steps:
         overrides["steps"] = steps
+    if learning_rate:
+        overrides["learning_rate"] = learning_rate
     project = load_project(create_sample_project(out / "project", **overrides))
     log(f"TransferStudio demo: fine-tune the landscape starter model on {project.images}")
 
@@ -64,8 +66,9 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
     log(f"  starter before fine-tuning:  {report['swd_base']:.1f}")
     log(f"  pretrained + fine-tuned:     {report['swd_finetuned']:.1f}")
     log(f"  from scratch, same steps:    {report['swd_scratch']:.1f}")
-    verdict = ("transfer helped: the pretrained model got much closer" if
-               report["swd_finetuned"] < report["swd_scratch"] else "transfer did NOT help in this run")
+    ratio = report["swd_finetuned"] / report["swd_scratch"]
+    verdict = (f"transfer helped: the pretrained run's distance is {100 * (1 - ratio):.0f}% lower than "
+               "from scratch" if ratio < 1 else "transfer did NOT help in this run")
     log(f"  → {verdict}")
     log(f"side by side: {out / 'comparison.png'}")
     log(f"previews:     {out / 'preview-step-0.png'} and {out / 'preview-final.png'}")
@@ -152,7 +155,7 @@ def _side_by_side(path: Path, panels: list[tuple[str, list]]) -> None:
     from transferstudio.training.previews import grid
 
     grids = [(title, grid(images[:16], cols=4)) for title, images in panels]
-    scale = max(1, 256 // grids[0][1].width)
+    scale = max(1, 512 // grids[0][1].width)
     grids = [(t, g.resize((g.width * scale, g.height * scale), Image.NEAREST)) for t, g in grids]
     w, h = grids[0][1].size
     canvas = Image.new("RGB", (len(grids) * (w + 16) + 16, h + 48), (18, 18, 22))

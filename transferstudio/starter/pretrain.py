@@ -104,7 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=20000, help="landscapes in the training set")
     p.add_argument("--channels", default=",".join(map(str, DEFAULT_CHANNELS)))
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (0 = off)")
-    p.add_argument("--offset-noise", type=float, default=0.1,
+    p.add_argument("--offset-noise", type=float, default=0.0,
                    help="per-image, per-channel constant added to the training noise; lets an "
                         "epsilon model change overall colour, so DDIM samples are not all mid-grey")
     p.add_argument("--ckpt-every", type=int, default=250)
