@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = reference or per_step
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             cuda = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if torch.cuda.is_available() else "-"
-            print(f"{name:<18} {per_step:>8.3f} {args.batch_size / per_step:>8.1f} "
+            print(f"{name:<18} {per_step:>8.3f} {sum(rates) / len(rates):>8.1f} "
                   f"{per_step / reference:>7.2f} {rss:>8.0f} MB {cuda:>10}")
     print("(× ref: time per step relative to the first setting, measured in this process; "
           "peak RSS is the process high-water mark so far)")
