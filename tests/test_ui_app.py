@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qt_fixtures import no_worker_threads_left  # noqa: F401  (autouse)
 
 pytest.importorskip("pytestqt")
 
@@ -22,7 +23,7 @@ from PySide6.QtWidgets import QMessageBox  # noqa: E402
 from transferstudio.core.events import Finished, Step, Stopped  # noqa: E402
 from transferstudio.project.config import TrainConfig  # noqa: E402
 from transferstudio.project.project import create_project, load_project  # noqa: E402
-from transferstudio.qt.workers import TrainingWorker, live_threads  # noqa: E402
+from transferstudio.qt.workers import TrainingWorker  # noqa: E402
 
 Btn = QMessageBox.StandardButton
 LONG = 180_000  # ms: generous for loading a model on a busy 2-core machine
@@ -37,18 +38,6 @@ def fast_config(steps: int, **kw: Any) -> TrainConfig:
 
 
 # --- fixtures -------------------------------------------------------------------------------
-
-@pytest.fixture(autouse=True)
-def no_worker_threads_left(qtbot):
-    """Fail a test that leaves a worker QThread running (it would outlive its window)."""
-    yield
-    running = live_threads()
-    if running:
-        names = [t.objectName() for t in running]
-        for thread in running:
-            thread.wait(120_000)  # let it end so later tests are not disturbed
-        pytest.fail(f"test left worker threads running: {names}")
-
 
 @pytest.fixture(autouse=True)
 def user_home(tmp_path, monkeypatch) -> Path:

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from qt_fixtures import no_worker_threads_left  # noqa: F401  (autouse)
 
 pytest.importorskip("pytestqt")
 
@@ -15,7 +16,6 @@ from PySide6.QtWidgets import QMessageBox  # noqa: E402
 from tiny_single_file import fake_checkpoint_keys, write_fake_safetensors  # noqa: E402
 from transferstudio.core.paths import resource  # noqa: E402
 from transferstudio.project.project import create_project  # noqa: E402
-from transferstudio.qt.workers import live_threads  # noqa: E402
 from transferstudio.ui.export_dialog import ExportDialog  # noqa: E402
 from transferstudio.ui.library_dialog import COL_NAME, COL_USABLE, LibraryDialog  # noqa: E402
 from transferstudio.ui.preferences_dialog import (PreferencesDialog, library_settings,  # noqa: E402
@@ -29,18 +29,6 @@ LORA_KEYS = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to
 
 
 # --- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def no_worker_threads_left(qtbot):
-    """Fail a test that leaves a worker QThread running (it would outlive its dialog)."""
-    yield
-    running = live_threads()
-    if running:
-        names = [t.objectName() for t in running]
-        for thread in running:
-            thread.wait(60_000)  # let it end so later tests are not disturbed
-        pytest.fail(f"test left worker threads running: {names}")
-
-
 @pytest.fixture(autouse=True)
 def user_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
