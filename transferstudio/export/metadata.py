@@ -58,7 +58,8 @@ def resolution_of(backbone: Any, config: Any) -> int:
 
 # --- hashes -----------------------------------------------------------------------------------
 
-def _tensor_bytes_hash(buffer: io.BytesIO) -> str:
+def _tensor_bytes_hash(buffer: Any) -> str:
+    """SHA-256 of the tensor bytes after a safetensors header, from any seekable binary stream."""
     buffer.seek(0)
     n = int.from_bytes(buffer.read(8), "little")
     buffer.seek(8 + n)
@@ -85,12 +86,7 @@ def safetensors_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
 def file_model_hash(path: Path) -> str:
     """SHA-256 of a safetensors file's tensor bytes (what `sshs_model_hash` must equal)."""
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        f.seek(8 + n)
-        h = hashlib.sha256()
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _tensor_bytes_hash(f)
 
 
 def sha256_file(path: Path) -> str:
