@@ -42,11 +42,14 @@ def build_unet(size: int, channels=DEFAULT_CHANNELS, layers_per_block: int = 1):
     )
 
 
-def build_scheduler():
+SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+def build_scheduler(prediction: str = "epsilon", schedule: str = "linear"):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                         prediction_type="epsilon")
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[schedule],
+                         prediction_type=prediction)
 
 
 @torch.no_grad()
@@ -65,8 +68,8 @@ def sample_ddim(unet, scheduler_config, n: int, seed: int = 0, steps: int = 50,
         sched.set_timesteps(steps)
         x = noise[i:i + batch]
         for t in sched.timesteps:
-            eps = unet(x, t).sample
-            x = sched.step(eps, t, x, eta=0.0).prev_sample
+            pred = unet(x, t).sample  # whatever the scheduler's prediction_type says
+            x = sched.step(pred, t, x, eta=0.0).prev_sample
         out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
 
@@ -107,6 +110,10 @@ def parse_args(argv=None):
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="per-image, per-channel constant added to the training noise; lets an "
                         "epsilon model change overall colour, so DDIM samples are not all mid-grey")
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default="epsilon",
+                   help="what the UNet predicts; v-prediction gives a small model good colour at high noise")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="linear",
+                   help="noise schedule; cosine keeps more signal at mid noise on small images")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     unet = build_unet(args.size, channels)
     ema = copy.deepcopy(unet).requires_grad_(False) if args.ema > 0 else None
-    sched = build_scheduler()
+    sched = build_scheduler(args.prediction, args.schedule)
     n_params = sum(p.numel() for p in unet.parameters())
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
@@ -139,7 +146,7 @@ def main(argv=None) -> int:
     step, elapsed_before = 0, 0.0
 
     if args.resume and os.path.exists(ckpt_path):
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if st["args"]["steps"] != args.steps or st["args"]["size"] != args.size:
             log("checkpoint was made with different --steps/--size; refusing to resume")
             return 2
@@ -185,7 +192,8 @@ def main(argv=None) -> int:
         t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(xt, t).sample, noise)
+        target = noise if args.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        loss = F.mse_loss(unet(xt, t).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -237,7 +245,8 @@ def write_model_card(args, channels, n_params, final_loss, wall, losses, t_data=
            "--steps", str(args.steps), "--seed", str(args.seed), "--size", str(args.size),
            "--batch", str(args.batch), "--lr", str(args.lr), "--images", str(args.images),
            "--channels", ",".join(map(str, channels)), "--ema", str(args.ema),
-           "--offset-noise", str(args.offset_noise), "--threads", str(torch.get_num_threads())]
+           "--offset-noise", str(args.offset_noise), "--prediction", args.prediction,
+           "--schedule", args.schedule, "--threads", str(torch.get_num_threads())]
     curve = ", ".join(f"{i}: {np.mean(losses[max(0, i - 100):i]):.4f}"
                       for i in range(100, len(losses) + 1, max(100, len(losses) // 10 // 100 * 100)))
     card = f"""# TransferStudio starter backbone
@@ -256,7 +265,8 @@ hills, lakes with reflections, trees. Random horizontal flip. No external data.
 `UNet2DModel`, sample_size {args.size}, block_out_channels {tuple(channels)}, one ResNet layer per
 block, self-attention only in the lowest-resolution blocks, {n_params:,} parameters
 ({n_params * 4 / 1e6:.1f} MB fp32, safetensors).
-Scheduler: `DDPMScheduler`, 1000 steps, linear betas, epsilon prediction.
+Scheduler: `DDPMScheduler`, 1000 steps, {args.schedule} betas
+(`{SCHEDULES[args.schedule]}`), {args.prediction} prediction.
 
 ## Training
 - Steps: {args.steps}, batch {args.batch}, AdamW (weight decay 0), grad-norm clip 1.0
