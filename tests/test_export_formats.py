@@ -251,12 +251,33 @@ def test_unconditional_lora_exports_as_peft_file_and_merged_folder(tmp_path, tin
         export_trained(trained, tmp_path / "x", "kohya")
     lora = export_trained(trained, tmp_path / "peft", "diffusers")
     assert lora.path.suffix == ".safetensors" and md.manifest_path(lora.path).is_file()
+    _same(_peft_loaded_sample(tiny_ddpm, lora.path), image)
     merged = export_trained(trained, tmp_path / "merged", "merged-diffusers")
     pipe = DDIMPipeline.from_pretrained(merged.path, local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(backbone.scheduler_config)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(batch_size=1, generator=[torch.Generator().manual_seed(SEED)], num_inference_steps=STEPS, eta=0.0)
     _same(np.asarray(out.images[0], dtype=np.float32), image)
+
+
+def _peft_loaded_sample(base_folder, lora_file) -> np.ndarray:
+    """What a user's own script does with the LoRA file: diffusers UNet + peft's loading functions."""
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(lora_file), framework="pt") as f:
+        config = LoraConfig(**json.loads(f.metadata()["lora_config"]))
+    unet = UNet2DModel.from_pretrained(base_folder, subfolder="unet", local_files_only=True)
+    inject_adapter_in_model(config, unet)
+    result = set_peft_model_state_dict(unet, load_file(str(lora_file)))
+    assert not result.unexpected_keys
+    scheduler = DDIMScheduler.from_pretrained(base_folder, subfolder="scheduler", local_files_only=True)
+    pipe = DDIMPipeline(unet=unet.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=1, generator=[torch.Generator().manual_seed(SEED)], num_inference_steps=STEPS, eta=0.0)
+    return np.asarray(out.images[0], dtype=np.float32)
 
 
 def test_full_finetune_of_an_unconditional_model_is_a_diffusers_folder_with_its_manifest(tmp_path, tiny_ddpm):
