@@ -44,6 +44,7 @@ def test_short_demo_run_reports_both_distances_and_exports_a_loadable_model(tmp_
     assert run_demo(tmp_path, steps=4, samples=6, sample_steps=4, log=lines.append) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["swd_finetuned"] > 0 and report["swd_scratch"] > 0
+    assert report["swd_colour_finetuned"] > 0 and report["swd_colour_base"] > 0
     for name in ("comparison.png", "preview-step-0.png", "preview-final.png"):
         assert (tmp_path / name).is_file()
     assert any("from scratch" in line for line in lines)

@@ -102,6 +102,18 @@ def test_swd_ordering(sets):
     assert cross > 1.5 * same
 
 
+def test_swd_reference_normalisation_counts_colour(sets):
+    # The same cities, darkened: the paper's per-set normalisation barely notices,
+    # normalising by the reference set's statistics does.
+    dark = (sets["city"].astype(np.float32) * 0.4).astype(np.uint8)
+    per_set = swd(dark, sets["city"], **FAST)["average"]
+    reference = swd(dark, sets["city"], normalize="reference", **FAST)["average"]
+    assert reference > 3 * per_set
+    assert swd(sets["city"], sets["city"], normalize="reference", **FAST)["average"] == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError):
+        swd(dark, sets["city"], normalize="nope", **FAST)
+
+
 def test_swd_unequal_counts_and_sizes(sets):
     r = swd(sets["land"][:20], P.landscape_batch(range(900, 930), 64), **FAST)
     assert r["n_a"] == 20 and r["n_b"] == 30

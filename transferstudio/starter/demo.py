@@ -62,13 +62,19 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     log("")
-    log(f"sliced Wasserstein distance to the target images (×1e3, lower is closer):")
-    log(f"  starter before fine-tuning:  {report['swd_base']:.1f}")
-    log(f"  pretrained + fine-tuned:     {report['swd_finetuned']:.1f}")
-    log(f"  from scratch, same steps:    {report['swd_scratch']:.1f}")
-    ratio = report["swd_finetuned"] / report["swd_scratch"]
-    verdict = (f"transfer helped: the pretrained run's distance is {100 * (1 - ratio):.0f}% lower than "
-               "from scratch" if ratio < 1 else "transfer did NOT help in this run")
+    log("sliced Wasserstein distance to the target images (×1e3, lower is closer):")
+    log("                                  patterns   with colour")
+    for label, key in (("starter before fine-tuning:", "base"), ("pretrained + fine-tuned:", "finetuned"),
+                       ("from scratch, same steps:", "scratch")):
+        log(f"  {label:<30} {report['swd_' + key]:8.1f}  {report['swd_colour_' + key]:10.1f}")
+    log("  (patterns: Karras et al.'s SWD, each set normalised by its own colour statistics;")
+    log("   with colour: both normalised by the target images' statistics, so colour and brightness count)")
+    ratios = [report[f"swd{kind}_finetuned"] / report[f"swd{kind}_scratch"] for kind in ("", "_colour")]
+    if max(ratios) < 1:
+        verdict = (f"transfer helped: the pretrained run is {100 * (1 - ratios[0]):.0f}% closer than from scratch "
+                   f"({100 * (1 - ratios[1]):.0f}% with colour)")
+    else:
+        verdict = "transfer did NOT help in this run"
     log(f"  → {verdict}")
     log(f"side by side: {out / 'comparison.png'}")
     log(f"previews:     {out / 'preview-step-0.png'} and {out / 'preview-final.png'}")
@@ -136,15 +142,24 @@ def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> 
     size = tuned[0].width
     targets = [open_rgb(r.path) for r in scan_images(project.images).images]
     targets = [t.resize((size, size)) for t in targets]
-    scores = {name: swd(images, targets, seed=0)["average"]
-              for name, images in (("finetuned", tuned), ("scratch", baseline), ("base", base))}
-    _side_by_side(out / "comparison.png", [("target images", targets), ("starter before fine-tuning", base),
-                                           ("pretrained + fine-tuned", tuned), ("from scratch", baseline)])
+    scores, colour = {}, {}
+    for name, images in (("finetuned", tuned), ("scratch", baseline), ("base", base)):
+        scores[name] = swd(images, targets, seed=0)["average"]
+        colour[name] = swd(images, targets, seed=0, normalize="reference")["average"]
+    def caption(title: str, key: str) -> str:
+        return f"{title}   SWD {scores[key]:.0f} · with colour {colour[key]:.0f}"
+
+    _side_by_side(out / "comparison.png", [("target images", targets),
+                                           (caption("starter before fine-tuning", "base"), base),
+                                           (caption("pretrained + fine-tuned", "finetuned"), tuned),
+                                           (caption("from scratch", "scratch"), baseline)])
     run = project.latest_run()
     previews = sorted((run / "previews").iterdir())
     shutil.copy(previews[0] / "grid.png", out / "preview-step-0.png")
     shutil.copy(previews[-1] / "grid.png", out / "preview-final.png")
     return {"swd_finetuned": scores["finetuned"], "swd_scratch": scores["scratch"], "swd_base": scores["base"],
+            "swd_colour_finetuned": colour["finetuned"], "swd_colour_scratch": colour["scratch"],
+            "swd_colour_base": colour["base"],
             "samples": samples, "sample_steps": sample_steps, "train_steps": project.config.steps,
             "method": project.config.method}
 

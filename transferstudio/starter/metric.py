@@ -134,8 +134,9 @@ def swd(images_a, images_b, *, seed: int = 0, size: int | None = None, min_res: 
     size: common square size (default: that of the first image of `images_a`).
     min_res: coarsest pyramid level (default 8 for images <= 64 px, else 16 as in the paper).
     normalize: "per_set" (paper: each set by its own channel mean/std, so global colour
-      shifts are ignored) or "joint" (both by the pooled statistics of set A and B, so
-      colour differences count too).
+      shifts are ignored), "reference" (both by the statistics of set B, so colour and
+      brightness count too and distances of several sets to one reference are on one
+      scale) or "joint" (both by the pooled statistics of A and B).
     Returns {"resolutions": [...], "distances": [...] (x1e3, finest first), "average": float,
       "scale": 1e3, "n_a": int, "n_b": int}.
     """
@@ -143,18 +144,18 @@ def swd(images_a, images_b, *, seed: int = 0, size: int | None = None, min_res: 
     b = to_array(images_b, a.shape[1])
     if min_res is None:
         min_res = 8 if a.shape[1] <= 64 else 16
-    if normalize not in ("per_set", "joint"):
-        raise ValueError("normalize must be 'per_set' or 'joint'")
+    if normalize not in ("per_set", "reference", "joint"):
+        raise ValueError("normalize must be 'per_set', 'reference' or 'joint'")
     pyr_a, pyr_b = laplacian_pyramid(a, min_res), laplacian_pyramid(b, min_res)
     resolutions, dists = [], []
     for lvl, (la, lb) in enumerate(zip(pyr_a, pyr_b)):
         # same patch positions for both sets, so identical sets give exactly 0
         da = _descriptors(la, patches, np.random.default_rng([seed, lvl]))
         db = _descriptors(lb, patches, np.random.default_rng([seed, lvl]))
-        if normalize == "joint":
-            both = np.concatenate([da, db])
-            mean = both.mean(axis=(0, 1, 2), keepdims=True)
-            std = both.std(axis=(0, 1, 2), keepdims=True)
+        if normalize in ("joint", "reference"):
+            pool = np.concatenate([da, db]) if normalize == "joint" else db
+            mean = pool.mean(axis=(0, 1, 2), keepdims=True)
+            std = pool.std(axis=(0, 1, 2), keepdims=True)
             da, db = _normalise(da, mean, std), _normalise(db, mean, std)
         else:
             da, db = _normalise(da), _normalise(db)
