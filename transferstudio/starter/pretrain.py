@@ -1,6 +1,10 @@
 """Pretrain the starter backbone: a small unconditional DDPM UNet on procedural landscapes.
 
-    python -m transferstudio.starter.pretrain --out resources/starter --steps 5000 --seed 0
+    python -m transferstudio.starter.pretrain --out resources/starter --steps 3000 --seed 0
+
+v-prediction with a cosine noise schedule is the default: an epsilon model of this size, briefly
+trained, cannot choose an image's overall colour at high noise (its DDIM samples all drift to one
+grey-pastel palette and stay grainy); predicting v gives it a direct estimate of the clean image there.
 
 Writes a diffusers `DDPMPipeline` folder (model_index.json, unet/, scheduler/), a
 MODEL_CARD.md and samples.png. A checkpoint is written to OUT/_checkpoint every
@@ -110,9 +114,9 @@ def parse_args(argv=None):
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="per-image, per-channel constant added to the training noise; lets an "
                         "epsilon model change overall colour, so DDIM samples are not all mid-grey")
-    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default="epsilon",
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default="v_prediction",
                    help="what the UNet predicts; v-prediction gives a small model good colour at high noise")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="linear",
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="cosine",
                    help="noise schedule; cosine keeps more signal at mid noise on small images")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
