@@ -155,13 +155,26 @@ def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> 
                                            (caption("from scratch", "scratch"), baseline)])
     run = project.latest_run()
     previews = sorted((run / "previews").iterdir())
-    shutil.copy(previews[0] / "grid.png", out / "preview-step-0.png")
-    shutil.copy(previews[-1] / "grid.png", out / "preview-final.png")
+    _enlarged_preview(previews[0], out / "preview-step-0.png")
+    _enlarged_preview(previews[-1], out / "preview-final.png")
     return {"swd_finetuned": scores["finetuned"], "swd_scratch": scores["scratch"], "swd_base": scores["base"],
             "swd_colour_finetuned": colour["finetuned"], "swd_colour_scratch": colour["scratch"],
             "swd_colour_base": colour["base"],
             "samples": samples, "sample_steps": sample_steps, "train_steps": project.config.steps,
             "method": project.config.method}
+
+
+def _enlarged_preview(folder: Path, dest: Path) -> None:
+    """The run's preview samples as a 4-column grid, small models' pixels enlarged (nearest) to be seen."""
+    from PIL import Image
+
+    from transferstudio.training.previews import grid
+
+    files = sorted(folder.glob("seed-*.png"), key=lambda p: int(p.stem.removeprefix("seed-") or 0))
+    images = [Image.open(p).convert("RGB") for p in files]
+    sheet = grid(images, cols=4)
+    scale = max(1, 128 // images[0].width)
+    sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST).save(dest)
 
 
 def _side_by_side(path: Path, panels: list[tuple[str, list]]) -> None:
