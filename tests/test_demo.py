@@ -18,6 +18,10 @@ def test_shipped_starter_loads_and_makes_pictures():
     backbone = load_backbone(starter_model())
     image = np.asarray(backbone.sample(seeds=[3], steps=10)[0], np.float32)
     assert image.shape[2] == 3 and image.std() > 10, "a picture, not a flat colour"
+    # Landscapes at every time of day, not one grey-pastel palette (what the first, epsilon-
+    # prediction starter did): per-picture brightness varies and some pictures are night scenes.
+    brightness = [np.asarray(im, np.float32).mean() for im in backbone.sample(seeds=range(8), steps=20)]
+    assert np.std(brightness) > 25 and min(brightness) < 70, brightness
     weights = list(starter_model().rglob("*.safetensors"))
     assert weights and sum(w.stat().st_size for w in weights) < 20e6
 
