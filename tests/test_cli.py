@@ -44,6 +44,19 @@ def test_new_train_sample_export_inspect(tmp_path, tiny_ddpm, image_folder, caps
     assert "Unconditional" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["new", "train", "demo", "export", "sample"])
+def test_every_help_page_prints(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_dora_is_a_switch_of_new(tmp_path, tiny_ddpm, image_folder):
+    project = tmp_path / "proj"
+    assert main(["new", str(project), "--backbone", str(tiny_ddpm), "--images", str(image_folder), "--dora"]) == 0
+    assert json.loads((project / "project.json").read_text())["config"]["dora"] is True
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "{tmp}/missing"], "No project found"),
     (["new", "{tmp}/p", "--backbone", "{tmp}", "--images", "{tmp}"], "does not recognise"),

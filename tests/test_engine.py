@@ -155,7 +155,8 @@ def test_full_finetune_with_ema_exports_a_diffusers_folder(tmp_path, tiny_ddpm, 
     assert not any(result.path.rglob("*.bin")), "weights are safetensors only"
 
 
-def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tiny_ddpm, image_folder):
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tiny_ddpm, image_folder, dora):
     from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors import safe_open
@@ -164,22 +165,22 @@ def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tin
     from transferstudio.training.restore import load_trained
 
     project = _project(tmp_path, tiny_ddpm, image_folder, steps=6, rank=4, alpha=12, learning_rate=5e-3,
-                       preview_every=0)
+                       preview_every=0, dora=dora)
     assert isinstance(_run(project)[-1], Finished)
     out = export_project(project, tmp_path / "my-lora.safetensors").path
     with safe_open(out, "pt") as fh:
         meta = fh.metadata()
-    config = json.loads(meta["lora_config"])
-    assert config["r"] == 4 and config["lora_alpha"] == 12
+    config = json.loads(meta["lora_config"])  # the whole LoraConfig, as peft wrote it
+    assert config["r"] == 4 and config["lora_alpha"] == 12 and config["use_dora"] is dora
+    assert any("lora_magnitude_vector" in k for k in load_file(out)) is dora
 
     app_image = load_trained(project).backbone.sample(seeds=[5], steps=4)[0]
 
     unet = UNet2DModel.from_pretrained(tiny_ddpm, subfolder="unet", local_files_only=True)
     base_pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_pretrained(tiny_ddpm, subfolder="scheduler"))
     base_image = base_pipe(generator=[torch.Generator().manual_seed(5)], num_inference_steps=4, eta=0.0).images[0]
-    inject_adapter_in_model(LoraConfig(**{k: v for k, v in config.items() if k in
-                                          ("r", "lora_alpha", "target_modules", "lora_dropout")}), unet)
-    set_peft_model_state_dict(unet, load_file(out))
+    inject_adapter_in_model(LoraConfig(**config), unet)
+    assert not set_peft_model_state_dict(unet, load_file(out)).unexpected_keys
     lora_image = base_pipe(generator=[torch.Generator().manual_seed(5)], num_inference_steps=4, eta=0.0).images[0]
 
     a, b, c = (np.asarray(i, np.float32) for i in (app_image, lora_image, base_image))

@@ -19,6 +19,7 @@ SETTINGS = {
     "full fp32": dict(method="full"),
     "lora r16": dict(method="lora", rank=16, alpha=16),
     "lora r4": dict(method="lora", rank=4, alpha=4),
+    "dora r16": dict(method="lora", rank=16, alpha=16, dora=True),
     "full + grad ckpt": dict(method="full", gradient_checkpointing=True),
 }
 

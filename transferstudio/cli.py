@@ -88,7 +88,11 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "learning_rate": "--lr", "batch_size": "--batch-size", "seed": "--seed",
                 "preview_every": "--preview-every", "checkpoint_every": "--checkpoint-every",
                 "precision": "--precision", "device": "--device", "schedule": "--schedule",
-                "train_text_encoder": "--train-text-encoder", "ema": "--ema"}
+                "train_text_encoder": "--train-text-encoder", "ema": "--ema", "dora": "--dora"}
+
+
+def _arg_help(name: str) -> str:
+    return field_help(name).replace("%", "%%")  # argparse formats help text with %
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -96,10 +100,10 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     for name, flag in _CLI_OPTIONS.items():
         value = getattr(defaults, name)
         if isinstance(value, bool):
-            parser.add_argument(flag, dest=name, action="store_true", default=None, help=field_help(name))
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=_arg_help(name))
         else:
             parser.add_argument(flag, dest=name, type=type(value), default=None,
-                                help=f"{field_help(name)} (default: {value})")
+                                help=f"{_arg_help(name)} (default: {value})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

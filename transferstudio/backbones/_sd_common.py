@@ -180,11 +180,20 @@ def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _adapter_metadata(rank: int, alpha: float, targets: Sequence[str]) -> dict[str, Any]:
+def _adapter_metadata(rank: int, alpha: float, targets: Sequence[str], *, dora: bool = False) -> dict[str, Any]:
     """The LoraConfig kwargs diffusers' `load_lora_weights` rebuilds the adapter from. Kept to
-    the fields every peft version knows, so alpha != rank survives and older peft still loads it."""
-    return {"r": int(rank), "lora_alpha": float(alpha), "target_modules": sorted(set(targets)),
+    the fields every peft version knows, so alpha != rank survives and older peft still loads it;
+    `use_dora` only when it is one (diffusers takes these kwargs as they are, so without it a DoRA
+    file would load as plain LoRA and drop the magnitudes)."""
+    meta = {"r": int(rank), "lora_alpha": float(alpha), "target_modules": sorted(set(targets)),
             "lora_dropout": 0.0, "bias": "none"}
+    if dora:
+        meta["use_dora"] = True
+    return meta
+
+
+def _is_dora(state: dict[str, torch.Tensor]) -> bool:
+    return any("lora_magnitude_vector" in k for k in state)
 
 
 def _rank_of(state: dict[str, torch.Tensor]) -> int:
@@ -431,7 +440,8 @@ class StableDiffusionBase(Backbone):
             alpha = float(alpha_cfg if alpha_cfg is not None else rank)
             targets = config.get("targets") or config.get("target_modules") or self.lora_targets()
             kwargs["unet_lora_layers"] = _clean_keys(denoiser_lora)
-            kwargs["unet_lora_adapter_metadata"] = _adapter_metadata(rank, alpha, targets)
+            kwargs["unet_lora_adapter_metadata"] = _adapter_metadata(rank, alpha, targets,
+                                                                     dora=_is_dora(denoiser_lora))
         for name, state in zip(self.text_encoder_names, text_encoder_loras):
             if not state:
                 continue
@@ -440,7 +450,7 @@ class StableDiffusionBase(Backbone):
             te_targets = config.get("text_encoder_targets") or self.text_encoder_lora_targets()
             kwargs[f"{name}_lora_layers"] = _text_encoder_keys(state)
             kwargs[f"{name}_lora_adapter_metadata"] = _adapter_metadata(
-                rank, float(te_alpha if te_alpha is not None else rank), te_targets)
+                rank, float(te_alpha if te_alpha is not None else rank), te_targets, dora=_is_dora(state))
         if not any(k.endswith("_lora_layers") for k in kwargs):
             raise ValueError("no adapter weights to save")
 

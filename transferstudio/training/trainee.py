@@ -37,12 +37,12 @@ class Trainee:
         elif config.method == "lora":
             self.lora_configs[DENOISER] = adapters.add_lora(
                 backbone.denoiser, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
-                targets=backbone.lora_targets())
+                targets=backbone.lora_targets(), dora=config.dora)
             if config.train_text_encoder and backbone.caps.text_encoders:
                 for role, encoder in zip(TEXT_ROLES, backbone.text_encoders()):
                     self.lora_configs[role] = adapters.add_lora(
                         encoder, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
-                        targets=backbone.text_encoder_lora_targets())
+                        targets=backbone.text_encoder_lora_targets(), dora=config.dora)
                     self.roles[role] = encoder
         else:
             raise UserError(f"Unknown training method '{config.method}'.", "Use 'lora' or 'full'.")

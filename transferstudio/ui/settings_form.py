@@ -51,6 +51,7 @@ LABELS = {
     "trigger": "Trigger word",
     "rank": "LoRA rank",
     "alpha": "LoRA alpha",
+    "dora": "DoRA",
     "dropout": "LoRA dropout",
     "train_text_encoder": "Train text encoder",
     "ema": "EMA weights",
@@ -108,7 +109,7 @@ SPECIAL_MIN_TEXT = {
 DECIMALS = {"alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1}
 
 TEXT_ONLY = ("trigger", "preview_prompts", "train_text_encoder")  # hidden for unconditional models
-LORA_ONLY = ("rank", "alpha", "dropout", "train_text_encoder")
+LORA_ONLY = ("rank", "alpha", "dora", "dropout", "train_text_encoder")
 FULL_ONLY = ("ema", "ema_decay")
 
 _SEED_MAX = 2**31 - 1
