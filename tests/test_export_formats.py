@@ -185,6 +185,10 @@ def test_dora_strength_zero_is_the_base_and_its_exports_keep_the_magnitude(tmp_p
     assert np.abs(theirs - image).mean() < 1.0 and np.abs(theirs - image).max() <= 6
     assert json.loads(_header(result.path)[1]["lora_adapter_metadata"])["unet.use_dora"] is True
 
+    merged = export_trained(trained, tmp_path / "dora-merged", "merged-diffusers")
+    _same(_pipe_image(_pipeline(merged.path, "sd1")), image)  # peft folds the magnitudes in
+
+    trained = _adapted(tmp_path, tiny_sd1_dir, "sd1", dora=True)  # merging unloaded the adapter
     kohya = export_trained(trained, tmp_path / "dora-kohya", "kohya")
     keys, meta = _header(kohya.path)
     assert sum(k.endswith(".dora_scale") for k in keys) == sum(k.endswith(".lora_down.weight") for k in keys)
