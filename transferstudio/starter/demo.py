@@ -146,6 +146,7 @@ def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> 
     for name, images in (("finetuned", tuned), ("scratch", baseline), ("base", base)):
         scores[name] = swd(images, targets, seed=0)["average"]
         colour[name] = swd(images, targets, seed=0, normalize="reference")["average"]
+
     def caption(title: str, key: str) -> str:
         return f"{title}   SWD {scores[key]:.0f} · with colour {colour[key]:.0f}"
 

@@ -1,6 +1,6 @@
 """Pretrain the starter backbone: a small unconditional DDPM UNet on procedural landscapes.
 
-    python -m transferstudio.starter.pretrain --out resources/starter --steps 3000 --seed 0
+    python -m transferstudio.starter.pretrain --out resources/starter --steps 4500 --seed 0 --threads 1
 
 v-prediction with a cosine noise schedule is the default: an epsilon model of this size, briefly
 trained, cannot choose an image's overall colour at high noise (its DDIM samples all drift to one
