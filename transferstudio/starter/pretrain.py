@@ -106,7 +106,7 @@ def _save_atomic(obj, path: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output pipeline folder")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=32)
