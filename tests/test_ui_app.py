@@ -278,13 +278,18 @@ def test_compare_shows_base_and_trained_side_by_side(qtbot, make_window, trained
     open_and_inspect(qtbot, window, trained_project.folder)
     view = window.compare_view
     assert view.generate_button.isEnabled() and not view.prompt.isVisible()  # unconditional model
+    assert view.count.value() == 4  # small pixel model: several pictures per side
     view.steps.setValue(4)
+    view.count.setValue(3)
     with qtbot.waitSignal(view.compared, timeout=LONG) as got:
         view.generate()
     qtbot.waitUntil(lambda: not view.is_busy(), timeout=10_000)
     pair = got.args[0]
-    assert pair.step == 12 and pair.base.size() == pair.trained.size()
+    assert pair.step == 12 and pair.seeds == (1, 2, 3) and len(pair.base) == len(pair.trained) == 3
+    assert pair.base[0].size() == pair.trained[0].size()
+    assert pair.base[0] != pair.base[1]  # one picture per seed
     assert pair.base != pair.trained  # the training changed what the model draws
+    assert view.base_image.image_count() == view.trained_image.image_count() == 3
 
     view.strength.setValue(0)  # the debounced slider re-samples on its own
     with qtbot.waitSignal(view.compared, timeout=LONG) as got:

@@ -72,9 +72,9 @@ def ensure_sample_project(parent: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class ComparePair:
-    base: QImage
-    trained: QImage
-    seed: int
+    base: tuple[QImage, ...]  # one picture per seed
+    trained: tuple[QImage, ...]
+    seeds: tuple[int, ...]
     prompt: str
     strength: float
     step: int  # the checkpoint step the trained side comes from
@@ -111,33 +111,37 @@ class CompareSession:
             self._base_cache.clear()
         return self._model
 
-    def _base_sample(self, model: Any, seed: int, prompts: list[str] | None, steps: int) -> Any:
+    def _base_samples(self, model: Any, seeds: list[int], prompts: list[str] | None, steps: int) -> list[Any]:
         if model.config.method == "lora":  # strength 0 is exactly the base model
             model.trainee.set_strength(0.0)
-            return model.backbone.sample(seeds=[seed], prompts=prompts, steps=steps)[0]
+            return model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
         if self._base_backbone is None:  # full fine-tune changed every weight: load the original
             from transferstudio.backbones.registry import load_backbone
 
             self._base_backbone = load_backbone(self.project.backbone,
                                                 prediction_type=self.project.prediction_type)
-        return self._base_backbone.sample(seeds=[seed], prompts=prompts, steps=steps)[0]
+        return self._base_backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
 
-    def compare(self, seed: int, prompt: str, strength: float, steps: int) -> ComparePair:
+    def compare(self, seed: int, prompt: str, strength: float, steps: int, count: int = 1) -> ComparePair:
+        """`count` pictures per side, from seeds seed, seed+1, …; the base side is cached per seed."""
         import torch
 
         model = self._load()
         text = model.backbone.caps.conditioning == "text"
-        prompts = [prompt] if text else None
-        key = (seed, prompt if text else "", steps)
+        seeds = list(range(seed, seed + max(1, count)))
+        key = (prompt if text else "", steps)
         with torch.no_grad():
-            base = self._base_cache.get(key)
-            if base is None:
-                base = pil_to_qimage(self._base_sample(model, seed, prompts, steps))
-                self._base_cache[key] = base
+            missing = [s for s in seeds if (s, *key) not in self._base_cache]
+            if missing:
+                pictures = self._base_samples(model, missing, [prompt] * len(missing) if text else None, steps)
+                for s, picture in zip(missing, pictures):
+                    self._base_cache[(s, *key)] = pil_to_qimage(picture)
             model.trainee.set_strength(strength)
-            trained = pil_to_qimage(model.backbone.sample(seeds=[seed], prompts=prompts, steps=steps)[0])
-        return ComparePair(base=base, trained=trained, seed=seed, prompt=prompt if text else "",
-                           strength=strength, step=model.checkpoint.step)
+            trained = model.backbone.sample(seeds=seeds, prompts=[prompt] * len(seeds) if text else None,
+                                            steps=steps)
+        return ComparePair(base=tuple(self._base_cache[(s, *key)] for s in seeds),
+                           trained=tuple(pil_to_qimage(p) for p in trained), seeds=tuple(seeds),
+                           prompt=prompt if text else "", strength=strength, step=model.checkpoint.step)
 
 
 def make_demo_project(folder: str | Path, *, steps: int, size: int = 32, images: int = 8) -> Path:

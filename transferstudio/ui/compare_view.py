@@ -1,4 +1,4 @@
-"""Compare: the base model and the trained one side by side, same seed (and prompt).
+"""Compare: the base model and the trained one side by side, same seeds (and prompt).
 
 Sampling runs on a TaskWorker; the loaded model is kept between comparisons, so moving the
 strength slider only re-samples the trained side.
@@ -32,11 +32,18 @@ class CompareView(QWidget):
         self._trained = False
 
         self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setRange(0, 2**31 - 9)  # room for the seeds after it
         self.seed.setValue(1)
         self.seed.setToolTip("The same seed gives the same starting noise on both sides.")
         self.prompt = QLineEdit()
         self.prompt.setPlaceholderText("What to draw (your trigger word calls up what was learned)")
+        self.count = QSpinBox()
+        self.count.setRange(1, 8)
+        self.count.setValue(4)
+        self.count.setToolTip("How many pictures on each side, from the seed up (seed, seed+1, …). "
+                              "More pictures take longer.")
+        self._count_chosen = False  # once the person picks a number, model changes leave it alone
+        self.count.valueChanged.connect(lambda _v: setattr(self, "_count_chosen", True))
         self.steps = QSpinBox()
         self.steps.setRange(1, 1000)
         self.steps.setValue(30)
@@ -71,8 +78,8 @@ class CompareView(QWidget):
         # One compact row of controls; the pictures get the space.
         controls = QHBoxLayout()
         self._prompt_row_label = QLabel("Prompt")
-        for label, widget, stretch in ((QLabel("Seed"), self.seed, 0), (self._prompt_row_label, self.prompt, 3),
-                                       (QLabel("Quality"), self.steps, 0)):
+        for label, widget, stretch in ((QLabel("Seed"), self.seed, 0), (QLabel("Pictures"), self.count, 0),
+                                       (self._prompt_row_label, self.prompt, 3), (QLabel("Quality"), self.steps, 0)):
             controls.addWidget(label)
             controls.addWidget(widget, stretch)
             controls.addSpacing(12)
@@ -92,8 +99,8 @@ class CompareView(QWidget):
         self.trained_title = QLabel("Trained")
         self.base_image = PreviewGrid()
         self.trained_image = PreviewGrid()
-        self.base_image.clear("The base model's picture")
-        self.trained_image.clear("The trained model's picture")
+        self.base_image.clear("The base model's pictures")
+        self.trained_image.clear("The trained model's pictures")
         sides = QHBoxLayout()
         for title, image in ((self.base_title, self.base_image), (self.trained_title, self.trained_image)):
             col = QVBoxLayout()
@@ -117,8 +124,8 @@ class CompareView(QWidget):
         self.project = project
         self.session = CompareSession(project) if project is not None else None
         self.last = None
-        self.base_image.clear("The base model's picture")
-        self.trained_image.clear("The trained model's picture")
+        self.base_image.clear("The base model's pictures")
+        self.trained_image.clear("The trained model's pictures")
         self.set_trained_available(trained)
 
     def set_trained_available(self, trained: bool) -> None:
@@ -129,6 +136,10 @@ class CompareView(QWidget):
     def set_text_backbone(self, text: bool) -> None:
         """Prompts only for models that take text."""
         self._text = text
+        if not self._count_chosen:  # big text models are slow: one picture; small pixel models: four
+            self.count.blockSignals(True)
+            self.count.setValue(1 if text else 4)
+            self.count.blockSignals(False)
         self.prompt.setVisible(text)
         self._prompt_row_label.setVisible(text)
 
@@ -143,7 +154,7 @@ class CompareView(QWidget):
             return
         strength = self.strength.value() / 100.0
         self.task = TaskWorker(self.session.compare, self.seed.value(), self.prompt.text().strip(),
-                               strength, self.steps.value(), name="compare")
+                               strength, self.steps.value(), self.count.value(), name="compare")
         self.task.succeeded.connect(self._on_result)
         self.task.failed.connect(self.failed)
         self.task.crashed.connect(self.crashed)
@@ -158,9 +169,9 @@ class CompareView(QWidget):
     # --- results ----------------------------------------------------------------------
     def _on_result(self, pair: ComparePair) -> None:
         self.last = pair
-        caption = f"seed {pair.seed}" + (f" · {pair.prompt}" if pair.prompt else "")
-        self.base_image.set_images([pair.base], [caption])
-        self.trained_image.set_images([pair.trained], [caption])
+        captions = [f"seed {seed}" + (f" · {pair.prompt}" if pair.prompt else "") for seed in pair.seeds]
+        self.base_image.set_images(list(pair.base), captions)
+        self.trained_image.set_images(list(pair.trained), captions)
         self.trained_title.setText(f"Trained (step {pair.step}, strength {round(pair.strength * 100)}%)")
         lora = self.session is not None and self.session.method == "lora"
         self._strength_row.setEnabled(lora)
