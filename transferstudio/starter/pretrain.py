@@ -256,6 +256,7 @@ def write_model_card(args, channels, n_params, final_loss, wall, losses, t_data=
            "--schedule", args.schedule, "--threads", str(torch.get_num_threads())]
     curve = ", ".join(f"{i}: {np.mean(losses[max(0, i - 100):i]):.4f}"
                       for i in range(100, len(losses) + 1, max(100, len(losses) // 10 // 100 * 100)))
+    target = "noise" if args.prediction == "epsilon" else "v"
     card = f"""# TransferStudio starter backbone
 
 A small unconditional diffusion model (diffusers `DDPMPipeline`) pretrained from scratch on
@@ -282,7 +283,7 @@ Scheduler: `DDPMScheduler`, 1000 steps, {args.schedule} betas
 - Offset noise {args.offset_noise} (a per-image, per-channel constant added to the noise; 0 = off)
 - Saved weights: exponential moving average, decay {args.ema} (0 = raw weights)
 - Seed {args.seed}; torch threads {torch.get_num_threads()}
-- Final loss (mean MSE over last 100 steps): **{final_loss:.4f}**
+- Final loss (mean MSE of the {target} target over the last 100 steps): **{final_loss:.4f}**
 - Loss curve (mean over the previous 100 steps): {curve}
 - Wall time: {wall / 60:.1f} min of training (+ {t_data:.0f} s generating the data) on a 2-core CPU
   shared with other processes (busy machines are slower)
