@@ -128,17 +128,17 @@ class CompareSession:
 
         model = self._load()
         text = model.backbone.caps.conditioning == "text"
+        prompts = [prompt] if text else None  # one prompt serves every seed
         seeds = list(range(seed, seed + max(1, count)))
         key = (prompt if text else "", steps)
         with torch.no_grad():
             missing = [s for s in seeds if (s, *key) not in self._base_cache]
             if missing:
-                pictures = self._base_samples(model, missing, [prompt] * len(missing) if text else None, steps)
+                pictures = self._base_samples(model, missing, prompts, steps)
                 for s, picture in zip(missing, pictures):
                     self._base_cache[(s, *key)] = pil_to_qimage(picture)
             model.trainee.set_strength(strength)
-            trained = model.backbone.sample(seeds=seeds, prompts=[prompt] * len(seeds) if text else None,
-                                            steps=steps)
+            trained = model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
         return ComparePair(base=tuple(self._base_cache[(s, *key)] for s in seeds),
                            trained=tuple(pil_to_qimage(p) for p in trained), seeds=tuple(seeds),
                            prompt=prompt if text else "", strength=strength, step=model.checkpoint.step)
