@@ -23,7 +23,7 @@ from transferstudio.backbones.registry import inspect_backbone, load_backbone  #
 from transferstudio.backbones.sd import SDBackbone, SDFamily  # noqa: E402
 from transferstudio.backbones.sdxl import SDXLBackbone, SDXLFamily  # noqa: E402
 from transferstudio.core.errors import BackboneError  # noqa: E402
-from transferstudio.training.adapters import add_lora, lora_state_dict  # noqa: E402
+from transferstudio.adapt.adapters import add_lora, lora_state_dict  # noqa: E402
 
 
 

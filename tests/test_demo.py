@@ -43,7 +43,7 @@ def test_short_demo_run_reports_both_distances_and_exports_a_loadable_model(tmp_
 
     from transferstudio.project.project import load_project
     from transferstudio.starter.demo import run_demo
-    from transferstudio.training.restore import load_trained
+    from transferstudio.adapt.restore import load_trained
 
     lines: list[str] = []
     assert run_demo(tmp_path, steps=4, samples=6, sample_steps=4, log=lines.append) == 0

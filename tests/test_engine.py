@@ -17,7 +17,7 @@ from transferstudio.core.events import (Checkpoint, Failed, Finished, Paused, Pr
                                         Step, Stopped)
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import create_project, load_project
-from transferstudio.training import checkpoints as ckpt
+from transferstudio.adapt import checkpoints as ckpt
 from transferstudio.training.loop import TrainJob, train
 
 FAST = dict(preview_steps=3, preview_seeds=[1, 2], batch_size=2)
@@ -162,7 +162,7 @@ def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tin
     from safetensors import safe_open
 
     from transferstudio.export.diffusers_export import export_project
-    from transferstudio.training.restore import load_trained
+    from transferstudio.adapt.restore import load_trained
 
     project = _project(tmp_path, tiny_ddpm, image_folder, steps=6, rank=4, alpha=12, learning_rate=5e-3,
                        preview_every=0, dora=dora)

@@ -29,9 +29,9 @@ from transferstudio.export import metadata as md  # noqa: E402
 from transferstudio.export.formats import export_trained, formats_for, lora_folders, unique_path  # noqa: E402
 from transferstudio.export.kohya import text_module_name, to_kohya, unet_module_names  # noqa: E402
 from transferstudio.project.config import TrainConfig  # noqa: E402
-from transferstudio.training.checkpoints import CheckpointInfo  # noqa: E402
-from transferstudio.training.restore import TrainedModel  # noqa: E402
-from transferstudio.training.trainee import Trainee  # noqa: E402
+from transferstudio.adapt.checkpoints import CheckpointInfo  # noqa: E402
+from transferstudio.adapt.restore import TrainedModel  # noqa: E402
+from transferstudio.adapt.trainee import Trainee  # noqa: E402
 
 PROMPT = "a red cat"
 SEED = 3

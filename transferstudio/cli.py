@@ -207,7 +207,7 @@ def _duration(seconds: float) -> str:
 def cmd_sample(args: argparse.Namespace) -> int:
     from transferstudio.backbones.registry import load_backbone
     from transferstudio.project.project import load_project
-    from transferstudio.training.restore import load_trained
+    from transferstudio.adapt.restore import load_trained
 
     project = load_project(args.project)
     if args.base:

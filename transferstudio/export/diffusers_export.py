@@ -19,8 +19,8 @@ from transferstudio import __version__
 from transferstudio.core.atomic import write_json_atomic, write_with_atomic
 from transferstudio.core.errors import ExportError
 from transferstudio.project.project import Project
-from transferstudio.training.restore import TrainedModel, load_trained
-from transferstudio.training.trainee import DENOISER, TEXT_ROLES
+from transferstudio.adapt.restore import TrainedModel, load_trained
+from transferstudio.adapt.trainee import DENOISER, TEXT_ROLES
 
 FORMATS = ("diffusers", "kohya", "merged-diffusers", "merged-single-file")
 

@@ -114,7 +114,7 @@ def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bo
 
     `strength` bakes the LoRA in at that scale for the merged formats; LoRA files keep the
     trained alpha (their strength is set in the tool) and record it as the preferred weight."""
-    from transferstudio.training.restore import load_trained
+    from transferstudio.adapt.restore import load_trained
 
     _info(fmt)
     trained = load_trained(project, run_dir)

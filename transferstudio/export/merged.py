@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from transferstudio.core.errors import ExportError
-from transferstudio.training.adapters import ADAPTER
+from transferstudio.adapt.adapters import ADAPTER
 
 
 def merge_and_unload(module: nn.Module, strength: float = 1.0) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from transferstudio.training.checkpoints import latest_checkpoint  # torch-free listing
+from transferstudio.adapt.checkpoints import latest_checkpoint  # torch-free listing
 from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
 
 

@@ -102,7 +102,7 @@ class CompareSession:
         return None if self._model is None else self._model.backbone.caps.conditioning == "text"
 
     def _load(self) -> Any:
-        from transferstudio.training.restore import find_trained, load_trained
+        from transferstudio.adapt.restore import find_trained, load_trained
 
         _, found = find_trained(self.project)
         if self._model is None or found.path != self._checkpoint:

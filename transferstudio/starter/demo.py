@@ -133,7 +133,7 @@ def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> 
     from transferstudio.data.images import open_rgb
     from transferstudio.data.scan import scan_images
     from transferstudio.starter.metric import swd
-    from transferstudio.training.restore import load_trained
+    from transferstudio.adapt.restore import load_trained
 
     seeds = list(range(1000, 1000 + samples))
     tuned = load_trained(project).backbone.sample(seeds=seeds, steps=sample_steps)

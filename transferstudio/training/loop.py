@@ -24,11 +24,11 @@ from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, P
                                         Started, Step, Stopped)
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import Project
-from transferstudio.training import checkpoints as ckpt
+from transferstudio.adapt import checkpoints as ckpt
 from transferstudio.training.device import autocast_dtype, choose_device, frozen_dtype
 from transferstudio.training.diffusion import diffusion_loss, noise_scheduler
 from transferstudio.training.previews import preview_prompts, save_previews
-from transferstudio.training.trainee import Trainee, run_config
+from transferstudio.adapt.trainee import Trainee, run_config
 
 
 @dataclass

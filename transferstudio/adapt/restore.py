@@ -8,8 +8,8 @@ from transferstudio.backbones.base import Backbone
 from transferstudio.core.errors import CheckpointError
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import Project
-from transferstudio.training import checkpoints as ckpt
-from transferstudio.training.trainee import Trainee, run_config
+from transferstudio.adapt import checkpoints as ckpt
+from transferstudio.adapt.trainee import Trainee, run_config
 
 
 @dataclass

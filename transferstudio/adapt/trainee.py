@@ -15,7 +15,7 @@ from torch import nn
 from transferstudio.backbones.base import Backbone
 from transferstudio.core.errors import UserError
 from transferstudio.project.config import TrainConfig
-from transferstudio.training import adapters
+from transferstudio.adapt import adapters
 
 DENOISER = "unet"
 TEXT_ROLES = ("text_encoder", "text_encoder_2")
