@@ -18,7 +18,7 @@ from transferstudio.core.events import (Checkpoint, Failed, Finished, Paused, Pr
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import create_project, load_project
 from transferstudio.adapt import checkpoints as ckpt
-from transferstudio.training.loop import TrainJob, train
+from transferstudio.training.trainer import TrainJob, train
 
 FAST = dict(preview_steps=3, preview_seeds=[1, 2], batch_size=2)
 
@@ -189,7 +189,7 @@ def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tin
 
 
 def test_engine_import_graph_has_no_qt():
-    code = ("import sys, transferstudio.cli, transferstudio.training.loop, transferstudio.export.diffusers_export,"
+    code = ("import sys, transferstudio.cli, transferstudio.training.trainer, transferstudio.export.diffusers_export,"
             " transferstudio.backbones.registry, transferstudio.data.dataset;"
             " bad=[m for m in sys.modules if m.startswith(('PySide6','superqt','pyqtgraph'))]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

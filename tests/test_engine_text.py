@@ -8,7 +8,7 @@ import torch
 from transferstudio.core.events import Finished, Preview, Started, Step
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import create_project
-from transferstudio.training.loop import TrainJob, train
+from transferstudio.training.trainer import TrainJob, train
 
 
 def _train(tmp_path, backbone, images, **settings):

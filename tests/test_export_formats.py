@@ -18,11 +18,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-try:
-    from conftest_sd import tiny_sd1_dir, tiny_sdxl_dir  # noqa: F401
-except ImportError:
-    from tests.conftest_sd import tiny_sd1_dir, tiny_sdxl_dir  # noqa: F401
-
 from transferstudio.core.errors import ExportError  # noqa: E402
 from transferstudio.export import formats  # noqa: E402
 from transferstudio.export import metadata as md  # noqa: E402
@@ -469,7 +464,7 @@ def test_kohya_export_of_a_real_run_has_metadata_and_a_manifest_that_match(tmp_p
     from transferstudio.core.events import Finished
     from transferstudio.export.formats import export
     from transferstudio.project.project import create_project
-    from transferstudio.training.loop import TrainJob, train
+    from transferstudio.training.trainer import TrainJob, train
 
     images = make_images(tmp_path / "images", n=2, size=32)
     for i, p in enumerate(sorted(images.glob("*.png"))):

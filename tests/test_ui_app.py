@@ -13,10 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qt_fixtures import no_worker_threads_left  # noqa: F401  (autouse)
-
-pytest.importorskip("pytestqt")
-
 from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
@@ -26,6 +22,8 @@ from transferstudio.project.project import create_project, load_project  # noqa:
 from transferstudio.qt.workers import TrainingWorker  # noqa: E402
 
 Btn = QMessageBox.StandardButton
+pytestmark = pytest.mark.usefixtures("no_worker_threads_left")  # tests/conftest.py
+
 LONG = 180_000  # ms: generous for loading a model on a busy 2-core machine
 
 
@@ -231,7 +229,7 @@ def trained_project(tmp_path_factory, tiny_ddpm):
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_ddpm import make_images
 
-    from transferstudio.training.loop import TrainJob, train
+    from transferstudio.training.trainer import TrainJob, train
 
     root = tmp_path_factory.mktemp("trained")
     proj = create_project(root / "proj", backbone=tiny_ddpm, images=make_images(root / "images", n=4),

@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from transferstudio.core.commands import Commands
     from transferstudio.core.events import Failed, Finished, Message, Preview, Started, Step, Stopped
     from transferstudio.project.project import load_project
-    from transferstudio.training.loop import TrainJob, train
+    from transferstudio.training.trainer import TrainJob, train
 
     project = load_project(args.project)
     commands = Commands()

@@ -344,7 +344,7 @@ def check_train(state: _State, workdir: Path, method: str) -> Callable[[], str]:
         from transferstudio.core.events import Failed, Finished, Started, Step
         from transferstudio.project.project import load_project
         from transferstudio.starter.sample import create_sample_project
-        from transferstudio.training.loop import TrainJob, train
+        from transferstudio.training.trainer import TrainJob, train
 
         overrides: dict[str, Any] = dict(method=method, steps=TRAIN_STEPS, batch_size=2, device="cpu",
                                          precision="fp32", preview_every=0, preview_seeds=[1], preview_steps=2,

@@ -14,33 +14,19 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferstudio.core.atomic import fsync_dir, write_text_atomic
 from transferstudio.core.errors import CheckpointError
+from transferstudio.project.run import (CHECKPOINTS, EMA, MARKER, WEIGHTS, CheckpointInfo,  # noqa: F401
+                                        checkpoint_name, complete_checkpoints, latest_checkpoint)
 
 if TYPE_CHECKING:
     import torch
 
-# torch and safetensors are imported inside the functions that need them, so the Qt bridge can
-# list checkpoints (complete_checkpoints) without loading torch on the GUI thread.
-CHECKPOINTS = "checkpoints"
-MARKER = "COMPLETE"
-WEIGHTS = "weights.safetensors"
-EMA = "ema.safetensors"
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    path: Path
-    step: int
-    state: dict[str, Any]
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
+# torch and safetensors are imported inside the functions that need them. The torch-free
+# listing (which checkpoints are complete) belongs to the run folder: project.run.
 
 
 def write_checkpoint(run_dir: Path, step: int, *, weights: dict[str, torch.Tensor],
@@ -77,28 +63,6 @@ def write_checkpoint(run_dir: Path, step: int, *, weights: dict[str, torch.Tenso
         raise
     prune(run_dir, keep=keep)
     return final
-
-
-def complete_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
-    """Complete checkpoints of a run, oldest first."""
-    folder = Path(run_dir) / CHECKPOINTS
-    out = []
-    if not folder.is_dir():
-        return out
-    for path in folder.iterdir():
-        if not path.name.startswith("step-") or not (path / MARKER).is_file():
-            continue
-        try:
-            state = json.loads((path / "state.json").read_text())
-            out.append(CheckpointInfo(path=path, step=int(state["step"]), state=state))
-        except (OSError, ValueError, KeyError):
-            continue  # damaged: ignore, an older one may be good
-    return sorted(out, key=lambda c: c.step)
-
-
-def latest_checkpoint(run_dir: Path) -> CheckpointInfo | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def prune(run_dir: Path, keep: int) -> None:

@@ -42,7 +42,8 @@ def load_trained(project: Project, run_dir: Path | None = None, *, use_ema: bool
     weights = ckpt.EMA if use_ema and (found.path / ckpt.EMA).is_file() else ckpt.WEIGHTS
     parts = ckpt.split_roles(ckpt.read_weights(found.path, weights))
     if weights == ckpt.EMA:
-        backbone.denoiser.load_state_dict(parts["unet"], strict=False)
+        for role, state in parts.items():
+            trainee.roles[role].load_state_dict(state, strict=False)
     else:
         trainee.load_state(parts)
     trainee.train_mode(False)

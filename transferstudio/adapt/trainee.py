@@ -26,26 +26,26 @@ class Trainee:
         self.backbone = backbone
         self.config = config
         self.method = config.method
-        self.roles: dict[str, nn.Module] = {DENOISER: backbone.denoiser}
+        if config.method == "full" and not (backbone.caps.supports_full_finetune
+                                            and "full" in backbone.caps.methods):
+            raise UserError("Full fine-tuning is not available for this model: it is too large "
+                            "to train every weight on an ordinary computer.",
+                            "Choose the LoRA method instead.")
+        if config.method not in backbone.caps.methods:
+            raise UserError(f"Unknown training method '{config.method}'.",
+                            f"Use {' or '.join(repr(m) for m in backbone.caps.methods)}.")
+        text = bool(config.train_text_encoder and backbone.caps.text_encoders)
+        self.plans = backbone.training_roles(config.method, train_text_encoder=text)
+        self.roles: dict[str, nn.Module] = {}
         self.lora_configs: dict[str, Any] = {}
-        if config.method == "full":
-            if not backbone.caps.supports_full_finetune:
-                raise UserError("Full fine-tuning is not available for this model: it is too large "
-                                "to train every weight on an ordinary computer.",
-                                "Choose the LoRA method instead.")
-            backbone.denoiser.requires_grad_(True)
-        elif config.method == "lora":
-            self.lora_configs[DENOISER] = adapters.add_lora(
-                backbone.denoiser, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
-                targets=backbone.lora_targets(), dora=config.dora)
-            if config.train_text_encoder and backbone.caps.text_encoders:
-                for role, encoder in zip(TEXT_ROLES, backbone.text_encoders()):
-                    self.lora_configs[role] = adapters.add_lora(
-                        encoder, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
-                        targets=backbone.text_encoder_lora_targets(), dora=config.dora)
-                    self.roles[role] = encoder
-        else:
-            raise UserError(f"Unknown training method '{config.method}'.", "Use 'lora' or 'full'.")
+        for role, plan in self.plans.items():
+            if plan.how == "full":
+                plan.module.requires_grad_(True)
+            else:
+                self.lora_configs[role] = adapters.add_lora(
+                    plan.module, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
+                    targets=list(plan.targets), dora=config.dora)
+            self.roles[role] = plan.module
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for module in self.roles.values():
@@ -58,11 +58,23 @@ class Trainee:
         for module in self.roles.values():
             module.train(on)
 
+    def role_parameters(self, roles: Any = None) -> list[nn.Parameter]:
+        """Trainable parameters of `roles` (None: all), for one phase's optimizer."""
+        chosen = self.roles if roles is None else {r: self.roles[r] for r in roles if r in self.roles}
+        return [p for module in chosen.values() for p in module.parameters() if p.requires_grad]
+
+    def full_roles(self) -> list[str]:
+        return [role for role, plan in self.plans.items() if plan.how == "full"]
+
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Trainable weights by role, detached CPU copies."""
-        if self.method == "full":
-            return {DENOISER: {k: v.detach().cpu().clone() for k, v in self.backbone.denoiser.state_dict().items()}}
-        return {role: adapters.lora_state_dict(module) for role, module in self.roles.items()}
+        out = {}
+        for role, plan in self.plans.items():
+            if plan.how == "full":
+                out[role] = {k: v.detach().cpu().clone() for k, v in plan.module.state_dict().items()}
+            else:
+                out[role] = adapters.lora_state_dict(plan.module)
+        return out
 
     def load_state(self, parts: dict[str, dict[str, torch.Tensor]]) -> None:
         for role, weights in parts.items():
@@ -70,15 +82,15 @@ class Trainee:
             if module is None:
                 raise UserError(f"The saved weights include '{role}', which this run does not train.",
                                 "The project's settings changed since this checkpoint was written.")
-            if self.method == "full":
+            if self.plans[role].how == "full":
                 module.load_state_dict(weights)
             else:
                 adapters.load_lora_state_dict(module, weights)
 
     def set_strength(self, strength: float) -> None:
         """Adapter strength for sampling (LoRA only; 0 = base model)."""
-        if self.method == "lora":
-            for module in self.roles.values():
+        for role, module in self.roles.items():
+            if self.plans[role].how == "lora":
                 adapters.set_lora_strength(module, strength)
 
     def lora_metadata(self) -> dict[str, str]:
@@ -95,5 +107,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def run_config(run_dir: Path) -> TrainConfig:
-    data = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-    return TrainConfig.from_dict(data["config"])
+    """The settings a run was started with (ProjectError naming the file if it is damaged)."""
+    from transferstudio.project.run import read_run_settings
+
+    return read_run_settings(run_dir)[1]

@@ -1,11 +1,16 @@
-"""The one interface every backbone family implements.
+"""The one interface every backbone family implements: its spec.
 
-The rest of the program asks a backbone's `caps` ("does it take prompts?"), never
-"is it SDXL?". Training-loss maths (noise, timesteps, targets, min-SNR) lives in
-training/diffusion.py and is shared; a family only encodes inputs and runs its denoiser.
+A family module holds everything the rest of the program asks of a model family: labels and
+`Capabilities` ("does it take prompts?", "which exports apply?"), loading, which modules train
+and how (`training_roles`), the training objective (`objective`: phases with their own
+optimizers, so a GAN's two networks or a VAE's reconstruction fit without special cases),
+previews (`sample`) and export knowledge (`ExportSpec`, `save_lora`, `save_full`,
+`save_single_file`, `kohya_unet_names`). The loop, exports, library and window ask these,
+never "is it SDXL?". Adding a family is one module plus `registry.register`.
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +27,37 @@ class Capabilities:
     resolution_multiple: int  # bucket sides must be a multiple of this (64 for SD latents)
     supports_full_finetune: bool
     text_encoders: int  # how many text encoders can take LoRA (0 for unconditional)
-    prediction_type: str  # "epsilon" | "v_prediction" | "sample"
+    prediction_type: str  # "epsilon" | "v_prediction" | "sample" ("" for non-diffusion families)
     latent: bool  # trains in a VAE's latent space
+    methods: tuple[str, ...] = ("lora", "full")  # training methods the family offers
+    kohya_lora: bool = False  # a LoRA exports in the kohya layout ComfyUI/A1111 load
+    single_file: bool = False  # a merged model exports as one original-layout checkpoint
+    preview: str = "image"  # what a preview is: "image" (samples from fixed seeds)
+    label: str = ""  # what the family is called, for people (e.g. "Stable Diffusion XL")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What the exports need to know of a loaded model (its family's export knowledge)."""
+
+    variant: str | None = None  # original-layout key of a single-file checkpoint (sd1/sd2/sd2-v/sdxl)
+    modelspec_architecture: str = "unconditional-diffusion"  # modelspec.architecture of the base
+    modelspec_prediction: str | None = None  # modelspec.prediction_type ("epsilon" / "v")
+    kohya_base_version: str | None = None  # ss_base_model_version (None: no kohya LoRA)
+    kohya_text_prefixes: tuple[tuple[str, str], ...] = ()  # (role, prefix), e.g. ("text_encoder", "lora_te_")
+    kohya_original_layout: bool = False  # kohya UNet names use the original (sgm) layout
+    version_label: str | None = None  # A1111's "sd version" (SD1 / SD2 / SDXL)
+    v_parameterization: bool = False
+    is_v2: bool = False
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    """One module that trains: fully (every weight) or through a LoRA on `targets`."""
+
+    module: nn.Module
+    how: str  # "full" | "lora"
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,10 +154,54 @@ class Backbone(ABC):
         """PIL images, one per seed (prompts paired with seeds for text families).
         Uses the modules as they are now (with any adapter applied). Deterministic per seed."""
 
+    # --- what trains, and on what objective ---------------------------------------
+    def training_roles(self, method: str, *, train_text_encoder: bool = False) -> dict[str, RolePlan]:
+        """The modules a run trains, by role name (the prefix of their checkpoint keys).
+        Diffusion families: the denoiser ("unet"), plus LoRA on the text encoders when asked."""
+        if method == "full":
+            return {"unet": RolePlan(self.denoiser, "full")}
+        roles = {"unet": RolePlan(self.denoiser, "lora", tuple(self.lora_targets()))}
+        if train_text_encoder:
+            for role, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders()):
+                roles[role] = RolePlan(encoder, "lora", tuple(self.text_encoder_lora_targets()))
+        return roles
+
+    def objective(self, config: Any) -> Any:
+        """The training objective (an `objective.Objective`). Diffusion by default."""
+        from transferstudio.backbones.diffusion import DiffusionObjective
+
+        return DiffusionObjective(self, config)
+
     # --- saving ------------------------------------------------------------------
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec()
+
     def save_full(self, folder: Path) -> None:
         """Save the whole (fully fine-tuned) model in diffusers layout with safetensors."""
         raise NotImplementedError(f"{self.family} does not support full fine-tuning export")
+
+    def save_lora(self, file: Path, states: dict[str, dict[str, torch.Tensor]], configs: dict[str, dict],
+                  metadata: dict[str, str]) -> None:
+        """One `.safetensors` LoRA file for Python users: peft-format weights of the denoiser with
+        its LoraConfig in the metadata (`peft.inject_adapter_in_model` + `set_peft_model_state_dict`).
+        Families with a diffusers LoRA loader write its layout instead."""
+        from safetensors.torch import save_file
+
+        role = next(iter(states))
+        save_file(states[role], str(file), metadata={"format": "peft", "lora_config": json.dumps(configs[role]),
+                                                     **metadata})
+
+    def save_single_file(self, file: Path, *, dtype: torch.dtype | None = None,
+                         metadata: dict[str, str] | None = None) -> None:
+        raise NotImplementedError(f"{self.family} has no single-file checkpoint layout")
+
+    def kohya_unet_names(self, paths: list[str]) -> dict[str, str]:
+        """Denoiser module path -> kohya module name; only families with `caps.kohya_lora`."""
+        raise NotImplementedError(f"{self.family} has no kohya naming")
+
+    def plain_modules(self) -> list[nn.Module]:
+        """Every module of the model (for casting a merged export to fp16)."""
+        return [self.denoiser, *self.text_encoders()]
 
 
 class Family(ABC):

@@ -135,7 +135,7 @@ class TrainingWorker(QObject):
     # --- worker thread --------------------------------------------------------------
     def _run(self) -> None:
         try:
-            from transferstudio.training.loop import TrainJob, train  # imports torch: worker only
+            from transferstudio.training.trainer import TrainJob, train  # imports torch: worker only
 
             job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh)
             for event in (self._train_fn or train)(job, self.commands):

@@ -26,7 +26,7 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
              sample_steps: int = SAMPLE_STEPS, learning_rate: float | None = None, log=print) -> int:
     from transferstudio.project.project import create_project, load_project
     from transferstudio.starter.sample import create_sample_project
-    from transferstudio.training.loop import TrainJob, train
+    from transferstudio.training.trainer import TrainJob, train
 
     out = Path(out)
     t_start = time.perf_counter()

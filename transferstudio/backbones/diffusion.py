@@ -1,4 +1,4 @@
-"""The denoising training objective, shared by every family."""
+"""The denoising training objective, shared by every diffusion family (DDPM, SD, SDXL)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from transferstudio.backbones.base import Backbone, Conditioning
+from transferstudio.backbones.objective import Objective, Phase, StepContext
 
 
 def noise_scheduler(config: dict[str, Any]) -> Any:
@@ -51,3 +52,27 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
 def _snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     return alphas / (1 - alphas)
+
+
+class DiffusionObjective(Objective):
+    """Noise the encoded pictures at random timesteps; score the denoiser against its target."""
+
+    phases = (Phase("denoiser"),)
+
+    def __init__(self, backbone: Backbone, config: Any) -> None:
+        self.backbone = backbone
+        self.config = config
+        self.scheduler = noise_scheduler(backbone.scheduler_config)
+
+    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
+        backbone, config = self.backbone, self.config
+        pixels = batch.pixels.to(ctx.device)
+        with torch.no_grad():
+            clean = backbone.encode_images(pixels).float()
+        with torch.autocast(ctx.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
+            cond = backbone.encode_conditioning(batch.captions, original_sizes=batch.original_sizes,
+                                                crop_top_left=batch.crop_top_left,
+                                                target_size=batch.target_size,
+                                                train_text_encoder=config.train_text_encoder)
+            return diffusion_loss(backbone, self.scheduler, clean, cond, generator=ctx.generator,
+                                  noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma)

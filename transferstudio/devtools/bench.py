@@ -1,4 +1,4 @@
-"""`python -m transferstudio.bench`: training speed and memory figures, printed, never asserted.
+"""`python -m transferstudio.devtools.bench`: training speed and memory figures, printed, never asserted.
 
 Runs a few optimizer steps of the real engine per setting on the same images and reports each
 setting's s/step and images/s, and its ratio to the first (reference) setting in the same
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     from transferstudio.core.events import Step
     from transferstudio.project.project import create_project
     from transferstudio.starter.sample import sample_config, sample_images, starter_model
-    from transferstudio.training.loop import TrainJob, train
+    from transferstudio.training.trainer import TrainJob, train
 
-    parser = argparse.ArgumentParser(prog="python -m transferstudio.bench")
+    parser = argparse.ArgumentParser(prog="python -m transferstudio.devtools.bench")
     parser.add_argument("--backbone", type=Path, default=None, help="default: the starter model")
     parser.add_argument("--images", type=Path, default=None, help="default: the sample images")
     parser.add_argument("--steps", type=int, default=20)

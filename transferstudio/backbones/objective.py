@@ -1,0 +1,52 @@
+"""What one optimizer step minimises, as a family states it.
+
+An objective has one or more phases. Each phase has its own optimizer over the weights of some
+training roles and its own loss; the Trainer runs the active phases in order every step, over
+the same micro-batches. Diffusion and reconstruction objectives have one phase; a GAN has a
+discriminator phase and a generator phase.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    roles: tuple[str, ...] | None = None  # training roles whose weights it updates; None = all
+    lr_scale: float = 1.0  # relative to the run's learning rate
+
+
+@dataclass
+class StepContext:
+    """What a loss may use besides the batch."""
+
+    step: int  # the optimizer step being taken (1-based)
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype, None for fp32
+    generator: torch.Generator  # the run's noise generator (on `device`), restored on resume
+    config: Any  # the run's TrainConfig
+
+
+class Objective(ABC):
+    phases: tuple[Phase, ...] = (Phase("main"),)
+
+    def active(self, phase: Phase, step: int) -> bool:
+        """Whether `phase` runs at optimizer step `step` (e.g. a discriminator that starts later)."""
+        return True
+
+    @abstractmethod
+    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
+        """The scalar loss of `phase` on one micro-batch (pixels in [-1, 1], captions, sizes)."""
+
+    def reported(self, losses: dict[str, float]) -> float:
+        """The one number shown as "loss" from the phases' losses (default: their sum)."""
+        return float(sum(losses.values()))
+
+    def ema_roles(self) -> tuple[str, ...] | None:
+        """Roles whose weights an EMA follows (None: every fully trained role)."""
+        return None

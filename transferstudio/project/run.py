@@ -1,0 +1,232 @@
+"""A run folder, read once: `Run.open(folder)`.
+
+Layout (the engine writes it; everything here reads it without torch, so the window can show
+runs at once):
+  config.json            the settings the run was started with (app version, backbone, images)
+  metrics.jsonl          one JSON object per optimizer step
+  log.txt                what happened, with times
+  previews/step-N/       seed-S.png (+ prompts.txt)
+  checkpoints/step-N/    weights.safetensors, optimizer.pt, rng.pt, state.json; COMPLETE last
+  exports.jsonl          one line per export made from this run
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transferstudio.core.errors import ProjectError
+from transferstudio.project.config import TrainConfig
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+EXPORTS = "exports.jsonl"
+CHECKPOINTS = "checkpoints"
+PREVIEWS = "previews"
+MARKER = "COMPLETE"
+WEIGHTS = "weights.safetensors"
+EMA = "ema.safetensors"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
+    """Complete checkpoints of a run, oldest first (a folder counts only with its marker)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    out: list[CheckpointInfo] = []
+    try:
+        children = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return out
+    for path in children:
+        if not path.name.startswith("step-") or not (path / MARKER).is_file():
+            continue
+        try:
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+            out.append(CheckpointInfo(path=path, step=int(state["step"]), state=state))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # damaged: ignore, an older one may be good
+    return sorted(out, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: Path) -> CheckpointInfo | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_run_settings(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """(config.json as a dict, its settings) — ProjectError naming the file when it is unusable."""
+    file = Path(run_dir) / CONFIG
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProjectError(f"The run {Path(run_dir).name} has no {CONFIG}.",
+                           "Start a fresh run (`train --fresh`); the other runs are untouched.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ProjectError(f"The run settings {file} are damaged ({exc}).",
+                           "Start a fresh run (`train --fresh`); the other runs are untouched.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ProjectError(f"The run settings {file} are not TransferStudio settings.",
+                           "Start a fresh run (`train --fresh`); the other runs are untouched.")
+    try:
+        config = TrainConfig.from_dict(data["config"])
+    except (TypeError, ValueError) as exc:
+        raise ProjectError(f"The run settings {file} are invalid ({exc}).",
+                           "Start a fresh run (`train --fresh`).") from None
+    problems = config.problems()
+    if problems:
+        raise ProjectError(f"The run settings {file} are invalid: {problems[0]}.",
+                           "Start a fresh run (`train --fresh`).")
+    return data, config
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a project, as its folder says."""
+
+    folder: Path
+    data: dict[str, Any]  # config.json
+    config: TrainConfig
+    checkpoints: tuple[CheckpointInfo, ...]
+
+    @classmethod
+    def open(cls, folder: Path) -> "Run":
+        data, config = read_run_settings(folder)
+        return cls(folder=Path(folder), data=data, config=config,
+                   checkpoints=tuple(complete_checkpoints(folder)))
+
+    @property
+    def id(self) -> str:
+        return self.folder.name
+
+    @property
+    def latest(self) -> CheckpointInfo | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def trained_step(self) -> int:
+        return self.latest.step if self.latest else 0
+
+    @property
+    def total(self) -> int:
+        return int(self.config.steps)
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def can_continue(self, total: int | None = None) -> bool:
+        """True when continuing from the last complete checkpoint would train more steps."""
+        return 0 < self.trained_step < max(self.total, total or 0)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl rows; lines cut by a crash are skipped."""
+        rows = []
+        try:
+            lines = (self.folder / METRICS).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return rows
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+        return rows
+
+    def final_loss(self, step: int | None = None) -> float | None:
+        loss = None
+        for row in self.metrics():
+            if step is not None and row["step"] > step:
+                break
+            value = row.get("loss")
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                loss = float(value)
+        return loss
+
+    def preview_steps(self) -> list[int]:
+        folder = self.folder / PREVIEWS
+        steps = []
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_dir() and p.name.startswith("step-"):
+                    try:
+                        steps.append(int(p.name[5:]))
+                    except ValueError:
+                        pass
+        return sorted(steps)
+
+    def exports(self) -> list[dict[str, Any]]:
+        rows = []
+        try:
+            lines = (self.folder / EXPORTS).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return rows
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+    def describe(self) -> str:
+        """One line for `transferstudio runs`."""
+        latest = self.latest
+        where = f"{latest.step}/{self.total} steps" if latest else f"0/{self.total} steps (no checkpoint)"
+        loss = self.final_loss(latest.step if latest else None)
+        parts = [self.id, self.method, where]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if self.exports():
+            parts.append(f"{len(self.exports())} export(s)")
+        if self.can_continue():
+            parts.append("can continue")
+        return "  ".join(parts)
+
+
+def record_export(run_dir: Path, row: dict[str, Any]) -> None:
+    """Append one export to the run's exports.jsonl (a line is written whole or not at all)."""
+    with (Path(run_dir) / EXPORTS).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def project_runs(project: Any) -> list[Run]:
+    """Every readable run of a project, oldest first (folders without settings are skipped)."""
+    runs = []
+    for folder in project.runs():
+        try:
+            runs.append(Run.open(folder))
+        except ProjectError:
+            continue
+    return runs
+
+
+def find_run(project: Any, run_id: str | None) -> Run | None:
+    """The run named `run_id` (its folder name, or a unique prefix), or the newest run with a
+    complete checkpoint when `run_id` is None. ProjectError naming the choices if not found."""
+    if run_id is None:
+        for run in reversed(project_runs(project)):
+            if run.latest is not None:
+                return run
+        return None
+    folders = [f for f in project.runs() if f.name == run_id] or \
+        [f for f in project.runs() if f.name.startswith(run_id)]
+    if len(folders) != 1:
+        names = ", ".join(f.name for f in project.runs()) or "none yet"
+        what = "matches several runs" if folders else "is not a run of this project"
+        raise ProjectError(f"'{run_id}' {what}.", f"Runs: {names} (see `transferstudio runs`).")
+    return Run.open(folders[0])

@@ -1,0 +1,419 @@
+"""The Trainer: one run of one project, step by step.
+
+`Trainer(job, commands)` chooses the run (continue the chosen or latest run from its last
+complete checkpoint, or start a new one), loads the backbone and data, and builds one optimizer
+per phase of the family's objective. `events()` drives it: resume, then step / preview / save
+at the cadence asked, and exactly one Finished / Stopped / Failed at the end. The Trainer asks
+the backbone's spec for everything family-specific (which modules train, the loss, previews).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from transferstudio import __version__
+from transferstudio.adapt import checkpoints as ckpt
+from transferstudio.adapt.trainee import Trainee
+from transferstudio.backbones.base import Backbone
+from transferstudio.backbones.objective import Phase, StepContext
+from transferstudio.core.atomic import write_json_atomic, write_text_atomic
+from transferstudio.core.commands import Commands
+from transferstudio.core.errors import UserError
+from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed,
+                                        Started, Step, Stopped)
+from transferstudio.project.config import TrainConfig
+from transferstudio.project.project import Project
+from transferstudio.project.run import Run, find_run
+from transferstudio.training.device import autocast_dtype, choose_device, frozen_dtype
+from transferstudio.training.previews import preview_prompts, save_previews
+
+
+@dataclass
+class TrainJob:
+    project: Project
+    steps: int | None = None  # total steps wanted; None = the project's setting
+    fresh: bool = False  # start a new run even when the last one can be continued
+    backbone: Backbone | None = None  # an already loaded, untouched backbone (optional)
+    run_id: str | None = None  # continue this run (folder name) instead of the latest
+
+
+def train(job: TrainJob, commands: Commands | None = None) -> Iterator[Any]:
+    """Yield Started, then Step after every optimizer step (plus Preview, Checkpoint, Paused,
+    Resumed, Message), and exactly one Finished / Stopped / Failed at the end."""
+    trainer = Trainer(job, commands or Commands())
+    yield from trainer.events()
+
+
+def choose_run(project: Project, *, steps: int | None, fresh: bool,
+               run_id: str | None = None) -> tuple[Run | None, TrainConfig]:
+    """Which run a `train` continues (None: a new run) and the settings it will use.
+
+    A continued run keeps the settings it was started with (its learning-rate schedule, method
+    and adapter shape are part of its checkpoints); only the step total can grow."""
+    run = None
+    if not fresh:
+        run = find_run(project, run_id) if run_id else _latest_with_checkpoint(project)
+    if run is not None and run.latest is not None:
+        config = TrainConfig.from_dict(run.config.to_dict())
+        config.steps = steps or max(project.config.steps, config.steps)
+        if run.latest.step >= config.steps:
+            raise UserError(f"This project has already trained {run.latest.step} of {config.steps} steps.",
+                            "Ask for more steps to train further, or start a fresh run.")
+        return run, config
+    if run_id is not None and run is not None:
+        raise UserError(f"The run {run.id} has no complete checkpoint to continue from.",
+                        "Start a fresh run instead.")
+    config = TrainConfig.from_dict(project.config.to_dict())
+    if steps:
+        config.steps = steps
+    return None, config
+
+
+def _latest_with_checkpoint(project: Project) -> Run | None:
+    """The newest run that has a complete checkpoint. Runs that never reached one (a start that
+    failed or was killed) are passed over, so they cannot hide the last good run."""
+    from transferstudio.project.run import complete_checkpoints
+
+    for folder in reversed(project.runs()):
+        if complete_checkpoints(folder):
+            return Run.open(folder)  # damaged settings: one sentence, never a silent new run
+    return None
+
+
+class _PhaseState:
+    """One phase of the objective with its optimizer and learning-rate schedule."""
+
+    def __init__(self, phase: Phase, params: list[torch.nn.Parameter], optimizer: Any, schedule: Any) -> None:
+        self.phase, self.params, self.optimizer, self.schedule = phase, params, optimizer, schedule
+
+
+class Trainer:
+    def __init__(self, job: TrainJob, commands: Commands) -> None:
+        self.job = job
+        self.commands = commands
+        self.project = job.project
+        self.step = 0
+        self.epoch = 0
+        self.batch_index = 0
+        self.last_loss = float("nan")
+        self.checkpoint: Path | None = None
+
+    # --- the run, start to end ---------------------------------------------------------
+    def events(self) -> Iterator[Any]:
+        try:
+            yield from self._events()
+        except UserError as exc:
+            yield Failed(exc.message, exc.advice, step=self.step, checkpoint=self.checkpoint)
+        except torch.cuda.OutOfMemoryError:
+            yield Failed("The GPU ran out of memory.",
+                         "Lower the batch size or resolution, or turn on gradient checkpointing. "
+                         + (f"Your work up to step {self.step} is saved." if self.checkpoint else ""),
+                         step=self.step, checkpoint=self.checkpoint)
+        except MemoryError:
+            yield Failed("The computer ran out of memory.",
+                         "Lower the batch size or resolution, or close other programs.",
+                         step=self.step, checkpoint=self.checkpoint)
+
+    def _events(self) -> Iterator[Any]:
+        self.prepare()
+        self.resume()
+        yield self.started_event()
+        for skipped in self.scan.skipped:
+            yield Message(f"Skipped {skipped.path.name}: {skipped.reason}", "warning")
+        commands = self.commands
+        if commands.stop_requested:  # stopped while the model was loading: nothing new to save
+            yield Stopped(step=self.step, checkpoint=self.checkpoint)
+            return
+        if self.step == 0:
+            yield self.preview(0)
+        self.trainee.train_mode(True)
+        self.started_at = time.perf_counter()
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics:
+            while self.step < self.total:
+                yield self.train_step()
+                if commands.paused and not commands.stop_requested:
+                    self.log(f"paused at step {self.step}")
+                    yield Paused(self.step)
+                    commands.wait_while_paused()
+                    yield Resumed(self.step)
+                if commands.stop_requested:
+                    saved = self.save()
+                    yield saved
+                    self.log(f"stopped at step {self.step}")
+                    yield Stopped(step=self.step, checkpoint=saved.path)
+                    return
+                if self.step == self.total:
+                    break
+                every = self.config.preview_every
+                if commands.take_sample_request() or (every and self.step % every == 0):
+                    yield self.preview(self.step)
+                if commands.take_save_request() or self.step % self.config.checkpoint_every == 0:
+                    yield self.save()
+        final = self.save()
+        yield final
+        yield self.preview(self.step)
+        self.log(f"finished at step {self.step}, loss {self.last_loss:.4f}")
+        yield Finished(step=self.step, final_loss=self.last_loss, checkpoint=final.path,
+                       weights=final.path / ckpt.WEIGHTS)
+
+    # --- setting up ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        from transferstudio.backbones.registry import load_backbone
+        from transferstudio.data.dataset import TrainingImages
+        from transferstudio.data.scan import scan_images
+
+        job, project = self.job, self.project
+        self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh, run_id=job.run_id)
+        problems = config.problems()
+        if problems:
+            raise UserError("Invalid settings: " + "; ".join(problems), "Fix the values and start again.")
+        self.config, self.total = config, config.steps
+        self.scan = scan_images(project.images, trigger=config.trigger)
+        backbone = job.backbone or load_backbone(project.backbone, prediction_type=project.prediction_type)
+        self.backbone = backbone
+        self.device = choose_device(config.device)
+        self.amp = autocast_dtype(self.device, config.precision)
+        torch.manual_seed(config.seed)
+        self.trainee = Trainee(backbone, config)
+        backbone.to(self.device, frozen_dtype(self.device, config.precision))
+        if config.gradient_checkpointing:
+            backbone.enable_gradient_checkpointing()
+        resolution = config.resolution or backbone.caps.native_resolution
+        self.images = TrainingImages(self.scan.images, resolution, backbone.caps.resolution_multiple,
+                                     buckets=config.buckets, flip=config.flip, crop=config.crop)
+        self.objective = backbone.objective(config)
+        self.phases = [self._phase_state(phase) for phase in self.objective.phases]
+        self.ema = self._ema()
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
+        self.data_rng = torch.Generator("cpu").manual_seed(config.seed)
+        self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.run_dir = self.run.folder if self.run is not None else self._new_run_dir()
+        self.prompts = preview_prompts(config, [r.caption for r in self.scan.images], backbone.caps.conditioning)
+
+    def _phase_state(self, phase: Phase) -> _PhaseState:
+        from diffusers.optimization import get_scheduler
+
+        params = self.trainee.role_parameters(phase.roles)
+        optimizer = _optimizer(params, self.config, self.device, phase.lr_scale)
+        schedule = {"constant": "constant_with_warmup"}.get(self.config.schedule, self.config.schedule)
+        lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=self.config.warmup_steps,
+                                     num_training_steps=self.total)
+        return _PhaseState(phase, params, optimizer, lr_scheduler)
+
+    def _ema(self) -> Any:
+        config = self.config
+        roles = self.objective.ema_roles()
+        roles = self.trainee.full_roles() if roles is None else [r for r in roles if r in self.trainee.full_roles()]
+        if not (config.ema and config.method == "full" and roles):
+            return None
+        from diffusers.training_utils import EMAModel
+
+        self.ema_names = [f"{role}.{n}" for role in roles
+                          for n, p in self.trainee.roles[role].named_parameters() if p.requires_grad]
+        self.ema_params = self.trainee.role_parameters(roles)
+        return EMAModel(self.ema_params, decay=config.ema_decay)
+
+    def _new_run_dir(self) -> Path:
+        run_dir = self.project.new_run_dir()
+        write_json_atomic(run_dir / "config.json", {
+            "app_version": __version__, "backbone": str(self.project.backbone), "images": str(self.project.images),
+            "prediction_type": self.project.prediction_type, "config": self.config.to_dict()})
+        return run_dir
+
+    def resume(self) -> None:
+        """Put the weights, optimizers, RNGs and data position back as the last checkpoint left them."""
+        found = self.run.latest if self.run is not None else None
+        if found is not None:
+            self.trainee.load_state(ckpt.split_roles(ckpt.read_weights(found.path)))
+            bundle = ckpt.read_torch(found.path, "optimizer.pt")
+            for index, state in enumerate(self.phases):
+                saved = bundle if index == 0 else bundle.get("phases", {}).get(state.phase.name, {})
+                state.optimizer.load_state_dict(saved["optimizer"])
+                state.schedule.load_state_dict(saved["lr_scheduler"])
+            if self.ema is not None and "ema" in bundle:
+                self.ema.load_state_dict(bundle["ema"])
+            if self.scaler is not None and "scaler" in bundle:
+                self.scaler.load_state_dict(bundle["scaler"])
+            rng = ckpt.read_torch(found.path, "rng.pt")
+            torch.set_rng_state(rng["torch"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"])
+            self.data_rng.set_state(rng["data"])
+            if rng.get("noise_device") == self.device.type:
+                self.noise_rng.set_state(rng["noise"])
+            state = found.state
+            self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
+            self.last_loss = state.get("loss", float("nan"))
+            self.checkpoint = found.path
+            _truncate_metrics(self.run_dir, self.step)
+        self.batches = self.images.epoch_batches(self.epoch, self.config.seed, self.config.batch_size)
+        for skipped in self.scan.skipped:
+            self.log(f"skipped {skipped.path}: {skipped.reason}")
+        self.log(f"{'resumed at step ' + str(self.step) if self.step else 'started'}; {self.scan.summary()}; "
+                 f"device {self.device}")
+        self.recent: deque[tuple[float, int]] = deque(maxlen=20)
+
+    def started_event(self) -> Started:
+        return Started(run_dir=self.run_dir, total_steps=self.total, start_step=self.step,
+                       images=len(self.scan.images), samples_per_epoch=len(self.images),
+                       skipped=tuple((str(s.path), s.reason) for s in self.scan.skipped), device=str(self.device),
+                       trainable_parameters=self.trainee.parameter_count())
+
+    # --- one optimizer step -----------------------------------------------------------------
+    def _next_batch(self) -> Any:
+        if self.batch_index >= len(self.batches):
+            self.epoch, self.batch_index = self.epoch + 1, 0
+            self.batches = self.images.epoch_batches(self.epoch, self.config.seed, self.config.batch_size)
+        batch = self.images.load_batch(self.batches[self.batch_index], self.data_rng)
+        self.batch_index += 1
+        return batch
+
+    def train_step(self) -> Step:
+        config = self.config
+        t0 = time.perf_counter()
+        micro = [self._next_batch() for _ in range(config.gradient_accumulation)]
+        ctx = StepContext(step=self.step + 1, device=self.device, amp=self.amp, generator=self.noise_rng,
+                          config=config)
+        losses: dict[str, float] = {}
+        for state in self.phases:
+            if not self.objective.active(state.phase, ctx.step):
+                continue
+            state.optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for batch in micro:
+                loss = self.objective.loss(state.phase, batch, ctx) / config.gradient_accumulation
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                total += loss.item()
+            if not math.isfinite(total):
+                raise UserError(f"Training became unstable at step {self.step + 1} (the loss is not a number).",
+                                "Lower the learning rate, or use fp32 precision.")
+            if self.scaler is not None:
+                self.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.params, 1.0)
+            if self.scaler is not None:
+                self.scaler.step(state.optimizer)
+                self.scaler.update()
+            else:
+                state.optimizer.step()
+            state.schedule.step()
+            losses[state.phase.name] = total
+        if self.ema is not None:
+            self.ema.step(self.ema_params)
+        self.step += 1
+        self.last_loss = self.objective.reported(losses)
+        now = time.perf_counter()
+        self.recent.append((now - t0, sum(len(b.captions) for b in micro)))
+        rate = sum(n for _, n in self.recent) / max(1e-9, sum(t for t, _ in self.recent))
+        per_step = sum(t for t, _ in self.recent) / len(self.recent)
+        lr = self.phases[0].schedule.get_last_lr()[0]
+        row: dict[str, Any] = {"step": self.step, "loss": self.last_loss, "lr": lr,
+                               "time": round(now - self.started_at, 4)}
+        if len(losses) > 1:
+            row["losses"] = losses
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        return Step(step=self.step, total=self.total, loss=self.last_loss, lr=lr, images_per_s=rate,
+                    eta_s=per_step * (self.total - self.step), elapsed_s=now - self.started_at)
+
+    # --- previews and checkpoints ---------------------------------------------------------
+    def preview(self, at: int) -> Preview:
+        config = self.config
+        with _EMAWeights(self.ema, getattr(self, "ema_params", [])):
+            pics = self.backbone.sample(seeds=config.preview_seeds, prompts=self.prompts, steps=config.preview_steps)
+        self.trainee.train_mode(True)
+        paths = save_previews(self.run_dir, at, pics, config.preview_seeds, self.prompts)
+        return Preview(step=at, images=tuple(pics), prompts=tuple(self.prompts or ()),
+                       seeds=tuple(config.preview_seeds), paths=tuple(paths))
+
+    def save(self) -> Checkpoint:
+        first, *others = self.phases
+        bundle: dict[str, Any] = {"optimizer": first.optimizer.state_dict(),
+                                  "lr_scheduler": first.schedule.state_dict()}
+        if others:
+            bundle["phases"] = {s.phase.name: {"optimizer": s.optimizer.state_dict(),
+                                               "lr_scheduler": s.schedule.state_dict()} for s in others}
+        if self.ema is not None:
+            bundle["ema"] = self.ema.state_dict()
+        if self.scaler is not None:
+            bundle["scaler"] = self.scaler.state_dict()
+        rng = {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(),
+               "noise": self.noise_rng.get_state(), "noise_device": self.device.type}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        ema_weights = None
+        if self.ema is not None:  # EMA of every trained parameter, by role and name, for sampling and export
+            ema_weights = dict(zip(self.ema_names, self.ema.shadow_params))
+        path = ckpt.write_checkpoint(
+            self.run_dir, self.step, weights=ckpt.join_roles(self.trainee.state()), optimizer=bundle, rng=rng,
+            ema=ema_weights,
+            state={"epoch": self.epoch, "batch_index": self.batch_index, "loss": self.last_loss,
+                   "total": self.total, "method": self.config.method},
+            keep=self.config.keep_checkpoints, metadata={"transferstudio_version": __version__,
+                                                         **self.trainee.lora_metadata()})
+        self.checkpoint = path
+        self.log(f"checkpoint {path.name}")
+        return Checkpoint(step=self.step, path=path)
+
+    def log(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with (self.run_dir / "log.txt").open("a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {text}\n")
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device,
+               lr_scale: float = 1.0) -> Any:
+    if not params:
+        raise UserError("Nothing to train: the model has no layers the adapter can attach to.",
+                        "Pick another backbone or the full fine-tuning method.")
+    lr = config.learning_rate * lr_scale
+    if device.type == "cuda":
+        try:
+            import bitsandbytes as bnb  # optional: halves optimizer memory on GPUs
+
+            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+        except ImportError:
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+
+
+class _EMAWeights:
+    """Use the EMA weights inside the block (previews), then put the trained ones back."""
+
+    def __init__(self, ema: Any, params: list[torch.nn.Parameter]) -> None:
+        self.ema, self.params = ema, params
+
+    def __enter__(self) -> None:
+        if self.ema is not None:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ema is not None:
+            self.ema.restore(self.params)
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Forget metrics written after the checkpoint we resume from (they will be redone)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and _step_of(line) <= step]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
