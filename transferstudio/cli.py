@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=Path)
     p.add_argument("--steps", type=int, help="total steps (raise it to train further)")
     p.add_argument("--fresh", action="store_true", help="start a new run instead of continuing")
+    p.add_argument("--run", metavar="ID", help="continue this run (see `runs`) instead of the latest")
+
+    p = sub.add_parser("runs", help="list a project's runs: steps, loss, exports, whether it can continue")
+    p.add_argument("project", type=Path)
 
     p = sub.add_parser("sample", help="generate an image with the trained (or base) model")
     p.add_argument("project", type=Path)
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", action="store_true", help="use the base model without training")
     p.add_argument("--steps", type=int, default=None, help="denoising steps")
     p.add_argument("--strength", type=float, default=1.0, help="adapter strength (LoRA)")
+    p.add_argument("--run", metavar="ID", help="sample this run (see `runs`); default: the latest trained")
 
     p = sub.add_parser("export", help="export the trained weights")
     p.add_argument("project", type=Path)
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="strength the merged formats bake in")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--run", metavar="ID", help="export this run (see `runs`); default: the latest trained")
 
     p = sub.add_parser("self-check", help="check that this installation is whole (imports, a short "
                                           "training, export)")
@@ -138,45 +144,96 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TrainPrinter:
+    """How `train` shows a run on the terminal (an EventHandler, made lazily)."""
+
+    @staticmethod
+    def make() -> Any:
+        from transferstudio.core.events import EventHandler
+
+        class Printer(EventHandler):
+            code = 0
+
+            def on_started(self, event: Any) -> None:
+                what = f"resuming at step {event.start_step}" if event.start_step else "training"
+                print(f"{what} of {event.total_steps} on {event.device}: {event.images} images "
+                      f"({event.samples_per_epoch} with repeats), {event.trainable_parameters:,} "
+                      f"trainable parameters\nrun folder: {event.run_dir}")
+
+            def on_step(self, event: Any) -> None:
+                _progress_line(event)
+
+            def on_preview(self, event: Any) -> None:
+                _end_progress_line()
+                print(f"preview at step {event.step}: {event.paths[0].parent if event.paths else ''}")
+
+            def on_message(self, event: Any) -> None:
+                _end_progress_line()
+                print(f"{event.level}: {event.text}", file=sys.stderr)
+
+            def on_finished(self, event: Any) -> None:
+                _end_progress_line()
+                print(f"finished at step {event.step}, loss {event.final_loss:.4f}; weights: {event.weights}")
+
+            def on_stopped(self, event: Any) -> None:
+                _end_progress_line()
+                if event.checkpoint is not None:
+                    print(f"stopped at step {event.step}; saved {event.checkpoint}. Run `train` again to continue.")
+                else:
+                    print("stopped before the first step; nothing new to save.")
+                self.code = 130
+
+            def on_failed(self, event: Any) -> None:
+                _end_progress_line()
+                print(f"error: {event.message} {event.advice}".rstrip(), file=sys.stderr)
+                self.code = 2
+
+        return Printer()
+
+
+# Signals that end a training run the way Ctrl-C does: stop after this step, save, exit.
+# SIGTERM: logout, shutdown, a job scheduler; SIGHUP: the terminal was closed.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from transferstudio.core.commands import Commands
-    from transferstudio.core.events import Failed, Finished, Message, Preview, Started, Step, Stopped
     from transferstudio.project.project import load_project
     from transferstudio.training.trainer import TrainJob, train
 
     project = load_project(args.project)
     commands = Commands()
-    previous = signal.signal(signal.SIGINT, lambda *_: (commands.stop(),
-                                                        print("\nstopping after this step…", file=sys.stderr)))
-    code = 0
+
+    def stop(signum: int, _frame: Any) -> None:
+        commands.stop()
+        try:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving…", file=sys.stderr)
+        except (OSError, ValueError):
+            pass  # the terminal may be gone (SIGHUP)
+
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    printer = _TrainPrinter.make()
     try:
-        for event in train(TrainJob(project, steps=args.steps, fresh=args.fresh), commands):
-            if isinstance(event, Started):
-                what = f"resuming at step {event.start_step}" if event.start_step else "training"
-                print(f"{what} of {event.total_steps} on {event.device}: {event.images} images "
-                      f"({event.samples_per_epoch} with repeats), {event.trainable_parameters:,} "
-                      f"trainable parameters\nrun folder: {event.run_dir}")
-            elif isinstance(event, Step):
-                _progress_line(event)
-            elif isinstance(event, Preview):
-                _end_progress_line()
-                print(f"preview at step {event.step}: {event.paths[0].parent if event.paths else ''}")
-            elif isinstance(event, Message):
-                print(f"{event.level}: {event.text}", file=sys.stderr)
-            elif isinstance(event, Finished):
-                _end_progress_line()
-                print(f"finished at step {event.step}, loss {event.final_loss:.4f}; weights: {event.weights}")
-            elif isinstance(event, Stopped):
-                _end_progress_line()
-                print(f"stopped at step {event.step}; saved {event.checkpoint}. Run `train` again to continue.")
-                code = 130
-            elif isinstance(event, Failed):
-                _end_progress_line()
-                print(f"error: {event.message} {event.advice}".rstrip(), file=sys.stderr)
-                code = 2
+        printer.run(train(TrainJob(project, steps=args.steps, fresh=args.fresh, run_id=args.run), commands))
     finally:
-        signal.signal(signal.SIGINT, previous)
-    return code
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return printer.code
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from transferstudio.project.project import load_project
+    from transferstudio.project.run import project_runs
+
+    project = load_project(args.project)
+    runs = project_runs(project)
+    if not runs:
+        print(f"{project.name}: no runs yet (`transferstudio train {args.project}` starts one)")
+        return 0
+    print(f"{project.name}: {len(runs)} run(s), oldest first")
+    for run in runs:
+        print("  " + run.describe())
+    return 0
 
 
 _TTY = sys.stdout.isatty()
@@ -214,7 +271,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         backbone = load_backbone(project.backbone, prediction_type=project.prediction_type)
         steps = args.steps or project.config.preview_steps
     else:
-        trained = load_trained(project)
+        trained = load_trained(project, _run_dir(project, args.run))
         trained.trainee.set_strength(args.strength)
         backbone = trained.backbone
         steps = args.steps or trained.config.preview_steps
@@ -228,12 +285,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(project: Any, run_id: str | None) -> Path | None:
+    """The folder of the run the user named with --run (None: the latest trained run)."""
+    if run_id is None:
+        return None
+    from transferstudio.project.run import find_run
+
+    return find_run(project, run_id).folder
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from transferstudio.export.formats import export
     from transferstudio.project.project import load_project
 
-    result = export(load_project(args.project), args.out, args.format, strength=args.strength, fp16=args.fp16,
-                    overwrite=args.overwrite)
+    project = load_project(args.project)
+    result = export(project, args.out, args.format, strength=args.strength, fp16=args.fp16,
+                    overwrite=args.overwrite, run_dir=_run_dir(project, args.run))
     print(f"exported {result.kind} weights from step {result.step} to {result.path}")
     return 0
 
@@ -275,7 +342,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, steps=args.steps, method=args.method, learning_rate=args.lr)
 
 
-COMMANDS = {"new": cmd_new, "train": cmd_train, "sample": cmd_sample, "export": cmd_export,
+COMMANDS = {"new": cmd_new, "train": cmd_train, "runs": cmd_runs, "sample": cmd_sample, "export": cmd_export,
             "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
             "self-check": cmd_self_check}
 

@@ -341,7 +341,7 @@ def check_load_starter(state: _State) -> str:
 
 def check_train(state: _State, workdir: Path, method: str) -> Callable[[], str]:
     def run() -> str:
-        from transferstudio.core.events import Failed, Finished, Started, Step
+        from transferstudio.core.events import EventHandler
         from transferstudio.project.project import load_project
         from transferstudio.starter.sample import create_sample_project
         from transferstudio.training.trainer import TrainJob, train
@@ -354,18 +354,28 @@ def check_train(state: _State, workdir: Path, method: str) -> Callable[[], str]:
         project = load_project(create_sample_project(workdir / f"project-{method}", **overrides))
         # The full fine-tune may reuse the loaded starter; LoRA loads its own, untouched copy.
         job = TrainJob(project, fresh=True, backbone=state.backbone if method == "full" else None)
-        losses, device, speed = [], "?", 0.0
-        for event in train(job):
-            if isinstance(event, Started):
-                device = event.device
-            elif isinstance(event, Step):
-                losses.append(event.loss)
-                speed = event.images_per_s
-            elif isinstance(event, Failed):
+        class Watch(EventHandler):
+            def __init__(self) -> None:
+                self.losses: list[float] = []
+                self.device, self.speed = "?", 0.0
+
+            def on_started(self, event: Any) -> None:
+                self.device = event.device
+
+            def on_step(self, event: Any) -> None:
+                self.losses.append(event.loss)
+                self.speed = event.images_per_s
+
+            def on_failed(self, event: Any) -> None:
                 raise RuntimeError(f"{event.message} {event.advice}".strip())
-            elif isinstance(event, Finished):
+
+            def on_finished(self, event: Any) -> None:
                 if not math.isfinite(event.final_loss):
                     raise RuntimeError(f"the loss is {event.final_loss}")
+
+        watch = Watch()
+        watch.run(train(job))
+        losses, device, speed = watch.losses, watch.device, watch.speed
         if len(losses) != TRAIN_STEPS:
             raise RuntimeError(f"{len(losses)} of {TRAIN_STEPS} steps ran")
         state.projects[method] = project

@@ -97,3 +97,31 @@ class Failed:
 
 
 EndEvent = (Finished, Stopped, Failed)
+
+
+def _kind(event: Any) -> str:
+    name = type(event).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class EventHandler:
+    """Turns the engine's events into calls of `on_<kind>` (on_started, on_step, on_preview,
+    on_checkpoint, on_message, on_paused, on_resumed, on_finished, on_stopped, on_failed);
+    kinds without a method go to `on_event`. `run(events)` handles a whole run and returns
+    its end event (Finished / Stopped / Failed)."""
+
+    end: Any = None
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, EndEvent):
+            self.end = event
+        method = getattr(self, "on_" + _kind(event), None)
+        (method or self.on_event)(event)
+
+    def on_event(self, event: Any) -> None:
+        """Events this handler has no method for."""
+
+    def run(self, events: Any) -> Any:
+        for event in events:
+            self.handle(event)
+        return self.end

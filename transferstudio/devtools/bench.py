@@ -12,6 +12,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,7 +28,7 @@ SETTINGS = {
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from transferstudio.core.events import Step
+    from transferstudio.core.events import EventHandler
     from transferstudio.project.project import create_project
     from transferstudio.starter.sample import sample_config, sample_images, starter_model
     from transferstudio.training.trainer import TrainJob, train
@@ -55,18 +56,25 @@ def main(argv: list[str] | None = None) -> int:
             project = create_project(Path(tmp) / f"p{i}", backbone=backbone, images=images, config=config)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            times, rates = [], []
-            last = None
-            for event in train(TrainJob(project)):
-                if isinstance(event, Step):
+            class Timing(EventHandler):
+                def __init__(self) -> None:
+                    self.times: list[float] = []
+                    self.rates: list[float] = []
+                    self.last: float | None = None
+
+                def on_step(self, event: Any) -> None:
                     now = time.perf_counter()
-                    if last is not None and event.step > 2:  # skip warm-up steps
-                        times.append(now - last)
-                        rates.append(event.images_per_s)
-                    last = now
-                elif type(event).__name__ == "Failed":
+                    if self.last is not None and event.step > 2:  # skip warm-up steps
+                        self.times.append(now - self.last)
+                        self.rates.append(event.images_per_s)
+                    self.last = now
+
+                def on_failed(self, event: Any) -> None:
                     print(f"{name:<18} failed: {event.message}")
-                    break
+
+            timing = Timing()
+            timing.run(train(TrainJob(project)))
+            times, rates = timing.times, timing.rates
             if not times:
                 continue
             per_step = sum(times) / len(times)

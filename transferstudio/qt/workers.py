@@ -18,8 +18,7 @@ from PySide6.QtGui import QImage
 
 from transferstudio.core.commands import Commands
 from transferstudio.core.errors import UserError
-from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed,
-                                        Started, Step, Stopped)
+from transferstudio.core.events import EventHandler, Failed, Step
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,38 @@ class PreviewImages:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     paths: tuple[Path, ...]
+
+
+class _EventSignals(EventHandler):
+    """Engine events -> the worker's signals (emitted on the worker thread, queued to the GUI)."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    def on_preview(self, event: Any) -> None:
+        self.worker.preview.emit(PreviewImages(step=event.step, images=tuple(pil_to_qimage(i) for i in event.images),
+                                               prompts=event.prompts, seeds=event.seeds, paths=event.paths))
+
+    def on_started(self, event: Any) -> None:
+        self.worker.started.emit(event)
+
+    def on_checkpoint(self, event: Any) -> None:
+        self.worker.checkpoint.emit(event)
+
+    def on_message(self, event: Any) -> None:
+        self.worker.message.emit(event.text, event.level)
+
+    def on_paused(self, event: Any) -> None:
+        self.worker.paused.emit(event.step)
+
+    def on_resumed(self, event: Any) -> None:
+        self.worker.resumed.emit(event.step)
+
+    def on_finished(self, event: Any) -> None:
+        self.worker._end = event  # before the signal: the GUI may ask for it at once
+        self.worker.ended.emit(event)
+
+    on_stopped = on_failed = on_finished
 
 
 class _Thread(QThread):
@@ -93,6 +124,7 @@ class TrainingWorker(QObject):
         self._pending: list[Step] = []
         self._last_emit = 0.0
         self._end: Any = None
+        self._signals = _EventSignals(self)
         self._thread = _Thread(self._run, "training")
         self._thread.finished.connect(self.done)
         _live.add(self._thread)
@@ -151,30 +183,14 @@ class TrainingWorker(QObject):
             self.crashed.emit(text)
 
     def _dispatch(self, event: Any) -> None:
-        if isinstance(event, Step):
+        if isinstance(event, Step):  # batched: a fast loop must not flood the GUI thread
             self._pending.append(event)
             now = time.monotonic()
             if now - self._last_emit >= STEP_INTERVAL_S:
                 self._flush(now)
             return
         self._flush()
-        if isinstance(event, Preview):
-            self.preview.emit(PreviewImages(step=event.step,
-                                            images=tuple(pil_to_qimage(i) for i in event.images),
-                                            prompts=event.prompts, seeds=event.seeds, paths=event.paths))
-        elif isinstance(event, Started):
-            self.started.emit(event)
-        elif isinstance(event, Checkpoint):
-            self.checkpoint.emit(event)
-        elif isinstance(event, Message):
-            self.message.emit(event.text, event.level)
-        elif isinstance(event, Paused):
-            self.paused.emit(event.step)
-        elif isinstance(event, Resumed):
-            self.resumed.emit(event.step)
-        elif isinstance(event, (Finished, Stopped, Failed)):
-            self._end = event
-            self.ended.emit(event)
+        self._signals.handle(event)
 
     def _flush(self, now: float | None = None) -> None:
         if self._pending:

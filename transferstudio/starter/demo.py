@@ -84,23 +84,27 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
 
 
 def _train(project, train, TrainJob, log, title: str) -> Any:
-    log(f"\n== {title}: {project.config.steps} steps, {project.config.method}")
-    last_print = 0.0
-    for event in train(TrainJob(project, fresh=True)):
-        if isinstance(event, Started):
+    from transferstudio.core.events import EventHandler, Finished
+
+    class Progress(EventHandler):
+        last_print = 0.0
+
+        def on_started(self, event: Any) -> None:
             log(f"   {event.images} images, {event.trainable_parameters:,} trainable parameters on {event.device}")
-        elif isinstance(event, Step):
+
+        def on_step(self, event: Any) -> None:
             now = time.perf_counter()
-            if now - last_print > 5 or event.step == event.total:
-                last_print = now
+            if now - self.last_print > 5 or event.step == event.total:
+                self.last_print = now
                 log(f"   step {event.step}/{event.total}  loss {event.loss:.4f}  "
                     f"{event.images_per_s:.0f} img/s  ETA {event.eta_s:.0f} s")
-        elif isinstance(event, Failed):
+
+        def on_failed(self, event: Any) -> None:
             log(f"error: {event.message} {event.advice}")
-            return None
-        elif isinstance(event, Finished):
-            return event
-    return None
+
+    log(f"\n== {title}: {project.config.steps} steps, {project.config.method}")
+    end = Progress().run(train(TrainJob(project, fresh=True)))
+    return end if isinstance(end, Finished) else None
 
 
 def _export(project, out: Path, log) -> Path:
