@@ -4,8 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import types
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,11 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-try:
-    from conftest_sd import tiny_sd1_dir, tiny_sd2v_dir, tiny_sdxl_dir  # noqa: F401
-except ImportError:
-    from tests.conftest_sd import tiny_sd1_dir, tiny_sd2v_dir, tiny_sdxl_dir  # noqa: F401
-
+from tiny_single_file import (build_tiny_models, fake_checkpoint_keys, write_fake_safetensors,  # noqa: E402
+                              write_tiny_config_root)
 from transferstudio.backbones.registry import inspect_backbone, load_backbone  # noqa: E402
 from transferstudio.backbones.sd import SDBackbone, SDFamily  # noqa: E402
 from transferstudio.backbones.sdxl import SDXLBackbone, SDXLFamily  # noqa: E402
@@ -125,54 +121,23 @@ def test_sdxl_refiner_is_claimed_with_advice(tmp_path):
     assert "refiner" in found.problems[0] and "base model" in found.problems[0]
 
 
-# --- single-file checkpoints through the (faked) model library ---------------------------------
+# --- single-file checkpoints through the model library -----------------------------------------
 
-@pytest.fixture
-def fake_library(monkeypatch, tiny_sd1_dir):
-    """Stand-in for transferstudio.library: `detected` sets what detect() answers; loading gives
-    the tiny SD 1.x parts. (The real library has its own tests; this checks the glue.)"""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def _tiny_single_file(tmp_path: Path, monkeypatch, family: str) -> Path:
+    """An original-layout tiny checkpoint, loadable with the tiny configs (not the real ones)."""
+    from transferstudio.library.original_layout import save_single_file
 
-    detected = dict(kind="checkpoint", family="sd1", label="Stable Diffusion 1.x checkpoint",
-                    prediction_type="epsilon", native_resolution=32, problems=(), advice="")
-
-    def detect(path, *, prediction_type=None, expected_family=None):
-        return types.SimpleNamespace(**detected)
-
-    def load_single_file(path, *, prediction_type=None, dtype=torch.float32):
-        d = tiny_sd1_dir
-        return types.SimpleNamespace(
-            family="sd1", unet=UNet2DConditionModel.from_pretrained(d / "unet", local_files_only=True),
-            vae=AutoencoderKL.from_pretrained(d / "vae", local_files_only=True),
-            text_encoder=CLIPTextModel.from_pretrained(d / "text_encoder", local_files_only=True),
-            tokenizer=CLIPTokenizer.from_pretrained(d / "tokenizer", local_files_only=True),
-            text_encoder_2=None, tokenizer_2=None,
-            scheduler_config=json.loads((d / "scheduler" / "scheduler_config.json").read_text()),
-            prediction_type=prediction_type or "epsilon", config_dir=None)
-
-    package = types.ModuleType("transferstudio.library")
-    package.__path__ = []
-    detect_mod = types.ModuleType("transferstudio.library.detect")
-    detect_mod.detect = detect
-    single_mod = types.ModuleType("transferstudio.library.single_file")
-    single_mod.load_single_file = load_single_file
-    monkeypatch.setitem(sys.modules, "transferstudio.library", package)
-    monkeypatch.setitem(sys.modules, "transferstudio.library.detect", detect_mod)
-    monkeypatch.setitem(sys.modules, "transferstudio.library.single_file", single_mod)
-    return detected
+    models = build_tiny_models(family)
+    write_tiny_config_root(tmp_path / "loading", family)
+    monkeypatch.setenv("TRANSFERSTUDIO_RESOURCES", str(tmp_path))
+    return save_single_file(tmp_path / f"tiny-{family}.safetensors", models["unet"], models["vae"],
+                            models["text_encoder"], models.get("text_encoder_2"), family=family)
 
 
-def _fake_checkpoint(tmp_path: Path, name: str = "model.safetensors") -> Path:
-    path = tmp_path / name
-    path.write_bytes(b"not read: detection is faked")
-    return path
-
-
-def test_single_file_checkpoint_claimed_via_library(fake_library, tmp_path):
-    path = _fake_checkpoint(tmp_path)
+def test_single_file_checkpoint_claimed_via_library(tmp_path, monkeypatch):
+    path = _tiny_single_file(tmp_path, monkeypatch, "sd1")
     found = inspect_backbone(path)
-    assert found.usable and found.family == "sd" and found.native_resolution == 32
+    assert found.usable and found.family == "sd" and found.native_resolution == 512  # the library's, for SD 1.x
     assert SDXLFamily().inspect(path) is None
     backbone = load_backbone(path, prediction_type="v_prediction")
     assert isinstance(backbone, SDBackbone) and backbone.source == path
@@ -182,36 +147,31 @@ def test_single_file_checkpoint_claimed_via_library(fake_library, tmp_path):
     assert backbone.predict(torch.zeros(1, 4, 16, 16), torch.tensor([5]), cond).shape == (1, 4, 16, 16)
 
 
-def test_single_file_problems_come_from_the_library(fake_library, tmp_path):
-    fake_library.update(kind="unknown", family=None, label="Unreadable file",
-                        problems=("'model.ckpt' is a pickle file, which can run code",), advice="Convert it.")
-    found = inspect_backbone(_fake_checkpoint(tmp_path, "model.ckpt"))
-    assert not found.usable and "pickle" in found.problems[0] and ("advice", "Convert it.") in found.details
-    fake_library.update(kind="lora", family="sd1", label="LoRA (SD 1.x)", problems=(), advice="")
-    found = inspect_backbone(_fake_checkpoint(tmp_path))
+def test_single_file_problems_come_from_the_library(tmp_path):
+    pickle = tmp_path / "model.ckpt"
+    with zipfile.ZipFile(pickle, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    found = inspect_backbone(pickle)
+    assert not found.usable and "pickle" in found.problems[0]
+    assert "convert-pickle" in dict(found.details)["advice"]
+    lora = write_fake_safetensors(tmp_path / "style.safetensors", {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": ("F16", (4, 768)),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": ("F16", (320, 4))})
+    found = inspect_backbone(lora)
     assert not found.usable and "LoRA" in found.problems[0]
-    fake_library.update(kind="checkpoint", family="sdxl-refiner", label="Stable Diffusion XL refiner",
-                        problems=("This is the SDXL refiner",))
-    assert SDFamily().inspect(_fake_checkpoint(tmp_path)) is None
-    found = SDXLFamily().inspect(_fake_checkpoint(tmp_path))
+    refiner = write_fake_safetensors(tmp_path / "refiner.safetensors", fake_checkpoint_keys("sdxl-refiner"))
+    assert SDFamily().inspect(refiner) is None
+    found = SDXLFamily().inspect(refiner)
     assert found is not None and not found.usable and "refiner" in found.problems[0]
-
-
-def test_single_file_unclaimed_without_library(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "transferstudio.library.detect", None)  # import raises ImportError
-    path = _fake_checkpoint(tmp_path)
-    assert SDFamily().inspect(path) is None and SDXLFamily().inspect(path) is None
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_real_single_file_checkpoint_loads_and_samples(family, tmp_path, monkeypatch):
     """End to end with the real model library: an original-layout tiny checkpoint."""
-    pytest.importorskip("transferstudio.library.single_file")
-    tiny_single_file = pytest.importorskip("tiny_single_file")
     from transferstudio.library.original_layout import save_single_file
 
-    models = tiny_single_file.build_tiny_models(family)
-    tiny_single_file.write_tiny_config_root(tmp_path / "loading", family)
+    models = build_tiny_models(family)
+    write_tiny_config_root(tmp_path / "loading", family)
     path = save_single_file(tmp_path / f"tiny-{family}.safetensors", models["unet"], models["vae"],
                             models["text_encoder"], models.get("text_encoder_2"), family=family)
     monkeypatch.setenv("TRANSFERSTUDIO_RESOURCES", str(tmp_path))  # the tiny configs, not the real ones

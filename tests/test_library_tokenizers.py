@@ -7,13 +7,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import open_clip  # noqa: E402
 import pytest  # noqa: E402
+import transformers  # noqa: E402
 
 from transferstudio.library._paths import loading_root  # noqa: E402
 from transferstudio.library.build_tokenizers import LAYOUT, build  # noqa: E402
-
-open_clip = pytest.importorskip("open_clip")
-transformers = pytest.importorskip("transformers")
 
 EOT = 49407
 PROMPTS = [

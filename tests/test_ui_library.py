@@ -6,10 +6,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from qt_fixtures import no_worker_threads_left  # noqa: F401  (autouse)
-
-pytest.importorskip("pytestqt")
-
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
@@ -20,6 +16,8 @@ from transferstudio.ui.export_dialog import ExportDialog  # noqa: E402
 from transferstudio.ui.library_dialog import COL_NAME, COL_USABLE, LibraryDialog  # noqa: E402
 from transferstudio.ui.preferences_dialog import (PreferencesDialog, library_settings,  # noqa: E402
                                                   save_library_settings)
+
+pytestmark = pytest.mark.usefixtures("no_worker_threads_left")  # tests/conftest.py
 
 LONG = 60_000
 LORA_KEYS = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":

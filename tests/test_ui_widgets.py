@@ -8,9 +8,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("pytestqt")
-
 from PIL import Image  # noqa: E402
 from PySide6.QtCore import QMimeData, QPointF, Qt, QThreadPool, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
