@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (continues from the last good checkpoint)")
     p.add_argument("project", type=Path)
-    p.add_argument("--steps", type=int, help="total steps (raise it to train further)")
+    p.add_argument("--steps", type=_step_count, help="total steps (raise it to train further)")
     p.add_argument("--fresh", action="store_true", help="start a new run instead of continuing")
     p.add_argument("--run", metavar="ID", help="continue this run (see `runs`) instead of the latest")
 
@@ -101,6 +101,17 @@ def _arg_help(name: str) -> str:
     return field_help(name).replace("%", "%%")  # argparse formats help text with %
 
 
+def _step_count(text: str) -> int:
+    """`train --steps`: a whole number of at least 1 (0 must not quietly mean "the project's")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a step count; give 1 or more")
+    return value
+
+
 def _config_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for name, flag in _CLI_OPTIONS.items():
@@ -126,21 +137,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_new(args: argparse.Namespace) -> int:
     from transferstudio.backbones.registry import inspect_backbone
-    from transferstudio.core.errors import BackboneError
+    from transferstudio.core.errors import BackboneError, ProjectError
+    from transferstudio.data.scan import scan_images
     from transferstudio.project.project import create_project
 
-    found = inspect_backbone(args.backbone)
-    if not found.usable:
-        raise BackboneError(found.problems[0] if found.problems else f"{args.backbone} is not usable.",
-                            "Run `transferstudio inspect PATH` for details.")
+    # Everything is checked before the project folder is made: a refused `new` leaves nothing.
     config = TrainConfig()
     for name in _CLI_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
+    problems = config.problems()
+    found = inspect_backbone(args.backbone)
+    if not found.usable:
+        raise BackboneError(found.problems[0] if found.problems else f"{args.backbone} is not usable.",
+                            "Run `transferstudio inspect PATH` for details.")
+    if found.caps is not None and not problems:
+        problems = config.problems_for(found.caps)
+    if problems:
+        raise ProjectError("Invalid settings: " + "; ".join(problems) + ".", "Fix the values and try again.")
+    scan = scan_images(args.images, trigger=config.trigger)  # no usable picture: one sentence now
     project = create_project(args.project, backbone=args.backbone, images=args.images, name=args.name,
                              config=config, prediction_type="v_prediction" if args.v_prediction else "")
-    print(f"created {project.file} ({found.label}, {config.method}, {config.steps} steps)")
+    print(f"created {project.file} ({found.label}, {config.method}, {config.steps} steps; {scan.summary()})")
+    for skipped in scan.skipped:
+        print(f"warning: {skipped.path} will be skipped: {skipped.reason}", file=sys.stderr)
     return 0
 
 

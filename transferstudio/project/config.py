@@ -2,8 +2,13 @@
 (shown as CLI help and UI tooltips) and validation that names the bad field."""
 from __future__ import annotations
 
+import json
+import math
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from transferstudio.core.errors import ProjectError
 
 METHODS = ("lora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -80,40 +85,152 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Settings from JSON; unknown keys are ignored. Values are coerced, not validated:
+        call `field_problems()` / `problems()`. ProjectError when `data` is not an object."""
+        if not isinstance(data, dict):
+            raise ProjectError(f"The settings are {_json_kind(data)}, not an object of named settings.",
+                               "Restore the file from a backup, or create a new project.")
         known = {f.name for f in fields(cls)}
         cfg = cls(**{k: v for k, v in data.items() if k in known})
         cfg.coerce()
         return cfg
 
     def coerce(self) -> None:
-        """Turn values read from JSON/CLI into the declared types (1 -> 1.0, "3" -> 3)."""
+        """Turn values read from JSON/CLI into the declared types where that loses nothing
+        (1 -> 1.0, 300.0 -> 300, "3" -> 3, a tuple -> a list). Anything else is left as it is
+        for problems() to name: "false" never becomes True, 2.5 never becomes 2."""
         for f in fields(self):
             value = getattr(self, f.name)
-            convert = {"int": int, "float": float, "bool": bool, "list": list}.get(str(f.type))
-            if convert is not None:
-                try:
-                    setattr(self, f.name, convert(value))
-                except (TypeError, ValueError):
-                    pass  # left as is; problems() reports it
+            kind = str(f.type)
+            if isinstance(value, bool) or value is None:
+                continue
+            if kind == "int":
+                if isinstance(value, float) and value.is_integer():
+                    setattr(self, f.name, int(value))
+                elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                    setattr(self, f.name, int(value))
+            elif kind == "float":
+                if isinstance(value, int):
+                    setattr(self, f.name, float(value))
+                elif isinstance(value, str):
+                    try:
+                        setattr(self, f.name, float(value))
+                    except ValueError:
+                        pass
+            elif kind == "list" and isinstance(value, tuple):
+                setattr(self, f.name, list(value))
 
-    def problems(self) -> list[str]:
-        """Human-readable problems, each naming the field; empty when valid."""
+    def field_problems(self) -> list[str]:
+        """Each setting checked against its own metadata: type, choices, range, finite numbers,
+        lists of the right items. One entry per bad field, starting with its name. Use this
+        when reading stored settings (an old run may hold a combination now refused)."""
         out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
-            meta = f.metadata
-            if "choices" in meta and value not in meta["choices"]:
-                out.append(f"{f.name}: '{value}' is not one of {', '.join(meta['choices'])}")
-            if "min" in meta:
+            meta, kind = f.metadata, str(f.type)
+            shown = _show(value)
+            if kind == "bool":
+                if not isinstance(value, bool):
+                    out.append(f"{f.name}: {shown} is not true or false")
+            elif kind == "str":
+                if not isinstance(value, str):
+                    out.append(f"{f.name}: {shown} is not text")
+                elif "choices" in meta and value not in meta["choices"]:
+                    out.append(f"{f.name}: {shown} is not one of {', '.join(meta['choices'])}")
+                elif any(unicodedata.category(c) == "Cc" for c in value):
+                    out.append(f"{f.name}: {shown} contains a line break or another control character")
+            elif kind in ("int", "float"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    out.append(f"{f.name}: '{value}' is not a number")
-                elif value < meta["min"] or value > meta["max"]:
-                    out.append(f"{f.name}: {value} is outside {meta['min']}…{meta['max']}")
-        if any(not isinstance(s, int) or s < 0 for s in self.preview_seeds):
-            out.append("preview_seeds: seeds must be whole numbers ≥ 0")
-        if any(not isinstance(p, str) for p in self.preview_prompts):
+                    out.append(f"{f.name}: {shown} is not a number")
+                elif kind == "int" and not isinstance(value, int):
+                    out.append(f"{f.name}: {shown} is not a whole number")
+                elif not math.isfinite(value):
+                    out.append(f"{f.name}: {shown} is not a finite number")
+                elif "min" in meta and not meta["min"] <= value <= meta["max"]:
+                    out.append(f"{f.name}: {shown} is outside {meta['min']}…{meta['max']}")
+            elif kind == "list" and not isinstance(value, list):
+                out.append(f"{f.name}: {shown} is not a list")
+        seeds = self.preview_seeds
+        if isinstance(seeds, list):
+            if not seeds:
+                out.append("preview_seeds: the list is empty; give at least one seed")
+            elif any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**32 - 1 for s in seeds):
+                out.append("preview_seeds: seeds must be whole numbers from 0 to 4294967295")
+        prompts = self.preview_prompts
+        if isinstance(prompts, list) and any(not isinstance(p, str) for p in prompts):
             out.append("preview_prompts: prompts must be text")
         return out
+
+    def conflicts(self) -> list[str]:
+        """Settings that contradict each other (one would be silently ignored)."""
+        out: list[str] = []
+        if self.dora is True and self.method == "full":
+            out.append("dora: DoRA is a kind of LoRA and does nothing with full fine-tuning; "
+                       "turn DoRA off or choose the LoRA method")
+        if self.ema is True and self.method == "lora":
+            out.append("ema: the weight average (EMA) is kept for full fine-tuning only; "
+                       "turn EMA off or choose full fine-tuning")
+        return out
+
+    def problems(self) -> list[str]:
+        """Human-readable problems, each starting with the field's name; empty when valid.
+        Model-independent; see `problems_for(caps)` for what the chosen model adds."""
+        return self.field_problems() + self.conflicts()
+
+    def problems_for(self, caps: Any) -> list[str]:
+        """What the chosen model (its backbones.base.Capabilities) refuses in these settings:
+        a resolution it cannot use, full fine-tuning of a model too large for it."""
+        out: list[str] = []
+        low, high = resolution_range(caps)
+        multiple = max(1, int(caps.resolution_multiple or 1))
+        native = int(caps.native_resolution or 0)
+        value = self.resolution
+        native_text = f"its native {native} px" if native else "its native size"
+        field_max = _meta("resolution")["max"]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= field_max:
+            if value % multiple:
+                out.append(f"resolution: {value} is not a multiple of {multiple}, which this model needs "
+                           f"(0 uses {native_text})")
+            elif not low <= value <= high:
+                out.append(f"resolution: {value} is outside {low}…{high} px for this model "
+                           f"(0 uses {native_text})")
+        if self.method == "full" and not caps.supports_full_finetune:
+            out.append("method: this model is too large for full fine-tuning here; choose LoRA")
+        return out
+
+
+def resolution_range(caps: Any) -> tuple[int, int]:
+    """The training resolutions (px) that make sense for a model: from a quarter of its native
+    size to four times it, in steps of its resolution multiple (limited to the setting's range)."""
+    multiple = max(1, int(caps.resolution_multiple or 1))
+    native = int(caps.native_resolution or 0)
+    top = _meta("resolution")["max"] // multiple * multiple
+    if not native:
+        return multiple, top
+    low = max(multiple, -(-(native // 4) // multiple) * multiple)
+    high = min(top, native * 4 // multiple * multiple)
+    return low, max(low, high)
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: quoted strings, control characters escaped, short."""
+    if isinstance(value, (str, float)):
+        text = repr(value)
+    else:
+        text = json.dumps(value, default=str)  # lists and null as the JSON file shows them
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", list: "a list", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _meta(name: str) -> dict[str, Any]:
+    return next(f.metadata for f in fields(TrainConfig) if f.name == name)
 
 
 def field_help(name: str) -> str:
