@@ -141,7 +141,7 @@ def test_checkpoints_are_pruned_and_incomplete_ones_ignored(tmp_path, tiny_ddpm,
 def test_full_finetune_with_ema_exports_a_diffusers_folder(tmp_path, tiny_ddpm, image_folder):
     from diffusers import DDPMPipeline
 
-    from transferstudio.export.diffusers_export import export_project
+    from transferstudio.export.formats import export_project
 
     project = _project(tmp_path, tiny_ddpm, image_folder, steps=3, method="full", ema=True, ema_decay=0.5,
                        preview_every=0, learning_rate=1e-3)
@@ -161,7 +161,7 @@ def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tin
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors import safe_open
 
-    from transferstudio.export.diffusers_export import export_project
+    from transferstudio.export.formats import export_project
     from transferstudio.adapt.restore import load_trained
 
     project = _project(tmp_path, tiny_ddpm, image_folder, steps=6, rank=4, alpha=12, learning_rate=5e-3,
@@ -189,7 +189,7 @@ def test_lora_export_loads_with_peft_and_reproduces_the_app_sample(tmp_path, tin
 
 
 def test_engine_import_graph_has_no_qt():
-    code = ("import sys, transferstudio.cli, transferstudio.training.trainer, transferstudio.export.diffusers_export,"
+    code = ("import sys, transferstudio.cli, transferstudio.training.trainer, transferstudio.export.formats,"
             " transferstudio.backbones.registry, transferstudio.data.dataset;"
             " bad=[m for m in sys.modules if m.startswith(('PySide6','superqt','pyqtgraph'))]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

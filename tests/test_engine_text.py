@@ -28,7 +28,7 @@ def captioned(tmp_path):
 def test_sd1_lora_with_text_encoder_exports_for_diffusers(tmp_path, tiny_sd1_dir, captioned):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from transferstudio.export.diffusers_export import export_project
+    from transferstudio.export.formats import export_project
     from transferstudio.adapt.restore import load_trained
 
     project, events = _train(tmp_path, tiny_sd1_dir, captioned, steps=4, train_text_encoder=True)

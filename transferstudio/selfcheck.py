@@ -387,7 +387,7 @@ def check_train(state: _State, workdir: Path, method: str) -> Callable[[], str]:
 
 def check_export(state: _State, workdir: Path, method: str) -> Callable[[], str]:
     def run() -> str:
-        from transferstudio.export.diffusers_export import export_project
+        from transferstudio.export.formats import export_project
 
         target = workdir / "exports" / ("full-model" if method == "full" else "adapter.safetensors")
         result = export_project(state.projects[method], target)

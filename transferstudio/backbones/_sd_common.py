@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, Family, Inspection
+from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, ExportSpec, Family, Inspection
 from transferstudio.backbones.diffusers_folder import read_json
 from transferstudio.core.errors import BackboneError
 
@@ -30,6 +30,26 @@ FULL_FINETUNE_MAX_PARAMS = 1_500_000_000
 PIPELINE_MULTIPLE = 8  # diffusers' SD/SDXL pipelines refuse sizes not divisible by 8
 
 PREDICTION_LABELS = {"epsilon": "epsilon", "v_prediction": "v-prediction", "sample": "x0-prediction"}
+KOHYA_TEXT_PREFIXES = {1: (("text_encoder", "lora_te_"),),
+                       2: (("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_"))}
+
+# variant (the original-layout key of a single-file checkpoint) -> what exports write about it:
+# (ss_base_model_version, modelspec architecture, A1111 "sd version")
+VARIANTS = {
+    "sd1": ("sd_v1", "stable-diffusion-v1", "SD1"),
+    "sd2": ("sd_v2", "stable-diffusion-v2-512", "SD2"),
+    "sd2-v": ("sd_v2_v", "stable-diffusion-v2-768-v", "SD2"),
+    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base", "SDXL"),
+}
+
+
+def export_spec(variant: str, text_encoders: int) -> ExportSpec:
+    base_version, architecture, label = VARIANTS[variant]
+    return ExportSpec(variant=variant, modelspec_architecture=architecture,
+                      modelspec_prediction="v" if variant == "sd2-v" else "epsilon",
+                      kohya_base_version=base_version, kohya_text_prefixes=KOHYA_TEXT_PREFIXES[text_encoders],
+                      kohya_original_layout=variant == "sdxl", version_label=label,
+                      v_parameterization=variant == "sd2-v", is_v2=variant.startswith("sd2"))
 
 
 # --- reading folders (no weights) ------------------------------------------------------------
@@ -69,7 +89,8 @@ def inspected_capabilities(found: Any, *, text_encoders: int, supports_full_fine
     return Capabilities(conditioning="text", native_resolution=found.native_resolution or 0,
                         resolution_multiple=multiple, supports_full_finetune=supports_full_finetune,
                         text_encoders=text_encoders, prediction_type=found.prediction_type or "epsilon",
-                        latent=True)
+                        latent=True, methods=("lora", "full") if supports_full_finetune else ("lora",),
+                        kohya_lora=True, single_file=True, label=found.label)
 
 
 def scheduler_config(folder: Path) -> dict[str, Any]:
@@ -229,6 +250,12 @@ def _text_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def diffusers_kohya_names(paths: list[str]) -> dict[str, str]:
+    """SD 1.x/2.x kohya names: the diffusers module path with dots as underscores (what
+    sd-scripts trains on, and what A1111/ComfyUI convert for those families)."""
+    return {p: "lora_unet_" + p.replace(".", "_") for p in paths}
+
+
 class StableDiffusionFamily(Family):
     """What SD 1.x/2.x and SDXL families share: loading from a folder or a single file."""
 
@@ -236,6 +263,19 @@ class StableDiffusionFamily(Family):
     pick_hint = ""  # advice when the path is of another kind
     text_encoders = 1
     supports_full_finetune = True
+
+    def typical_capabilities(self) -> Capabilities:
+        return Capabilities(conditioning="text", native_resolution=0, resolution_multiple=64,
+                            supports_full_finetune=self.supports_full_finetune, text_encoders=self.text_encoders,
+                            prediction_type="epsilon", latent=True,
+                            methods=("lora", "full") if self.supports_full_finetune else ("lora",),
+                            kohya_lora=True, single_file=True, label=self.what)
+
+    def kohya_unet_names(self, paths: list[str], unet_config: Any) -> dict[str, str]:
+        return diffusers_kohya_names(paths)
+
+    def kohya_text_prefixes(self) -> dict[str, str]:
+        return dict(KOHYA_TEXT_PREFIXES[self.text_encoders])
 
     def backbone_class(self) -> type["StableDiffusionBase"]:
         raise NotImplementedError
@@ -283,14 +323,15 @@ class StableDiffusionBase(Backbone):
         self.source = Path(source)
         self.device = torch.device("cpu")
         unet_cfg, vae_cfg = dict(self.unet.config), dict(self.vae.config)
+        full = sum(p.numel() for p in self.unet.parameters()) <= FULL_FINETUNE_MAX_PARAMS
         self.caps = Capabilities(
             conditioning="text",
             native_resolution=native_resolution(unet_cfg, vae_cfg) or 512,
             resolution_multiple=resolution_multiple(unet_cfg, vae_cfg),
-            supports_full_finetune=sum(p.numel() for p in self.unet.parameters()) <= FULL_FINETUNE_MAX_PARAMS,
+            supports_full_finetune=full,
             text_encoders=len(self._text_encoders),
             prediction_type=str(self.scheduler_config["prediction_type"]),
-            latent=True)
+            latent=True, methods=("lora", "full") if full else ("lora",), kohya_lora=True, single_file=True)
 
     # --- modules ---------------------------------------------------------------------------
     @property
@@ -396,6 +437,36 @@ class StableDiffusionBase(Backbone):
         return list(out.images)
 
     # --- saving ----------------------------------------------------------------------------
+    @property
+    def variant(self) -> str:
+        """The original-layout key of this model's single-file checkpoints (sd1/sd2/sd2-v/sdxl)."""
+        raise NotImplementedError
+
+    def export_spec(self) -> ExportSpec:
+        return export_spec(self.variant, len(self._text_encoders))
+
+    def plain_modules(self) -> list[nn.Module]:
+        return [self.unet, self.vae, *self._text_encoders]
+
+    def kohya_unet_names(self, paths: list[str]) -> dict[str, str]:
+        return diffusers_kohya_names(paths)
+
+    def save_single_file(self, file: Path, *, dtype: torch.dtype | None = None,
+                         metadata: dict[str, str] | None = None) -> None:
+        """One original-layout checkpoint (A1111/ComfyUI/Forge, diffusers' `from_single_file`),
+        written by the model library's writer, the inverse of its loader."""
+        from transferstudio.library.original_layout import save_single_file
+
+        encoders = self._text_encoders
+        save_single_file(file, self.unet, self.vae, encoders[0], encoders[1] if len(encoders) > 1 else None,
+                         family=self.variant, dtype=dtype, metadata=metadata)
+
+    def save_lora(self, file: Path, states: dict[str, dict[str, torch.Tensor]], configs: dict[str, dict],
+                  metadata: dict[str, str]) -> None:
+        """The layout diffusers' `load_lora_weights` reads (metadata is added by the export)."""
+        texts = [states[role] for role in self.text_encoder_names if role in states]
+        self.save_lora_diffusers(Path(file), states["unet"], texts, configs["unet"])
+
     def _pipeline_class(self) -> Any:
         import diffusers
 

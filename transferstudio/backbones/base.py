@@ -221,6 +221,17 @@ class Family(ABC):
         """Capabilities of an inspected, usable model, from its configs alone (no weights)."""
         return None
 
+    def typical_capabilities(self) -> Capabilities:
+        """What models of this family can do, before a particular one is chosen (format lists)."""
+        raise NotImplementedError
+
+    def kohya_unet_names(self, paths: list[str], unet_config: Any) -> dict[str, str]:
+        """Denoiser module path -> kohya module name (families whose LoRAs export for kohya)."""
+        raise NotImplementedError(f"{self.key} has no kohya naming")
+
+    def kohya_text_prefixes(self) -> dict[str, str]:
+        return {}
+
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

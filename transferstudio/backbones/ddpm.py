@@ -37,6 +37,12 @@ def _downsampling(config: dict[str, Any]) -> int:
     return 2 ** max(0, len(config.get("down_block_types", ())) - 1)
 
 
+def _caps(resolution: int, multiple: int, prediction_type: str) -> Capabilities:
+    return Capabilities(conditioning="none", native_resolution=resolution, resolution_multiple=multiple,
+                        supports_full_finetune=True, text_encoders=0, prediction_type=prediction_type,
+                        latent=False, label="Unconditional diffusion model (DDPM/DDIM, pixel space)")
+
+
 class DDPMFamily(Family):
     key = "ddpm"
 
@@ -71,9 +77,10 @@ class DDPMFamily(Family):
         config = read_json(unet_dir / "config.json") if unet_dir else None
         if not config:
             return None
-        return Capabilities(conditioning="none", native_resolution=found.native_resolution or 0,
-                            resolution_multiple=_downsampling(config), supports_full_finetune=True,
-                            text_encoders=0, prediction_type=found.prediction_type or "epsilon", latent=False)
+        return _caps(found.native_resolution or 0, _downsampling(config), found.prediction_type or "epsilon")
+
+    def typical_capabilities(self) -> Capabilities:
+        return _caps(0, 8, "epsilon")
 
     def load(self, path: Path, *, prediction_type: str = "") -> Backbone:
         from diffusers import UNet2DModel
@@ -103,11 +110,8 @@ class DDPMBackbone(Backbone):
         self.source = Path(source)
         config = unet.config
         size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-        self.caps = Capabilities(conditioning="none", native_resolution=int(size),
-                                 resolution_multiple=_downsampling(dict(config)),
-                                 supports_full_finetune=True, text_encoders=0,
-                                 prediction_type=str(scheduler_config.get("prediction_type", "epsilon")),
-                                 latent=False)
+        self.caps = _caps(int(size), _downsampling(dict(config)),
+                          str(scheduler_config.get("prediction_type", "epsilon")))
         self.device = torch.device("cpu")
 
     @property
@@ -155,6 +159,9 @@ class DDPMBackbone(Backbone):
         finally:
             self.unet.train(was_training)
         return list(out.images)
+
+    def plain_modules(self) -> list[nn.Module]:
+        return [self.unet]
 
     def save_full(self, folder: Path) -> None:
         from diffusers import DDPMPipeline, DDPMScheduler

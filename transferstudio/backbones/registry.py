@@ -1,20 +1,53 @@
-"""Finds the family that claims a path, and loads it. Families are imported lazily."""
+"""Finds the family that claims a path, and loads it. Families are imported lazily.
+
+Adding a family is one module (a `Family` and its `Backbone`) plus one line in BUILTIN, or
+`register(MyFamily())` for one that lives outside the package (a plug-in, a test).
+"""
 from __future__ import annotations
 
+import importlib
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from transferstudio.backbones.base import Backbone, Family, Inspection, folder_size
 from transferstudio.core.errors import BackboneError
 
 
-def families() -> list[Family]:
-    from transferstudio.backbones.ddpm import DDPMFamily
-    from transferstudio.backbones.sd import SDFamily
-    from transferstudio.backbones.sdxl import SDXLFamily
+# (module, class) of the built-in families, asked in this order. Single-file checkpoints are
+# claimed by SD/SDXL through the model library's detection.
+BUILTIN = (
+    ("transferstudio.backbones.ddpm", "DDPMFamily"),
+    ("transferstudio.backbones.sd", "SDFamily"),
+    ("transferstudio.backbones.sdxl", "SDXLFamily"),
+)
+_extra: list[Family] = []
 
-    # Single-file checkpoints are claimed by SD/SDXL through the model library's detection.
-    return [DDPMFamily(), SDFamily(), SDXLFamily()]
+
+def families() -> list[Family]:
+    builtin = [getattr(importlib.import_module(module), name)() for module, name in BUILTIN]
+    return _extra + builtin  # registered families are asked first: they may claim a layout more precisely
+
+
+def register(family: Family) -> None:
+    """Add a family (asked before the built-in ones); registering a key again replaces it."""
+    unregister(family.key)
+    _extra.append(family)
+
+
+def unregister(key: str) -> None:
+    _extra[:] = [f for f in _extra if f.key != key]
+
+
+@contextmanager
+def registered(family: Family) -> Iterator[Family]:
+    """A family that is registered only inside the block (tests, temporary plug-ins)."""
+    register(family)
+    try:
+        yield family
+    finally:
+        unregister(family.key)
 
 
 def family(key: str) -> Family:

@@ -92,6 +92,12 @@ class SDBackbone(common.StableDiffusionBase):
         self.version = sd_version(dict(text_encoder.config.to_dict()), dict(unet.config))
 
     @property
+    def variant(self) -> str:
+        if self.version.startswith("2"):
+            return "sd2-v" if self.caps.prediction_type == "v_prediction" else "sd2"
+        return "sd1"
+
+    @property
     def text_encoder(self) -> nn.Module:
         return self._text_encoders[0]
 

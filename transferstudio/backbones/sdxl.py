@@ -29,6 +29,26 @@ def _is_refiner(index: dict[str, Any]) -> bool:
     return bool(index.get("requires_aesthetics_score")) or (isinstance(te, list) and te[0] is None)
 
 
+def original_kohya_names(paths: list[str], unet_config: Any) -> dict[str, str]:
+    """SDXL kohya names use the original `input_blocks` / `middle_block` / `output_blocks` layout:
+    sd-scripts trains SDXL on that UNet, and A1111 does not map diffusers-style SDXL names. The
+    names come from the model library's diffusers -> original mapping (one mapping, not two)."""
+    from transferstudio.core.errors import ExportError
+    from transferstudio.library.original_layout import UNET_PREFIX as ORIGINAL, unet_to_original
+
+    if unet_config is None:
+        raise ValueError("SDXL kohya names need the UNet config (block layout)")
+    out = {}
+    for p in paths:
+        try:  # the library maps parameter keys; a one-entry dict maps this module's weight
+            (original,) = unet_to_original({p + ".weight": torch.empty(0)}, unet_config)
+        except ValueError as exc:
+            raise ExportError(f"The UNet layer {p} has no place in the SDXL checkpoint layout.",
+                              "Export in the diffusers format instead.") from exc
+        out[p] = "lora_unet_" + original.removeprefix(ORIGINAL).removesuffix(".weight").replace(".", "_")
+    return out
+
+
 class SDXLFamily(common.StableDiffusionFamily):
     key = "sdxl"
     what = "Stable Diffusion XL"
@@ -65,6 +85,9 @@ class SDXLFamily(common.StableDiffusionFamily):
 
     def backbone_class(self) -> type["SDXLBackbone"]:
         return SDXLBackbone
+
+    def kohya_unet_names(self, paths: list[str], unet_config: Any) -> dict[str, str]:
+        return original_kohya_names(paths, unet_config)
 
 
 class SDXLBackbone(common.StableDiffusionBase):
@@ -106,6 +129,11 @@ class SDXLBackbone(common.StableDiffusionBase):
                    text_encoder_2=parts.text_encoder_2, tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2,
                    scheduler_config=dict(parts.scheduler_config), source=source,
                    prediction_type=prediction_type or getattr(parts, "prediction_type", "") or "")
+
+    variant = "sdxl"
+
+    def kohya_unet_names(self, paths: list[str]) -> dict[str, str]:
+        return original_kohya_names(paths, dict(self.unet.config))
 
     def encode_conditioning(self, captions: Sequence[str], *, original_sizes: Sequence[tuple[int, int]] = (),
                             crop_top_left: Sequence[tuple[int, int]] = (), target_size: tuple[int, int] = (0, 0),

@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from transferstudio.core.errors import ExportError
 
 UNET_PREFIX = "lora_unet_"
-TE_PREFIXES = {
-    "sd": {"text_encoder": "lora_te_"},
-    "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-}
 _A, _B, _MAG = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
 
 
@@ -67,26 +63,15 @@ def _modules(state: Mapping[str, torch.Tensor], role: str) -> dict[str, dict[str
 
 
 def unet_module_names(paths: list[str], family: str, unet_config: Mapping[str, Any] | None) -> dict[str, str]:
-    """diffusers UNet module path -> kohya module name (without the `.lora_down…` part)."""
-    if family == "sd":
-        return {p: UNET_PREFIX + p.replace(".", "_") for p in paths}
-    if family != "sdxl":
-        raise ExportError(f"The kohya format has no naming for a '{family}' model.",
-                          "Export in the diffusers format instead.")
-    if unet_config is None:
-        raise ValueError("SDXL kohya names need the UNet config (block layout)")
-    from transferstudio.library.original_layout import UNET_PREFIX as ORIGINAL, unet_to_original
+    """diffusers UNet module path -> kohya module name (without the `.lora_down…` part), as the
+    family with key `family` names them."""
+    from transferstudio.backbones.registry import family as family_of
 
-    out = {}
-    for p in paths:
-        # The library maps parameter keys; a one-entry dict maps this module's weight.
-        try:
-            (original,) = unet_to_original({p + ".weight": torch.empty(0)}, unet_config)
-        except ValueError as exc:
-            raise ExportError(f"The UNet layer {p} has no place in the SDXL checkpoint layout.",
-                              "Export in the diffusers format instead.") from exc
-        out[p] = UNET_PREFIX + original.removeprefix(ORIGINAL).removesuffix(".weight").replace(".", "_")
-    return out
+    try:
+        return family_of(family).kohya_unet_names(paths, unet_config)
+    except (KeyError, NotImplementedError):
+        raise ExportError(f"The kohya format has no naming for a '{family}' model.",
+                          "Export in the diffusers format instead.") from None
 
 
 def text_module_name(path: str, prefix: str) -> str:
@@ -110,13 +95,25 @@ def kohya_alpha(config: Any, path: str, rank: int) -> float:
     return scale * rank
 
 
-def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[str, Any], *, family: str,
+def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[str, Any], *,
+             unet_names: Callable[[list[str]], dict[str, str]] | None = None,
+             text_prefixes: Mapping[str, str] | None = None, family: str | None = None,
              unet_config: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None,
              ) -> tuple[dict[str, torch.Tensor], list[KohyaModule]]:
     """peft state dicts by role ("unet", "text_encoder", "text_encoder_2") -> kohya tensors.
 
-    `configs[role]` is the role's peft LoraConfig (or its dict). Raises ExportError for weights
-    the format cannot hold and for two layers that would get the same name."""
+    Names come from the model's spec: `unet_names` (its `kohya_unet_names`) and `text_prefixes`
+    (role -> prefix), or from the registered family with key `family`. `configs[role]` is the
+    role's peft LoraConfig (or its dict). Raises ExportError for weights the format cannot hold
+    and for two layers that would get the same name."""
+    if unet_names is None:
+        key = family or ""
+        unet_names = lambda paths: unet_module_names(paths, key, unet_config)  # noqa: E731
+        if text_prefixes is None and family is not None:
+            from transferstudio.backbones.registry import family as family_of
+
+            text_prefixes = family_of(family).kohya_text_prefixes()
+    text_prefixes = dict(text_prefixes or {})
     tensors: dict[str, torch.Tensor] = {}
     modules: list[KohyaModule] = []
     for role, state in states.items():
@@ -124,9 +121,9 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
             continue
         groups = _modules(state, role)
         if role == "unet":
-            names = unet_module_names(sorted(groups), family, unet_config)
+            names = unet_names(sorted(groups))
         else:
-            prefix = TE_PREFIXES.get(family, {}).get(role)
+            prefix = text_prefixes.get(role)
             if prefix is None:
                 raise ExportError(f"The kohya format has no place for a '{role}' adapter on this model.",
                                   "Export in the diffusers format instead.")

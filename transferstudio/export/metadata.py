@@ -29,28 +29,7 @@ IMPL_SGM = "https://github.com/Stability-AI/generative-models"  # original (ldm/
 IMPL_DIFFUSERS = "diffusers"
 MANIFEST_IN_FOLDER = "transferstudio.json"
 
-# variant key -> (ss_base_model_version, modelspec architecture of the base model)
-VARIANTS = {
-    "sd1": ("sd_v1", "stable-diffusion-v1"),
-    "sd2": ("sd_v2", "stable-diffusion-v2-512"),
-    "sd2-v": ("sd_v2_v", "stable-diffusion-v2-768-v"),
-    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base"),
-}
-
-
 # --- which model is it ------------------------------------------------------------------------
-
-def model_variant(backbone: Any) -> str | None:
-    """sd1 | sd2 | sd2-v | sdxl for Stable Diffusion backbones, None for anything else."""
-    family = getattr(backbone, "family", "")
-    if family == "sdxl":
-        return "sdxl"
-    if family == "sd":
-        if str(getattr(backbone, "version", "1.x")).startswith("2"):
-            return "sd2-v" if backbone.caps.prediction_type == "v_prediction" else "sd2"
-        return "sd1"
-    return None
-
 
 def resolution_of(backbone: Any, config: Any) -> int:
     return int(getattr(config, "resolution", 0) or backbone.caps.native_resolution)
@@ -169,16 +148,16 @@ def now_iso() -> str:
 
 # --- metadata blocks --------------------------------------------------------------------------
 
-def kohya_metadata(*, variant: str, output_name: str, rank: int, alpha: float, resolution: int,
+def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, resolution: int,
                    dataset: Mapping[str, Any], config: Any, base_name: str, base_sha256: str | None,
                    step: int, network_args: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The `ss_*` keys A1111's and others' LoRA browsers show (hashes added by `with_hashes`)."""
-    base_version = VARIANTS[variant][0]
+    base_version = spec.kohya_base_version
     folder_name = Path(str(dataset.get("folder", "images"))).name or "images"
     meta = {
         "ss_base_model_version": base_version,
-        "ss_v2": str(variant.startswith("sd2")),
-        "ss_v_parameterization": str(variant == "sd2-v"),
+        "ss_v2": str(bool(spec.is_v2)),
+        "ss_v_parameterization": str(bool(spec.v_parameterization)),
         "ss_output_name": output_name,
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(int(rank)),
@@ -209,11 +188,11 @@ def kohya_metadata(*, variant: str, output_name: str, rank: int, alpha: float, r
     return meta
 
 
-def modelspec_metadata(*, variant: str | None, adapter: bool, title: str, resolution: int,
+def modelspec_metadata(*, spec: Any, adapter: bool, title: str, resolution: int,
                        implementation: str, trigger: str = "", date: str | None = None,
                        description: str = "") -> dict[str, str]:
     """`modelspec.*` keys. Architecture like sd-scripts writes it: "<base>/lora" for adapters."""
-    arch = VARIANTS[variant][1] if variant else "unconditional-diffusion"
+    arch = spec.modelspec_architecture
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": arch + ("/lora" if adapter else ""),
@@ -222,8 +201,8 @@ def modelspec_metadata(*, variant: str | None, adapter: bool, title: str, resolu
         "modelspec.date": date or now_iso(),
         "modelspec.resolution": f"{resolution}x{resolution}",
     }
-    if variant:
-        meta["modelspec.prediction_type"] = "v" if variant == "sd2-v" else "epsilon"
+    if spec.modelspec_prediction:
+        meta["modelspec.prediction_type"] = spec.modelspec_prediction
     if trigger:
         meta["modelspec.trigger_phrase"] = trigger
         meta["modelspec.usage_hint"] = f"Trigger word: {trigger}"
@@ -273,7 +252,7 @@ def manifest(*, fmt: str, out: Path, trained: Any, project: Any | None, strength
         "strength": strength,
         "fp16": fp16,
         "base_model": {"name": source.name, "path": str(source), "family": getattr(backbone, "family", ""),
-                       "variant": model_variant(backbone), "sha256": base_sha256,
+                       "variant": backbone.export_spec().variant, "sha256": base_sha256,
                        "prediction_type": backbone.caps.prediction_type},
         "project": ({"name": project.name, "folder": str(project.folder)} if project is not None else None),
         "run": {"folder": str(trained.run_dir), "checkpoint": Path(trained.checkpoint.path).name, "steps": step,

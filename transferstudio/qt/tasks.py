@@ -28,23 +28,16 @@ def inspect_backbone(path: str | Path) -> dict[str, Any]:
 
 
 def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]]:
-    """(key, label, description) of the export formats that apply to this model and method."""
-    try:
-        from transferstudio.export.formats import formats_for
-    except ImportError:  # an engine without the format registry: its plain list
-        from transferstudio.export import diffusers_export
+    """(key, label, description) of the export formats that apply to models of the family with
+    this key (None: an unknown model, which gets the formats every model has) and method."""
+    from transferstudio.export.formats import formats_for
 
-        return [(f, f, "") for f in diffusers_export.FORMATS]
-    return formats_for(family or "ddpm", method)
+    return formats_for(family, method)
 
 
 def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, strength: float = 1.0) -> Any:
-    try:
-        from transferstudio.export.formats import export
-    except ImportError:
-        from transferstudio.export.diffusers_export import export_project as _export
+    from transferstudio.export.formats import export
 
-        return _export(project, Path(out), fmt=fmt, overwrite=overwrite)
     return export(project, Path(out), fmt, strength=strength, overwrite=overwrite)
 
 
@@ -142,41 +135,6 @@ class CompareSession:
         return ComparePair(base=tuple(self._base_cache[(s, *key)] for s in seeds),
                            trained=tuple(pil_to_qimage(p) for p in trained), seeds=tuple(seeds),
                            prompt=prompt if text else "", strength=strength, step=model.checkpoint.step)
-
-
-def make_demo_project(folder: str | Path, *, steps: int, size: int = 32, images: int = 8) -> Path:
-    """A small self-contained project (a randomly initialised pixel UNet and simple pictures),
-    for measuring the window and taking screenshots without any download."""
-    import numpy as np
-    import torch
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-    from PIL import Image
-
-    from transferstudio.project.config import TrainConfig
-    from transferstudio.project.project import create_project
-
-    folder = Path(folder)
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
-                       block_out_channels=(16, 32), norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
-    model = folder / "model"
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(
-        model, safe_serialization=True)
-    pictures = folder / "pictures"
-    pictures.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for i in range(images):  # soft sunsets: a warm gradient sky over a dark hill line
-        sky = np.stack([0.9 - 0.3 * yy, 0.4 + 0.3 * yy * rng.random(), 0.3 + 0.5 * yy], -1)
-        hill = yy > 0.6 + 0.15 * np.sin(xx * (3 + i) + rng.random() * 6)
-        arr = np.where(hill[..., None], [0.1, 0.15 + 0.1 * rng.random(), 0.1], sky)
-        Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).save(pictures / f"sunset_{i:02d}.png")
-    config = TrainConfig(steps=steps, learning_rate=1e-3, batch_size=2, preview_every=max(1, steps // 4),
-                         preview_steps=10, checkpoint_every=max(1, steps // 2), rank=8, alpha=8.0)
-    create_project(folder / "project", backbone=model, images=pictures, name="Sunsets", config=config)
-    return folder / "project"
 
 
 # --- model library ------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def _train(project, train, TrainJob, log, title: str) -> Any:
 
 
 def _export(project, out: Path, log) -> Path:
-    from transferstudio.export.diffusers_export import export_project
+    from transferstudio.export.formats import export_project
 
     target = out / "export" / ("starter-cities" if project.config.method == "full" else "starter-cities.safetensors")
     if target.exists():

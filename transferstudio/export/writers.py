@@ -1,0 +1,166 @@
+"""The built-in export formats. Each writer gets the trained model and a staged path, writes
+there, and returns what the manifest should add; staging, renaming and the manifest are the
+caller's (export/formats.py). What a family's files look like comes from its spec:
+`backbone.export_spec()`, `save_lora`, `save_full`, `save_single_file`, `kohya_unet_names`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transferstudio import __version__
+from transferstudio.export import metadata as md
+from transferstudio.export.registry import ExportContext, ExportFormat, register
+
+
+def _modelspec(trained: Any, ctx: ExportContext, *, adapter: bool, implementation: str) -> dict[str, str]:
+    backbone, config = trained.backbone, trained.config
+    return md.modelspec_metadata(spec=backbone.export_spec(), adapter=adapter, title=ctx.title,
+                                 resolution=md.resolution_of(backbone, config), implementation=implementation,
+                                 trigger=config.trigger, date=ctx.date,
+                                 description=f"Trained with TransferStudio {__version__} on "
+                                             f"{Path(backbone.source).name}, {trained.checkpoint.step} steps.")
+
+
+def _lora_configs(trained: Any) -> dict[str, dict]:
+    return {k.removesuffix("_lora_config"): json.loads(v) for k, v in trained.trainee.lora_metadata().items()}
+
+
+def _to_fp16(modules: list[Any]) -> None:
+    import torch
+
+    for module in modules:
+        module.to(torch.float16)
+
+
+# --- kohya LoRA ---------------------------------------------------------------------------------
+
+def write_kohya(trained: Any, file: Path, ctx: ExportContext) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from transferstudio.export.kohya import to_kohya
+
+    backbone, config, trainee = trained.backbone, trained.config, trained.trainee
+    spec = backbone.export_spec()
+    tensors, modules = to_kohya(trainee.state(), trainee.lora_configs, unet_names=backbone.kohya_unet_names,
+                                text_prefixes=dict(spec.kohya_text_prefixes),
+                                dtype=torch.float16 if ctx.fp16 else None)
+    ranks = sorted({m.rank for m in modules})
+    alphas = sorted({m.alpha for m in modules})
+    args: dict[str, Any] = {}
+    if any(m.conv for m in modules):
+        conv = [m for m in modules if m.conv]
+        args.update(conv_dim=conv[0].rank, conv_alpha=md._num(conv[0].alpha))
+    if any(m.dora for m in modules):
+        args["dora_wd"] = True
+    meta = md.kohya_metadata(spec=spec, output_name=file.stem, rank=ranks[-1],
+                             alpha=alphas[-1] if len(alphas) == 1 else float(config.alpha),
+                             resolution=md.resolution_of(backbone, config), dataset=ctx.dataset, config=config,
+                             base_name=Path(backbone.source).name, base_sha256=ctx.base_sha256,
+                             step=trained.checkpoint.step, network_args=args)
+    meta.update(_modelspec(trained, ctx, adapter=True,
+                           implementation=md.IMPL_SGM if spec.kohya_original_layout else md.IMPL_DIFFUSERS))
+    meta = md.with_hashes(tensors, meta)
+    save_file(tensors, str(file), metadata=meta)
+    # A1111 reads `<name>.json` beside a LoRA as its user metadata: these keys show up there.
+    return {"kohya": {"modules": len(modules), "rank": ranks[-1], "alpha": alphas[-1] if len(alphas) == 1 else alphas,
+                      "sshs_model_hash": meta["sshs_model_hash"], "sshs_legacy_hash": meta["sshs_legacy_hash"]},
+            "activation text": config.trigger, "preferred weight": ctx.strength,
+            "sd version": spec.version_label, "description": meta["modelspec.description"]}
+
+
+# --- diffusers / peft ---------------------------------------------------------------------------
+
+def write_diffusers(trained: Any, out: Path, ctx: ExportContext) -> dict:
+    """LoRA: one `.safetensors` in the layout the family's Python loader reads (diffusers'
+    `load_lora_weights` for SD/SDXL, peft for unconditional UNets). Full fine-tune: a diffusers
+    folder that `from_pretrained` loads."""
+    backbone = trained.backbone
+    if trained.config.method == "full":
+        if ctx.fp16:
+            _to_fp16(backbone.plain_modules())
+        backbone.save_full(out)
+        return {}
+    metadata = {"base_model": Path(backbone.source).name, "transferstudio_version": __version__,
+                "step": str(trained.checkpoint.step)}
+    backbone.save_lora(out, trained.trainee.state(), _lora_configs(trained), metadata)
+    _add_metadata(out, _modelspec(trained, ctx, adapter=True, implementation=md.IMPL_DIFFUSERS), fp16=ctx.fp16)
+    return {}
+
+
+def _add_metadata(file: Path, extra: dict[str, str], *, fp16: bool) -> None:
+    """Re-save a (small) LoRA file with more header keys, keeping the ones it has."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(file), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if fp16:
+        tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}
+    meta.update(extra)
+    save_file(tensors, str(file), metadata=meta)
+
+
+# --- merged models ------------------------------------------------------------------------------
+
+def write_merged_diffusers(trained: Any, folder: Path, ctx: ExportContext) -> dict:
+    """A complete diffusers folder (`from_pretrained` loads it) with the LoRA baked in."""
+    from transferstudio.export.merged import bake
+
+    bake(trained, ctx.strength)
+    if ctx.fp16:
+        _to_fp16(trained.backbone.plain_modules())
+    trained.backbone.save_full(Path(folder))
+    return {}
+
+
+def write_merged_single_file(trained: Any, file: Path, ctx: ExportContext) -> dict:
+    """One original-layout checkpoint for A1111/ComfyUI/Forge with the LoRA baked in."""
+    import torch
+
+    from transferstudio.export.merged import bake
+
+    meta = _modelspec(trained, ctx, adapter=False, implementation=md.IMPL_SGM)
+    meta.update({"transferstudio.version": __version__, "transferstudio.steps": str(trained.checkpoint.step),
+                 "transferstudio.base_model": Path(trained.backbone.source).name,
+                 "transferstudio.base_model_sha256": ctx.base_sha256 or "",
+                 "transferstudio.strength": str(ctx.strength),
+                 "transferstudio.settings": json.dumps(trained.config.to_dict())})
+    bake(trained, ctx.strength)
+    trained.backbone.save_single_file(file, dtype=torch.float16 if ctx.fp16 else None, metadata=meta)
+    return {}
+
+
+def _text(caps: Any) -> bool:
+    return getattr(caps, "conditioning", "none") == "text"
+
+
+register(ExportFormat(
+    "kohya", "LoRA for ComfyUI, A1111 / Forge (kohya .safetensors)",
+    "The LoRA file most tools load: drop it into their LoRA folder. Small; the strength is set in the tool.",
+    methods=("lora",), applies=lambda caps, method: bool(getattr(caps, "kohya_lora", False)),
+    folder=lambda method: False, write=write_kohya, result_kind=lambda method: "lora"))
+register(ExportFormat(
+    "diffusers", "diffusers (LoRA file or model folder)",
+    "For Python scripts: a LoRA file that `load_lora_weights` reads, or for a full fine-tune a model folder "
+    "that `from_pretrained` loads.",
+    methods=("lora", "full"), applies=lambda caps, method: True,
+    folder=lambda method: method == "full", write=write_diffusers,
+    result_kind=lambda method: "lora" if method == "lora" else "full"))
+register(ExportFormat(
+    "merged-diffusers", "Merged model, diffusers folder",
+    "The whole model with the training baked in at the chosen strength, as a diffusers folder. "
+    "Large (a full model).",
+    # a full fine-tune's diffusers export is already the whole model
+    methods=("lora", "full"), applies=lambda caps, method: True,
+    folder=lambda method: True, write=write_merged_diffusers, listed=lambda method: method != "full"))
+register(ExportFormat(
+    "merged-single-file", "Merged checkpoint (.safetensors) for ComfyUI, A1111 / Forge",
+    "The whole model with the training baked in at the chosen strength, as one checkpoint file for the "
+    "tools' checkpoint folder. Large (a full model).",
+    methods=("lora", "full"), applies=lambda caps, method: bool(getattr(caps, "single_file", False)),
+    folder=lambda method: False, write=write_merged_single_file))
