@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import os
 
-# Offline first: set before anything can import huggingface_hub or diffusers.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import transferstudio.core.offline  # noqa: F401  (first: no code path reaches a hub)
 
 import logging  # noqa: E402
 import sys  # noqa: E402

@@ -6,19 +6,15 @@ stops after the current step and saves a checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, before diffusers is imported
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from transferstudio import __version__  # noqa: E402
-from transferstudio.core.errors import UserError  # noqa: E402
-from transferstudio.project.config import TrainConfig, field_help  # noqa: E402
+import transferstudio.core.offline  # noqa: F401  (the one offline switch, before anything else)
+from transferstudio import __version__
+from transferstudio.core.errors import UserError
+from transferstudio.project.config import TrainConfig, field_help
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import os
 
-# Offline first, before anything imports huggingface_hub (the frozen app forces it in a runtime hook).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import transferstudio.core.offline  # noqa: F401  (first: no code path reaches a hub)
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import transferstudio.core.offline  # noqa: F401,E402  (the one offline switch)
 
 import torch  # noqa: E402
 
