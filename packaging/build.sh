@@ -30,7 +30,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import PyInstaller" 2>/dev/null || "$PY" -m pip install --quiet "pyinstaller>=6.6"
 
 if [ ! -f resources/starter/model_index.json ]; then
-  echo "error: resources/starter/ has no starter model; the app ships it (see transferstudio/starter/pretrain.py)" >&2
+  echo "error: resources/starter/ has no starter model; the app ships it (see transferstudio/devtools/pretrain.py)" >&2
   exit 1
 fi
 [ -f resources/icons/transferstudio.png ] || "$PY" packaging/make_icon.py

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import transformers  # noqa: E402
 
 from transferstudio.library._paths import loading_root  # noqa: E402
-from transferstudio.library.build_tokenizers import LAYOUT, build  # noqa: E402
+from transferstudio.devtools.build_tokenizers import LAYOUT, build  # noqa: E402
 
 EOT = 49407
 PROMPTS = [

@@ -5,7 +5,7 @@ import json
 
 from safetensors.torch import load_file
 
-from transferstudio.starter import pretrain
+from transferstudio.devtools import pretrain
 
 TINY = ["--steps", "12", "--images", "64", "--batch", "4", "--size", "16", "--channels", "16,32",
         "--log-every", "6", "--ckpt-every", "6", "--threads", "1"]
@@ -31,7 +31,7 @@ def test_same_seed_same_model_and_the_app_loads_it(tmp_path):
     assert scheduler["beta_schedule"] == "squaredcos_cap_v2"
     assert scheduler["timestep_spacing"] == "trailing"
     card = (a / "MODEL_CARD.md").read_text()
-    assert "python -m transferstudio.starter.pretrain --out" in card and "--seed 0" in card
+    assert "python -m transferstudio.devtools.pretrain --out" in card and "--seed 0" in card
     assert (a / "samples.png").is_file() and not (a / "_checkpoint").exists()
 
     found = inspect_backbone(a)

@@ -5,7 +5,7 @@ MIT licence). Both SD text-encoder families use the same vocabulary; they differ
 OpenAI CLIP-L (SD 1.x, SDXL's first encoder) pads with <|endoftext|>, OpenCLIP (SD 2.x, SDXL's
 second encoder) pads with "!" (id 0), as open_clip's tokenizer fills with zeros.
 
-    python -m transferstudio.library.build_tokenizers [--out resources/loading]
+    python -m transferstudio.devtools.build_tokenizers [--out resources/loading]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """How long does the window's event loop stall while training runs? A figure, not a test.
 
-    python -m transferstudio.ui.measure_stall [--steps N] [--project DIR] [--screenshot PNG]
+    python -m transferstudio.devtools.measure_stall [--steps N] [--project DIR] [--screenshot PNG]
 
 Opens the real window (QT_QPA_PLATFORM=offscreen works), trains a short run (a small project
 it builds itself, or --project), and fires a 10 ms QTimer on the GUI thread throughout.
@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
+from transferstudio.devtools.demo_project import make_demo_project  # noqa: E402
 from transferstudio.qt import tasks  # noqa: E402
 from transferstudio.qt.workers import TaskWorker  # noqa: E402
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         sample.start()
     else:
         print("building a small project…", flush=True)
-        builder = TaskWorker(tasks.make_demo_project, work / "demo", steps=args.steps, name="build")
+        builder = TaskWorker(make_demo_project, work / "demo", steps=args.steps, name="build")
         builder.succeeded.connect(open_and_train)
         builder.failed.connect(lambda m, a: (print(m, a), app.exit(2)))
         builder.crashed.connect(lambda t: (print(t), app.exit(2)))

@@ -1,6 +1,6 @@
 """Pretrain the starter backbone: a small unconditional DDPM UNet on procedural landscapes.
 
-    python -m transferstudio.starter.pretrain --out resources/starter --steps 4500 --seed 0 --threads 1
+    python -m transferstudio.devtools.pretrain --out resources/starter --steps 4500 --seed 0 --threads 1
 
 v-prediction with a cosine noise schedule is the default: an epsilon model of this size, briefly
 trained, cannot choose an image's overall colour at high noise (its DDIM samples all drift to one
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import procedural
+from transferstudio.starter import procedural
 
 DEFAULT_CHANNELS = (32, 64, 64, 128)
 
@@ -248,7 +248,7 @@ def save_pipeline(unet, scheduler, out: str) -> None:
 
 
 def write_model_card(args, channels, n_params, final_loss, wall, losses, t_data=0.0) -> None:
-    cmd = ["python", "-m", "transferstudio.starter.pretrain", "--out", args.out,
+    cmd = ["python", "-m", "transferstudio.devtools.pretrain", "--out", args.out,
            "--steps", str(args.steps), "--seed", str(args.seed), "--size", str(args.size),
            "--batch", str(args.batch), "--lr", str(args.lr), "--images", str(args.images),
            "--channels", ",".join(map(str, channels)), "--ema", str(args.ema),
