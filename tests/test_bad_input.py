@@ -166,6 +166,33 @@ def _make_dir(name: str, files: dict[str, bytes] | None = None) -> Callable[[Wor
     return prepare
 
 
+def _huge_png_cut_short(name: str) -> Callable[[World], None]:
+    """A folder whose only picture is 81 MP with valid chunks but almost no pixel data."""
+    def prepare(w: World) -> None:
+        from data_helpers import raw_png
+
+        raw_png(w.tmp / name / "huge.png", 9000, 9000, 1, 0, None)
+    return prepare
+
+
+class _Evil:
+    """Unpickling this would make a folder (a stand-in for any command)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def _evil_pickle(name: str) -> Callable[[World], None]:
+    def prepare(w: World) -> None:
+        import torch
+
+        torch.save({"state_dict": {"w": torch.ones(2)}, "x": _Evil(str(w.tmp / "pwned"))}, w.tmp / name)
+    return prepare
+
+
 @dataclass
 class Case:
     id: str
@@ -271,6 +298,15 @@ CASES = [
     Case("new-into-existing-folder-bad-lr",
          ["new", "{tmp}/here", "--backbone", "{model}", "--images", "{images}", "--lr", "nan"],
          ["learning_rate"], _make_dir("here")),
+    Case("new-images-only-a-huge-png-cut-short",
+         ["new", "{tmp}/newproj", "--backbone", "{model}", "--images", "{tmp}/huge"],
+         ["no usable images", "truncated"], _huge_png_cut_short("huge")),
+    # pickles
+    Case("convert-pickle-malicious", ["convert-pickle", "{tmp}/evil.ckpt"], ["refused", "posix.mkdir"],
+         _evil_pickle("evil.ckpt")),
+    Case("convert-pickle-not-a-checkpoint", ["convert-pickle", "{tmp}/notes.ckpt"], ["could not be read"],
+         _make_file("notes.ckpt", b"just text")),
+    Case("convert-pickle-missing", ["convert-pickle", "{tmp}/gone.ckpt"], ["does not exist"]),
     # flags at `train`
     Case("train-steps-zero", TRAIN + ["--steps", "0"], ["--steps"]),
     Case("train-steps-negative", TRAIN + ["--steps", "-5"], ["--steps"]),
@@ -289,6 +325,7 @@ def test_bad_input_ends_in_one_sentence_and_changes_nothing(case: Case, world: W
     assert len(lines) == 1 and "error:" in lines[0], err
     for word in case.words:
         assert word.lower() in lines[0].lower(), (word, lines[0])
+    assert "weights_only" not in err  # torch's advice to load pickles unsafely is never passed on
     assert out.strip() == ""
     assert _snapshot(world.tmp) == before
 

@@ -355,3 +355,80 @@ def test_decoded_images_are_cached(small_set):
     ds.record(tall[0]).path.unlink()
     assert torch.equal(ds.load_batch(tall, None).pixels, first.pixels)
     assert ds.late_skips == []
+
+
+def test_pictures_damaged_during_training_are_reported_once(small_set):
+    """Each picture that fails after the scan is handed to the engine once, to warn about."""
+    ds = TrainingImages(small_set.images, 256, 64, cache_bytes=0)
+    wide = [i for i in range(len(ds)) if ds.record(i).path.stem.startswith("wide")]
+    damaged = truncate(ds.record(wide[0]).path, keep=0.3)
+    assert ds.load_batch(wide[:2], None).pixels.shape[0] == 2
+    problems = ds.take_problems()
+    assert [p.path for p in problems] == [damaged] and "truncated" in problems[0].reason
+    assert ds.take_problems() == []
+    ds.load_batch(wide[:2], None)  # the bad picture is not tried, nor reported, again
+    assert ds.take_problems() == []
+    assert [s.path for s in ds.late_skips] == [damaged]
+
+
+def _big_gray_png(path, rows_kept=None, cut_stream=0):
+    """A 9000×9000 (81 MP) 1-bit PNG with valid chunks; optionally short of rows, or with its
+    compressed stream cut (CRCs still right) — what a copy cut short and re-saved can leave."""
+    import zlib
+
+    from data_helpers import _chunk
+    import struct
+
+    width = height = 9000
+    row = b"\x00" + b"\x55" * (width // 8)
+    data = zlib.compress(row * (height if rows_kept is None else rows_kept), 1)
+    if cut_stream:
+        data = data[:-cut_stream]
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("damage", [dict(rows_kept=10), dict(rows_kept=8999), dict(cut_stream=8)])
+def test_a_huge_png_with_short_pixel_data_is_skipped_at_scan(tmp_path, damage):
+    import time
+
+    path = _big_gray_png(tmp_path / "big.png", **damage)
+    with pytest.raises(ImageProblem, match="truncated"):
+        probe(path)
+    whole = _big_gray_png(tmp_path / "whole.png")
+    start = time.perf_counter()
+    assert probe(whole) == (9000, 9000)
+    assert time.perf_counter() - start < 5  # inflated in pieces, never held in memory
+    solid(tmp_path / "small.png")
+    scan = scan_images(tmp_path)
+    assert [r.path.name for r in scan.images] == ["small.png", "whole.png"]
+    assert [s.path.name for s in scan.skipped] == ["big.png"]
+
+
+def test_large_pngs_of_every_kind_still_pass_the_scan(tmp_path):
+    import struct
+    import zlib
+
+    from data_helpers import _chunk
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (1500, 3000, 4), dtype=np.uint8)  # 4.5 MP: over the verify threshold
+    Image.fromarray(arr, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(arr[..., 0], "L").convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    for name in ("rgba.png", "palette.png", "gray16.png"):
+        assert probe(tmp_path / name) == (3000, 1500), name
+
+    # Adam7-interlaced RGB, 3001×1501 (odd sides: partial passes), written by hand.
+    width, height = 3001, 1501
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = b"".join((b"\x00" + b"\x80" * (3 * -(-(width - x0) // dx))) * (-(-(height - y0) // dy))
+                   for x0, y0, dx, dy in passes)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    for name, data in (("adam7.png", raw), ("adam7-short.png", raw[:-100])):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
+                                      + _chunk(b"IDAT", zlib.compress(data, 1)) + _chunk(b"IEND", b""))
+    assert probe(tmp_path / "adam7.png") == (width, height)
+    with pytest.raises(ImageProblem, match="truncated"):
+        probe(tmp_path / "adam7-short.png")

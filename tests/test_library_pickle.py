@@ -72,3 +72,15 @@ def test_loader_explains_pickles_instead_of_opening_them(tmp_path, monkeypatch):
         load_single_file(src)
     assert "can run code" in e.value.message
     assert "convert-pickle" in e.value.advice
+
+
+def test_refusal_gives_our_advice_not_torchs(tmp_path):
+    """torch's message says to re-run with weights_only=False: the opposite of safe advice."""
+    src = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "payload": _Evil(str(tmp_path / "pwned"))}, src)
+    with pytest.raises(BackboneError) as e:
+        convert_pickle_to_safetensors(src, tmp_path / "out.safetensors")
+    text = str(e.value)
+    assert "weights_only" not in text and "will likely succeed" not in text and "\n" not in text
+    assert "mkdir" in e.value.message  # what it asked to run, so the user knows why
+    assert ".safetensors" in e.value.advice

@@ -60,7 +60,8 @@ class TrainingImages:
     to `late_skips` once and its slot in the batch is filled by another image
     of the same bucket, so batch shapes stay as `epoch_batches` promised and
     resume stays deterministic. Only when no image of that bucket can be read
-    does `load_batch` raise DatasetError.
+    does `load_batch` raise DatasetError. `take_problems()` hands each late
+    skip to the engine once, so it can warn (terminal, log.txt, the window).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class TrainingImages:
         self.crop = crop
         self.cache_bytes = cache_bytes
         self.late_skips: list[SkippedFile] = []
+        self._reported = 0  # late_skips[:_reported] were handed out by take_problems()
 
         side = native_size(resolution, multiple)
         choices = make_buckets(resolution, multiple) if buckets else [(side, side)]
@@ -112,6 +114,14 @@ class TrainingImages:
             b = self._record_bucket[ri]
             counts[b] = counts.get(b, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: (kv[0][0] / kv[0][1], kv[0][0])))
+
+    def take_problems(self) -> list[SkippedFile]:
+        """Pictures that failed to load since the last call (each once, with its reason);
+        their slots were filled by other pictures of the same bucket. Call after each step
+        and warn about each: a picture damaged during training must not vanish silently."""
+        new = self.late_skips[self._reported:]
+        self._reported = len(self.late_skips)
+        return list(new)
 
     def record(self, index: int) -> ImageRecord:
         return self.records[self._sample_record[index]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 from transferstudio.core.errors import BackboneError
@@ -38,9 +39,12 @@ def convert_pickle_to_safetensors(src: str | Path, dst: str | Path) -> Path:
     try:
         obj = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # Never quote torch's message: it advises re-running with weights_only=False, which is
+        # exactly what would run the file's code. Name only what the file asked to run.
+        wanted = re.search(r"GLOBAL\s+([\w.]+)", str(e))
+        what = f" (it asks to run {wanted.group(1)})" if wanted else ""
         raise BackboneError(
-            f"'{src.name}' was refused: it contains code or objects other than weights "
-            f"({str(e).splitlines()[0][:200]}).",
+            f"'{src.name}' was refused: it contains code or objects other than weights{what}.",
             "Get the .safetensors version of this model from its author; do not open this file "
             "with other tools unless you trust its source.") from None
     except Exception as e:  # zip/format errors from a damaged or non-torch file
