@@ -101,13 +101,14 @@ class Backbone(ABC):
     family: str = ""
     caps: Capabilities
     source: Path
-    scheduler_config: dict[str, Any]  # the training noise scheduler's config (DDPMScheduler-compatible)
+    scheduler_config: dict[str, Any]  # diffusion families: the training noise scheduler's config
 
     # --- modules -----------------------------------------------------------------
     @property
     @abstractmethod
     def denoiser(self) -> nn.Module:
-        """The module LoRA goes on, or that full fine-tuning trains (UNet)."""
+        """The main module: the one LoRA goes on, or that full fine-tuning trains (a diffusion
+        family's UNet, a VAE's decoder, a GAN's generator)."""
 
     def text_encoders(self) -> list[nn.Module]:
         """Text encoders that may take LoRA, in order (te1, te2). Empty if unconditional."""
@@ -130,11 +131,11 @@ class Backbone(ABC):
         if hasattr(module, "enable_gradient_checkpointing"):
             module.enable_gradient_checkpointing()
 
-    # --- training ----------------------------------------------------------------
-    @abstractmethod
+    # --- training (the diffusion objective asks these; other objectives need not) ----
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (B,3,H,W) in [-1,1] -> the space the denoiser works in (latents or pixels).
         Called under no_grad."""
+        raise NotImplementedError(f"{self.family} has no denoising space")
 
     def encode_conditioning(self, captions: Sequence[str], *, original_sizes: Sequence[tuple[int, int]],
                             crop_top_left: Sequence[tuple[int, int]], target_size: tuple[int, int],
@@ -142,9 +143,9 @@ class Backbone(ABC):
         """Captions and size info -> denoiser kwargs. Unconditional families ignore all of it."""
         return Conditioning()
 
-    @abstractmethod
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Run the denoiser; returns what the scheduler's prediction_type says it predicts."""
+        raise NotImplementedError(f"{self.family} is not a denoiser")
 
     # --- sampling ----------------------------------------------------------------
     @abstractmethod

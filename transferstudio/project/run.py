@@ -120,7 +120,9 @@ class Run:
 
     @property
     def total(self) -> int:
-        return int(self.config.steps)
+        """The step total the run was last asked for (a continued run may have raised it)."""
+        planned = self.latest.state.get("total") if self.latest else None
+        return max(int(self.config.steps), int(planned) if isinstance(planned, int) else 0)
 
     @property
     def method(self) -> str:
