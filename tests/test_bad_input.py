@@ -384,6 +384,13 @@ def test_model_dependent_problems(tiny_ddpm):
     assert TrainConfig(resolution=768).problems_for(sdxl_like) == []
     assert TrainConfig(resolution=800).problems_for(sdxl_like)[0].startswith("resolution")
     assert TrainConfig(method="full").problems_for(sdxl_like)[0].startswith("method")
+    if "methods" in Capabilities.__dataclass_fields__:  # families may offer fewer methods
+        from dataclasses import replace
+
+        lora_only = replace(caps, methods=("lora",))
+        assert TrainConfig(method="full").problems_for(lora_only) == [
+            "method: this model trains with lora only, not full"]
+        assert TrainConfig(method="lora").problems_for(lora_only) == []
     unknown_native = Capabilities(conditioning="none", native_resolution=0, resolution_multiple=8,
                                   supports_full_finetune=True, text_encoders=0, prediction_type="epsilon",
                                   latent=False)
@@ -398,6 +405,21 @@ def test_rejected_create_project_leaves_no_folder(tmp_path, image_folder):
     with pytest.raises(UserError, match="not found"):
         create_project(target, backbone=tmp_path, images=tmp_path / "nope")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_failed_write_of_a_new_project_leaves_no_folder(tmp_path, image_folder, monkeypatch):
+    from transferstudio.project.project import Project
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Project, "save", full_disk)
+    (tmp_path / "mine").mkdir()
+    for target in (tmp_path / "a" / "b" / "proj", tmp_path / "mine"):
+        with pytest.raises(OSError):
+            create_project(target, backbone=tmp_path, images=image_folder)
+    assert not (tmp_path / "a").exists()
+    assert (tmp_path / "mine").is_dir()  # a folder that was there before stays
 
 
 def test_run_settings_are_read_with_one_sentence(tmp_path):

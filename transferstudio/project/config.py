@@ -194,7 +194,10 @@ class TrainConfig:
             elif not low <= value <= high:
                 out.append(f"resolution: {value} is outside {low}…{high} px for this model "
                            f"(0 uses {native_text})")
-        if self.method == "full" and not caps.supports_full_finetune:
+        offered = tuple(getattr(caps, "methods", METHODS) or METHODS)
+        if self.method in METHODS and self.method not in offered:
+            out.append(f"method: this model trains with {' or '.join(offered)} only, not {self.method}")
+        elif self.method == "full" and not caps.supports_full_finetune:
             out.append("method: this model is too large for full fine-tuning here; choose LoRA")
         return out
 
