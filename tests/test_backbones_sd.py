@@ -125,7 +125,7 @@ def test_sdxl_refiner_is_claimed_with_advice(tmp_path):
 
 def _tiny_single_file(tmp_path: Path, monkeypatch, family: str) -> Path:
     """An original-layout tiny checkpoint, loadable with the tiny configs (not the real ones)."""
-    from transferstudio.library.original_layout import save_single_file
+    from transferstudio.backbones.sdfiles.original_layout import save_single_file
 
     models = build_tiny_models(family)
     write_tiny_config_root(tmp_path / "loading", family)
@@ -168,7 +168,7 @@ def test_single_file_problems_come_from_the_library(tmp_path):
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_real_single_file_checkpoint_loads_and_samples(family, tmp_path, monkeypatch):
     """End to end with the real model library: an original-layout tiny checkpoint."""
-    from transferstudio.library.original_layout import save_single_file
+    from transferstudio.backbones.sdfiles.original_layout import save_single_file
 
     models = build_tiny_models(family)
     write_tiny_config_root(tmp_path / "loading", family)

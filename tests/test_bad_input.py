@@ -443,9 +443,6 @@ def test_run_settings_are_read_with_one_sentence(tmp_path):
         assert "\n" not in str(bad.value) and str(run / "config.json") in str(bad.value)
 
 
-@pytest.mark.xfail(reason="project/run.py read_run_settings checks config.problems(); it should check "
-                          "config.field_problems() so that runs made before conflicting settings were "
-                          "refused (e.g. DoRA with full fine-tuning) can still be exported", strict=False)
 def test_an_old_run_with_settings_now_refused_stays_readable(tmp_path):
     from transferstudio.project.run import read_run_settings
 

@@ -216,7 +216,7 @@ def test_merged_single_file_loads_in_library_and_diffusers_like_base_plus_lora(t
 
     from transferstudio.backbones.sd import SDBackbone
     from transferstudio.backbones.sdxl import SDXLBackbone
-    from transferstudio.library.single_file import load_single_file
+    from transferstudio.backbones.sdfiles.single_file import load_single_file
 
     folder = tiny_sd1_dir if family == "sd1" else _tiny_sdxl_distinct_widths(tmp_path / "sdxl", tiny_sdxl_dir)
     trained = _adapted(tmp_path, folder, family, targets=["to_q", "to_k", "to_v", "to_out.0", "conv1"])

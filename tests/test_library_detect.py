@@ -9,7 +9,7 @@ import pytest
 
 from tiny_single_file import U, fake_checkpoint_keys, write_fake_safetensors
 from transferstudio.core.errors import BackboneError
-from transferstudio.library.detect import detect, read_safetensors_header
+from transferstudio.backbones.sdfiles.detect import detect, read_safetensors_header
 from transferstudio.library.discovery import describe_file
 
 

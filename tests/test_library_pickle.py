@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from tiny_single_file import fake_checkpoint_keys, write_fake_safetensors  # noqa: F401
 from transferstudio.core.errors import BackboneError
-from transferstudio.library.pickles import convert_pickle_to_safetensors
-from transferstudio.library.single_file import load_single_file
+from transferstudio.backbones.sdfiles.pickles import convert_pickle_to_safetensors
+from transferstudio.backbones.sdfiles.single_file import load_single_file
 
 
 class _Evil:

@@ -15,15 +15,15 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tiny_single_file import build_tiny_models, tiny_configs, write_tiny_config_root  # noqa: E402
 from transferstudio.core.errors import BackboneError  # noqa: E402
-from transferstudio.library._paths import loading_root  # noqa: E402
-from transferstudio.library.detect import detect  # noqa: E402
+from transferstudio.backbones.sdfiles._paths import loading_root  # noqa: E402
+from transferstudio.backbones.sdfiles.detect import detect  # noqa: E402
 from transferstudio.library.discovery import describe_file  # noqa: E402
-from transferstudio.library.original_layout import (  # noqa: E402
+from transferstudio.backbones.sdfiles.original_layout import (  # noqa: E402
     save_single_file,
     to_original_layout,
     write_safetensors,
 )
-from transferstudio.library.single_file import SingleFileComponents, load_single_file  # noqa: E402
+from transferstudio.backbones.sdfiles.single_file import SingleFileComponents, load_single_file  # noqa: E402
 
 FAMILIES = ["sd1", "sd2", "sd2-v", "sdxl"]
 COMPONENTS = ["unet", "vae", "text_encoder", "text_encoder_2"]

@@ -11,7 +11,7 @@ import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import transformers  # noqa: E402
 
-from transferstudio.library._paths import loading_root  # noqa: E402
+from transferstudio.backbones.sdfiles._paths import loading_root  # noqa: E402
 from transferstudio.devtools.build_tokenizers import LAYOUT, build  # noqa: E402
 
 EOT = 49407

@@ -142,7 +142,7 @@ def write_tiny_config_root(root: Path, family: str) -> Path:
     """A bundled-style folder (`root/<key>/…`) holding the tiny configs and the real tokenizer files."""
     import shutil
 
-    from transferstudio.library._paths import loading_root
+    from transferstudio.backbones.sdfiles._paths import loading_root
 
     key = family
     src = loading_root() / key

@@ -326,7 +326,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from transferstudio.backbones.registry import inspect_backbone
 
     if args.path.is_file():
-        from transferstudio.library.detect import detect
+        from transferstudio.backbones.sdfiles.detect import detect
         from transferstudio.library.discovery import describe_file
 
         print(describe_file(args.path))
@@ -338,7 +338,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_pickle(args: argparse.Namespace) -> int:
-    from transferstudio.library.pickles import convert_pickle_to_safetensors
+    from transferstudio.backbones.sdfiles.pickles import convert_pickle_to_safetensors
 
     dst = args.dst or args.src.with_suffix(".safetensors")
     if dst.exists():

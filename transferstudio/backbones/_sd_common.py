@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from transferstudio.backbones.diffusion import DiffusionBackbone
 from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, ExportSpec, Family, Inspection
 from transferstudio.backbones.diffusers_folder import read_json
 from transferstudio.core.errors import BackboneError
@@ -156,7 +157,7 @@ def inspect_single_file(path: Path, *, families: Sequence[str], key: str,
     if not path.is_file() or path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         return None
     try:
-        from transferstudio.library.detect import detect
+        from transferstudio.backbones.sdfiles.detect import detect
     except ImportError:
         return None  # the model library is not there: leave single files unclaimed
     found = detect(path)
@@ -181,7 +182,7 @@ def inspect_single_file(path: Path, *, families: Sequence[str], key: str,
 
 def load_single_file_components(path: Path, prediction_type: str) -> Any:
     try:
-        from transferstudio.library.single_file import load_single_file
+        from transferstudio.backbones.sdfiles.single_file import load_single_file
     except ImportError:
         raise BackboneError(f"{path} is a single-file checkpoint, which needs TransferStudio's model "
                             "library, and it is not available in this installation.",
@@ -299,7 +300,7 @@ class StableDiffusionFamily(Family):
         return cls.from_folder(path, prediction_type=prediction_type)
 
 
-class StableDiffusionBase(Backbone):
+class StableDiffusionBase(DiffusionBackbone):
     """UNet2DConditionModel + AutoencoderKL + CLIP text encoders. Subclasses add the text encoding
     and the pipeline class."""
 
@@ -455,7 +456,7 @@ class StableDiffusionBase(Backbone):
                          metadata: dict[str, str] | None = None) -> None:
         """One original-layout checkpoint (A1111/ComfyUI/Forge, diffusers' `from_single_file`),
         written by the model library's writer, the inverse of its loader."""
-        from transferstudio.library.original_layout import save_single_file
+        from transferstudio.backbones.sdfiles.original_layout import save_single_file
 
         encoders = self._text_encoders
         save_single_file(file, self.unet, self.vae, encoders[0], encoders[1] if len(encoders) > 1 else None,

@@ -157,21 +157,14 @@ class Backbone(ABC):
 
     # --- what trains, and on what objective ---------------------------------------
     def training_roles(self, method: str, *, train_text_encoder: bool = False) -> dict[str, RolePlan]:
-        """The modules a run trains, by role name (the prefix of their checkpoint keys).
-        Diffusion families: the denoiser ("unet"), plus LoRA on the text encoders when asked."""
+        """The modules a run trains, by role name (the prefix of their checkpoint keys)."""
         if method == "full":
-            return {"unet": RolePlan(self.denoiser, "full")}
-        roles = {"unet": RolePlan(self.denoiser, "lora", tuple(self.lora_targets()))}
-        if train_text_encoder:
-            for role, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders()):
-                roles[role] = RolePlan(encoder, "lora", tuple(self.text_encoder_lora_targets()))
-        return roles
+            return {"model": RolePlan(self.denoiser, "full")}
+        return {"model": RolePlan(self.denoiser, "lora", tuple(self.lora_targets()))}
 
+    @abstractmethod
     def objective(self, config: Any) -> Any:
-        """The training objective (an `objective.Objective`). Diffusion by default."""
-        from transferstudio.backbones.diffusion import DiffusionObjective
-
-        return DiffusionObjective(self, config)
+        """The training objective (an `objective.Objective`)."""
 
     # --- saving ------------------------------------------------------------------
     def export_spec(self) -> ExportSpec:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from transferstudio.backbones.diffusion import DiffusionBackbone
 from transferstudio.backbones.base import (Backbone, Capabilities, Conditioning, Family, Inspection,
                                            count_parameters, folder_size)
 from transferstudio.backbones.diffusers_folder import component_problems, read_json, weight_problems
@@ -100,7 +101,7 @@ class DDPMFamily(Family):
         return DDPMBackbone(unet, sched, source=path)
 
 
-class DDPMBackbone(Backbone):
+class DDPMBackbone(DiffusionBackbone):
     family = "ddpm"
 
     def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], *, source: Path) -> None:

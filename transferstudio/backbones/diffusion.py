@@ -6,7 +6,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from transferstudio.backbones.base import Backbone, Conditioning
+from transferstudio.backbones.base import Backbone, Conditioning, RolePlan
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 
 
@@ -76,3 +76,21 @@ class DiffusionObjective(Objective):
                                                 train_text_encoder=config.train_text_encoder)
             return diffusion_loss(backbone, self.scheduler, clean, cond, generator=ctx.generator,
                                   noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma)
+
+
+class DiffusionBackbone(Backbone):
+    """What every diffusion family shares: a denoiser trained on the diffusion objective, its
+    weights under the role "unet" (the checkpoint key prefix), and LoRA on the text encoders
+    when asked."""
+
+    def training_roles(self, method: str, *, train_text_encoder: bool = False) -> dict[str, RolePlan]:
+        if method == "full":
+            return {"unet": RolePlan(self.denoiser, "full")}
+        roles = {"unet": RolePlan(self.denoiser, "lora", tuple(self.lora_targets()))}
+        if train_text_encoder:
+            for role, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders()):
+                roles[role] = RolePlan(encoder, "lora", tuple(self.text_encoder_lora_targets()))
+        return roles
+
+    def objective(self, config: Any) -> DiffusionObjective:
+        return DiffusionObjective(self, config)

@@ -34,7 +34,7 @@ def original_kohya_names(paths: list[str], unet_config: Any) -> dict[str, str]:
     sd-scripts trains SDXL on that UNet, and A1111 does not map diffusers-style SDXL names. The
     names come from the model library's diffusers -> original mapping (one mapping, not two)."""
     from transferstudio.core.errors import ExportError
-    from transferstudio.library.original_layout import UNET_PREFIX as ORIGINAL, unet_to_original
+    from transferstudio.backbones.sdfiles.original_layout import UNET_PREFIX as ORIGINAL, unet_to_original
 
     if unet_config is None:
         raise ValueError("SDXL kohya names need the UNet config (block layout)")

@@ -2,7 +2,8 @@
 
 A format applies to a model by its capabilities (does it take prompts, can its LoRA be named
 for kohya, does it have a single-file layout) and to a training method; it never asks for a
-family's name. Writers live in export/writers.py and register themselves here.
+family's name. The built-in writers live in export/writers.py; a plug-in adds its own with
+`register`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from transferstudio.core.errors import ExportError
+from transferstudio.export import writers
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,6 @@ def register(fmt: ExportFormat) -> ExportFormat:
 
 
 def all_formats() -> dict[str, ExportFormat]:
-    from transferstudio.export import writers  # noqa: F401  (registers the built-in formats)
-
     return dict(_FORMATS)
 
 
@@ -64,3 +64,32 @@ class ExportContext:
     dataset: dict
     base_sha256: str | None
     out: Path  # the final path (writers write to a staged path beside it)
+
+
+# --- the built-in formats, in the order the export dialog lists them --------------------------
+
+register(ExportFormat(
+    "kohya", "LoRA for ComfyUI, A1111 / Forge (kohya .safetensors)",
+    "The LoRA file most tools load: drop it into their LoRA folder. Small; the strength is set in the tool.",
+    methods=("lora",), applies=lambda caps, method: bool(getattr(caps, "kohya_lora", False)),
+    folder=lambda method: False, write=writers.write_kohya, result_kind=lambda method: "lora"))
+register(ExportFormat(
+    "diffusers", "diffusers (LoRA file or model folder)",
+    "For Python scripts: a LoRA file that `load_lora_weights` reads, or for a full fine-tune a model folder "
+    "that `from_pretrained` loads.",
+    methods=("lora", "full"), applies=lambda caps, method: True,
+    folder=lambda method: method == "full", write=writers.write_diffusers,
+    result_kind=lambda method: "lora" if method == "lora" else "full"))
+register(ExportFormat(
+    "merged-diffusers", "Merged model, diffusers folder",
+    "The whole model with the training baked in at the chosen strength, as a diffusers folder. "
+    "Large (a full model).",
+    # a full fine-tune's diffusers export is already the whole model
+    methods=("lora", "full"), applies=lambda caps, method: True,
+    folder=lambda method: True, write=writers.write_merged_diffusers, listed=lambda method: method != "full"))
+register(ExportFormat(
+    "merged-single-file", "Merged checkpoint (.safetensors) for ComfyUI, A1111 / Forge",
+    "The whole model with the training baked in at the chosen strength, as one checkpoint file for the "
+    "tools' checkpoint folder. Large (a full model).",
+    methods=("lora", "full"), applies=lambda caps, method: bool(getattr(caps, "single_file", False)),
+    folder=lambda method: False, write=writers.write_merged_single_file))

@@ -1,17 +1,19 @@
 """The built-in export formats. Each writer gets the trained model and a staged path, writes
 there, and returns what the manifest should add; staging, renaming and the manifest are the
-caller's (export/formats.py). What a family's files look like comes from its spec:
+caller's (export/formats.py); the table of formats is export/registry.py. What a family's files look like comes from its spec:
 `backbone.export_spec()`, `save_lora`, `save_full`, `save_single_file`, `kohya_unet_names`.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transferstudio import __version__
 from transferstudio.export import metadata as md
-from transferstudio.export.registry import ExportContext, ExportFormat, register
+
+if TYPE_CHECKING:
+    from transferstudio.export.registry import ExportContext
 
 
 def _modelspec(trained: Any, ctx: ExportContext, *, adapter: bool, implementation: str) -> dict[str, str]:
@@ -133,34 +135,3 @@ def write_merged_single_file(trained: Any, file: Path, ctx: ExportContext) -> di
     bake(trained, ctx.strength)
     trained.backbone.save_single_file(file, dtype=torch.float16 if ctx.fp16 else None, metadata=meta)
     return {}
-
-
-def _text(caps: Any) -> bool:
-    return getattr(caps, "conditioning", "none") == "text"
-
-
-register(ExportFormat(
-    "kohya", "LoRA for ComfyUI, A1111 / Forge (kohya .safetensors)",
-    "The LoRA file most tools load: drop it into their LoRA folder. Small; the strength is set in the tool.",
-    methods=("lora",), applies=lambda caps, method: bool(getattr(caps, "kohya_lora", False)),
-    folder=lambda method: False, write=write_kohya, result_kind=lambda method: "lora"))
-register(ExportFormat(
-    "diffusers", "diffusers (LoRA file or model folder)",
-    "For Python scripts: a LoRA file that `load_lora_weights` reads, or for a full fine-tune a model folder "
-    "that `from_pretrained` loads.",
-    methods=("lora", "full"), applies=lambda caps, method: True,
-    folder=lambda method: method == "full", write=write_diffusers,
-    result_kind=lambda method: "lora" if method == "lora" else "full"))
-register(ExportFormat(
-    "merged-diffusers", "Merged model, diffusers folder",
-    "The whole model with the training baked in at the chosen strength, as a diffusers folder. "
-    "Large (a full model).",
-    # a full fine-tune's diffusers export is already the whole model
-    methods=("lora", "full"), applies=lambda caps, method: True,
-    folder=lambda method: True, write=write_merged_diffusers, listed=lambda method: method != "full"))
-register(ExportFormat(
-    "merged-single-file", "Merged checkpoint (.safetensors) for ComfyUI, A1111 / Forge",
-    "The whole model with the training baked in at the chosen strength, as one checkpoint file for the "
-    "tools' checkpoint folder. Large (a full model).",
-    methods=("lora", "full"), applies=lambda caps, method: bool(getattr(caps, "single_file", False)),
-    folder=lambda method: False, write=write_merged_single_file))

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from transferstudio.library.detect import Detection, detect, read_safetensors_header
+from transferstudio.backbones.sdfiles.detect import Detection, detect, read_safetensors_header
 from transferstudio.library.discovery import LibraryEntry, describe_file, discover
 
 _LAZY = {
-    "SingleFileComponents": "transferstudio.library.single_file",
-    "load_single_file": "transferstudio.library.single_file",
-    "convert_pickle_to_safetensors": "transferstudio.library.pickles",
-    "save_single_file": "transferstudio.library.original_layout",
-    "to_original_layout": "transferstudio.library.original_layout",
+    "SingleFileComponents": "transferstudio.backbones.sdfiles.single_file",
+    "load_single_file": "transferstudio.backbones.sdfiles.single_file",
+    "convert_pickle_to_safetensors": "transferstudio.backbones.sdfiles.pickles",
+    "save_single_file": "transferstudio.backbones.sdfiles.original_layout",
+    "to_original_layout": "transferstudio.backbones.sdfiles.original_layout",
 }
 
 __all__ = ["Detection", "LibraryEntry", "describe_file", "detect", "discover", "read_safetensors_header", *_LAZY]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from transferstudio.library.detect import FAMILY_LABELS, PICKLE_SUFFIXES, detect
+from transferstudio.backbones.sdfiles.detect import FAMILY_LABELS, PICKLE_SUFFIXES, detect
 
 MODEL_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES - {".bin", ".pkl", ".pickle"}
 PIPELINE_FAMILIES = {

@@ -84,7 +84,8 @@ def read_run_settings(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
     except (TypeError, ValueError) as exc:
         raise ProjectError(f"The run settings {file} are invalid ({exc}).",
                            "Start a fresh run (`train --fresh`).") from None
-    problems = config.problems()
+    # Field checks only: a run made before a conflict rule existed must stay readable (export).
+    problems = config.field_problems()
     if problems:
         raise ProjectError(f"The run settings {file} are invalid: {problems[0]}.",
                            "Start a fresh run (`train --fresh`).")

@@ -16,4 +16,4 @@ def loading_root() -> Path:
     frozen = getattr(sys, "_MEIPASS", None)  # PyInstaller unpacks data next to the app
     if frozen:
         return Path(frozen) / "resources" / "loading"
-    return Path(__file__).resolve().parents[2] / "resources" / "loading"
+    return Path(__file__).resolve().parents[3] / "resources" / "loading"

@@ -21,9 +21,9 @@ import transferstudio.core.offline  # noqa: F401,E402  (the one offline switch)
 import torch  # noqa: E402
 
 from transferstudio.core.errors import BackboneError  # noqa: E402
-from transferstudio.library._paths import loading_root  # noqa: E402
-from transferstudio.library.detect import classify, read_safetensors_header  # noqa: E402
-from transferstudio.library.pickles import convert_pickle_to_safetensors  # noqa: E402,F401  (re-export)
+from transferstudio.backbones.sdfiles._paths import loading_root  # noqa: E402
+from transferstudio.backbones.sdfiles.detect import classify, read_safetensors_header  # noqa: E402
+from transferstudio.backbones.sdfiles.pickles import convert_pickle_to_safetensors  # noqa: E402,F401  (re-export)
 
 class _EmptyFp32ListFilter(logging.Filter):
     """diffusers 0.42 warns "should be kept in float32: []" on every dtype cast, even with no such modules."""
