@@ -14,7 +14,7 @@ import gzip
 import json
 from pathlib import Path
 
-from transferstudio.library._paths import loading_root
+from transferstudio.backbones.sdfiles._paths import loading_root
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
