@@ -69,7 +69,7 @@ def test_inspect_sd1_folder(tiny_sd1_dir):
     assert found.usable and found.family == "sd"
     assert found.label == "Stable Diffusion 1.x (32 px, epsilon)"
     assert found.native_resolution == 32 and found.prediction_type == "epsilon"
-    assert found.size_bytes > 0 and "usable:      yes" in found.describe()
+    assert found.size_bytes > 0 and "Usable:      yes" in found.describe()
     assert SDXLFamily().inspect(tiny_sd1_dir) is None
 
 

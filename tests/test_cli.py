@@ -79,7 +79,7 @@ def test_python_dash_m_and_inspect_exit_status(tmp_path):
     result = subprocess.run([sys.executable, "-m", "transferstudio", "inspect", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert "usable:      no" in result.stdout
+    assert "Usable:      no" in result.stdout
 
 
 def test_inspect_explains_a_lora_file_and_convert_pickle_makes_safetensors(tmp_path, capsys):

@@ -25,6 +25,14 @@ def _pipeline(folder: Path, cls: str, *, cross: int | None = 768, sample: int = 
     if "vae" in comps:
         (folder / "vae").mkdir()
         (folder / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 10)
+        (folder / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 2, 3, 4]}))
+        # A complete pipeline has its text encoders and tokenizers too (SDXL: two of each).
+        for n in ("", "_2") if cls.startswith("StableDiffusionXL") else ("",):
+            (folder / f"text_encoder{n}").mkdir()
+            (folder / f"text_encoder{n}" / "config.json").write_text(json.dumps({"hidden_size": cross}))
+            (folder / f"text_encoder{n}" / "model.safetensors").write_bytes(b"x" * 10)
+            (folder / f"tokenizer{n}").mkdir()
+            (folder / f"tokenizer{n}" / "vocab.json").write_text("{}")
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": prediction}))
     return folder

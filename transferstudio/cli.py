@@ -323,16 +323,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from transferstudio.backbones.registry import inspect_backbone
 
-    if args.path.is_file():
-        from transferstudio.backbones.sdfiles.detect import detect
-        from transferstudio.library.discovery import describe_file
-
-        print(describe_file(args.path))
-        prediction = "v_prediction" if args.v_prediction else None
-        return 0 if detect(args.path, prediction_type=prediction).usable else 1
     found = inspect_backbone(args.path)
+    if args.v_prediction and found.prediction_type:
+        found = replace(found, prediction_type="v_prediction")
     print(found.describe())
     return 0 if found.usable else 1
 

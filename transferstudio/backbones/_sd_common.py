@@ -156,10 +156,8 @@ def inspect_single_file(path: Path, *, families: Sequence[str], key: str,
     path = Path(path)
     if not path.is_file() or path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         return None
-    try:
-        from transferstudio.backbones.sdfiles.detect import detect
-    except ImportError:
-        return None  # the model library is not there: leave single files unclaimed
+    from transferstudio.backbones.sdfiles.detect import detect
+
     found = detect(path)
     family = getattr(found, "family", None)
     kind = str(getattr(found, "kind", "checkpoint"))
@@ -171,22 +169,22 @@ def inspect_single_file(path: Path, *, families: Sequence[str], key: str,
         problems = (f"this file is {what}, not a base model; pick the full model (UNet, VAE and text "
                     "encoder) as the backbone",)
     details: list[tuple[str, str]] = [("layout", "single-file checkpoint")]
-    if getattr(found, "advice", ""):
+    if found.components:
+        details.append(("contains", ", ".join(found.components)))
+    if found.dtype:
+        details.append(("precision", found.dtype))
+    if found.advice:
         details.append(("advice", str(found.advice)))
     return Inspection(path=path, family=key if not problems else None, label=str(found.label),
                       usable=not problems, problems=problems,
-                      native_resolution=getattr(found, "native_resolution", None),
-                      prediction_type=getattr(found, "prediction_type", None), size_bytes=path.stat().st_size,
-                      details=tuple(details))
+                      native_resolution=found.native_resolution, prediction_type=found.prediction_type,
+                      size_bytes=found.size_bytes or path.stat().st_size, details=tuple(details),
+                      variant=found.family)
 
 
 def load_single_file_components(path: Path, prediction_type: str) -> Any:
-    try:
-        from transferstudio.backbones.sdfiles.single_file import load_single_file
-    except ImportError:
-        raise BackboneError(f"{path} is a single-file checkpoint, which needs TransferStudio's model "
-                            "library, and it is not available in this installation.",
-                            "Use the model as a diffusers folder instead.") from None
+    from transferstudio.backbones.sdfiles.single_file import load_single_file
+
     return load_single_file(Path(path), prediction_type=prediction_type or None, dtype=torch.float32)
 
 

@@ -74,18 +74,32 @@ class Inspection:
     size_bytes: int = 0
     details: tuple[tuple[str, str], ...] = ()  # extra (name, value) lines for `inspect`
     caps: Capabilities | None = None  # what the model can do, read from configs (usable models)
+    variant: str | None = None  # a finer kind where the family has one (sd1 / sd2 / sdxl, as files say)
+    advice: str = ""  # what to do about the problems
 
     def describe(self) -> str:
-        lines = [f"{self.path}", f"  kind:        {self.label}"]
+        """What `transferstudio inspect`, the model library and the model panel say about it."""
+        lines = [f"{self.path}", f"  {'What:':<12} {self.label}"]
         if self.native_resolution:
-            lines.append(f"  resolution:  {self.native_resolution} px")
+            lines.append(f"  {'Resolution:':<12} {self.native_resolution} px")
         if self.prediction_type:
-            lines.append(f"  predicts:    {self.prediction_type}")
-        lines.append(f"  size:        {self.size_bytes / 1e6:.1f} MB")
-        lines += [f"  {k + ':':<12} {v}" for k, v in self.details]
-        lines.append(f"  usable:      {'yes' if self.usable else 'no'}")
-        lines += [f"  problem:     {p}" for p in self.problems]
+            lines.append(f"  {'Predicts:':<12} {self.prediction_type}")
+        lines.append(f"  {'Size:':<12} {_human_size(self.size_bytes)}")
+        lines += [f"  {k.capitalize() + ':':<12} {v}" for k, v in self.details]
+        lines.append(f"  {'Usable:':<12} {'yes' if self.usable else 'no'}")
+        lines += [f"  {'Problem:':<12} {p}" for p in self.problems]
+        if self.advice:
+            lines.append(f"  {'Advice:':<12} {self.advice}")
         return "\n".join(lines)
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"
 
 
 @dataclass

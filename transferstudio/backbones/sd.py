@@ -72,7 +72,8 @@ class SDFamily(common.StableDiffusionFamily):
         return Inspection(path=path, family=self.key if not problems else None,
                           label=_label(version, resolution, prediction), usable=not problems,
                           problems=tuple(problems), native_resolution=resolution, prediction_type=prediction,
-                          size_bytes=folder_size(path), details=tuple(details))
+                          size_bytes=folder_size(path), details=tuple(details),
+                          variant="sd2" if version == "2.x" else "sd1")
 
     def backbone_class(self) -> type["SDBackbone"]:
         return SDBackbone

@@ -67,6 +67,7 @@ class SDXLFamily(common.StableDiffusionFamily):
         prediction = str(sched.get("prediction_type") or "epsilon")
         if _is_refiner(index):
             return Inspection(path=path, family=None, label="Stable Diffusion XL refiner", usable=False,
+                              variant="sdxl-refiner",
                               problems=("this is the SDXL refiner, which TransferStudio does not train; "
                                         "pick the SDXL base model",),
                               prediction_type=prediction, size_bytes=folder_size(path))
@@ -81,7 +82,8 @@ class SDXLFamily(common.StableDiffusionFamily):
         return Inspection(path=path, family=self.key if not problems else None,
                           label=f"Stable Diffusion XL ({inner})", usable=not problems, problems=tuple(problems),
                           native_resolution=resolution, prediction_type=prediction, size_bytes=folder_size(path),
-                          details=(("layout", "diffusers folder"), ("prompts", "yes (2 text encoders)")))
+                          details=(("layout", "diffusers folder"), ("prompts", "yes (2 text encoders)")),
+                          variant="sdxl")
 
     def backbone_class(self) -> type["SDXLBackbone"]:
         return SDXLBackbone

@@ -12,15 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from transferstudio.backbones.sdfiles.detect import FAMILY_LABELS, PICKLE_SUFFIXES, detect
+from transferstudio.backbones.sdfiles.detect import PICKLE_SUFFIXES
 
 MODEL_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES - {".bin", ".pkl", ".pickle"}
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": None,  # sd1 or sd2: decided by the UNet's cross-attention width
-    "StableDiffusionXLPipeline": "sdxl",
-    "DDPMPipeline": "ddpm",
-    "DDIMPipeline": "ddpm",
-}
 _MAX_DEPTH = 6  # user folders: deep enough for "models/<artist>/<version>/", bounded for a home folder
 _HASH_CHUNK = 4 * 1024 * 1024
 
@@ -113,19 +107,6 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
-def _component_weights_problem(folder: Path, component: str) -> str | None:
-    sub = folder / component
-    if not sub.is_dir():
-        return f"The '{component}' folder is missing."
-    names = {p.name for p in sub.iterdir()}
-    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
-        return None
-    if any(n.endswith((".bin", ".ckpt", ".pt")) for n in names):
-        return (f"The '{component}' weights are pickle files (.bin), which TransferStudio does not open; "
-                "convert them to .safetensors first.")
-    return f"The '{component}' folder holds no weights."
-
-
 def is_diffusers_folder(folder: Path) -> bool:
     if (folder / "model_index.json").is_file():
         return True
@@ -133,63 +114,29 @@ def is_diffusers_folder(folder: Path) -> bool:
     return bool(cfg and cfg.get("_class_name") == "UNet2DModel")
 
 
+def describe(path: Path, *, kind: str, source: str = "folder", name: str | None = None) -> LibraryEntry:
+    """A library entry from the one recogniser every part of the app uses: the backbone
+    registry's inspection (the same answer `transferstudio inspect` and the model panel give)."""
+    from transferstudio.backbones.registry import inspect_backbone
+
+    found = inspect_backbone(path)
+    size = found.size_bytes or (_folder_size(path) if path.is_dir() else path.stat().st_size)
+    if path.is_dir():
+        size = max(size, _folder_size(path))  # follows HF-cache symlinks to their blobs
+    return LibraryEntry(path, name or (path.name if path.is_dir() else path.stem), kind,
+                        found.variant or found.family, found.label, found.native_resolution, size,
+                        usable=found.usable, problems=found.problems,
+                        advice=found.advice or dict(found.details).get("advice", ""),
+                        prediction_type=found.prediction_type, source=source)
+
+
 def describe_diffusers_folder(folder: Path, *, kind: str = "diffusers-folder", source: str = "folder",
                               name: str | None = None) -> LibraryEntry:
-    """Build an entry from `model_index.json` (a pipeline) or a bare UNet2DModel `config.json`."""
-    name = name or folder.name
-    problems: list[str] = []
-    family: str | None = None
-    resolution: int | None = None
-    prediction: str | None = None
-    index = _read_json(folder / "model_index.json")
-    if index is not None:
-        cls = str(index.get("_class_name", ""))
-        if cls not in PIPELINE_FAMILIES:
-            problems.append(f"This is a {cls or 'unknown'} model, which TransferStudio cannot fine-tune.")
-        family = PIPELINE_FAMILIES.get(cls)
-        components = [k for k, v in index.items()
-                      if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None
-                      and k in {"unet", "vae", "text_encoder", "text_encoder_2"}]
-        unet_cfg = _read_json(folder / "unet" / "config.json") or {}
-        if cls == "StableDiffusionPipeline":
-            width = unet_cfg.get("cross_attention_dim")
-            family = {768: "sd1", 1024: "sd2"}.get(width)
-            if family is None:
-                problems.append(f"Its UNet has an unexpected text width ({width}).")
-        sched = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
-        prediction = sched.get("prediction_type", "epsilon")
-        sample = unet_cfg.get("sample_size")
-        if isinstance(sample, list):
-            sample = sample[0]
-        if isinstance(sample, int):
-            resolution = sample * 8 if family in {"sd1", "sd2", "sdxl"} else sample
-        for comp in components:
-            problem = _component_weights_problem(folder, comp)
-            if problem:
-                problems.append(problem)
-        if unet_cfg.get("in_channels", 4) == 9:
-            problems.append("This is an inpainting model, which TransferStudio cannot fine-tune as an image "
-                            "generator.")
-    else:
-        cfg = _read_json(folder / "config.json") or {}
-        family = "ddpm"
-        sample = cfg.get("sample_size")
-        resolution = sample[0] if isinstance(sample, list) else sample
-        prediction = "epsilon"
-        names = {p.name for p in folder.iterdir()}
-        if not any(n.endswith(".safetensors") for n in names):
-            problems.append("The folder holds a UNet config but no .safetensors weights.")
-    label = FAMILY_LABELS.get(family or "", "Unknown model") + " (diffusers folder)"
-    return LibraryEntry(folder, name, kind, family, label, resolution, _folder_size(folder),
-                        usable=not problems and family is not None, problems=tuple(problems),
-                        prediction_type=prediction, source=source)
+    return describe(folder, kind=kind, source=source, name=name)
 
 
 def describe_single_file(path: Path, *, source: str = "folder") -> LibraryEntry:
-    d = detect(path)
-    return LibraryEntry(path, path.stem, "single-file", d.family, d.label, d.native_resolution,
-                        d.size_bytes or (path.stat().st_size if path.is_file() else 0), d.usable,
-                        d.problems, d.advice, d.prediction_type, source)
+    return describe(path, kind="single-file", source=source)
 
 
 def _walk(root: Path, max_depth: int) -> Iterable[Path]:
@@ -291,50 +238,11 @@ def discover(roots: Sequence[Path] = (), *, a1111: Path | None = None, comfyui: 
 
 
 def describe_file(path: str | Path) -> str:
-    """Human description of a model file or folder, for `transferstudio inspect FILE`."""
+    """Human description of a model file or folder, for `transferstudio inspect`."""
+    from transferstudio.backbones.registry import inspect_backbone
+
     path = Path(path)
-    if path.is_dir():
-        if not is_diffusers_folder(path):
-            return (f"{path}\n  Not a model folder: no model_index.json (diffusers pipeline) and no "
-                    "UNet2DModel config.json.")
-        entry = describe_diffusers_folder(path)
-        lines = [str(path), f"  What:        {entry.label}"]
-        if entry.native_resolution:
-            lines.append(f"  Resolution:  {entry.native_resolution} px")
-        if entry.prediction_type:
-            lines.append(f"  Predicts:    {entry.prediction_type}")
-        lines.append(f"  Size:        {_human_size(entry.size_bytes)}")
-        lines += _verdict(entry.usable, entry.problems, entry.advice)
-        return "\n".join(lines)
-    d = detect(path)
-    lines = [str(path), f"  What:        {d.label}" + (f" ({d.kind})" if d.kind != "checkpoint" else "")]
-    if d.family:
-        lines.append(f"  Family:      {FAMILY_LABELS.get(d.family, d.family)}")
-    if d.native_resolution:
-        lines.append(f"  Resolution:  {d.native_resolution} px")
-    if d.prediction_type:
-        lines.append(f"  Predicts:    {d.prediction_type}")
-    if d.components:
-        lines.append(f"  Contains:    {', '.join(d.components)}")
-    if d.dtype:
-        lines.append(f"  Precision:   {d.dtype}")
-    lines.append(f"  Size:        {_human_size(d.size_bytes or (path.stat().st_size if path.is_file() else 0))}")
-    lines += _verdict(d.usable, d.problems, d.advice)
-    return "\n".join(lines)
-
-
-def _verdict(usable: bool, problems: Sequence[str], advice: str) -> list[str]:
-    out = ["  Usable:      yes" if usable else "  Usable:      no"]
-    out += [f"  Problem:     {p}" for p in problems]
-    if advice:
-        out.append(f"  Advice:      {advice}")
-    return out
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"
+    if path.is_dir() and not is_diffusers_folder(path):
+        return (f"{path}\n  Not a model folder: no model_index.json (diffusers pipeline) and no "
+                "UNet2DModel config.json.")
+    return inspect_backbone(path).describe()
