@@ -25,11 +25,12 @@ COMPONENTS = {"unet": True, "vae": True, "text_encoder": True, "tokenizer": Fals
 def sd_version(text_encoder_config: dict[str, Any], unet_config: dict[str, Any]) -> str:
     """The version, "1.x" or "2.x", from the text encoder width (768 / 1024); for other widths (custom or
     test models) from its activation: OpenCLIP (2.x) uses gelu, OpenAI CLIP (1.x) quick_gelu."""
+    from transferstudio.backbones.sdfiles.detect import variant_of_text_width
+
     width = text_encoder_config.get("hidden_size") or unet_config.get("cross_attention_dim")
-    if width == 768:
-        return "1.x"
-    if width == 1024:
-        return "2.x"
+    variant = variant_of_text_width(width, sdxl=False)
+    if variant is not None:
+        return "2.x" if variant == "sd2" else "1.x"
     return "2.x" if text_encoder_config.get("hidden_act") == "gelu" else "1.x"
 
 

@@ -90,6 +90,16 @@ class Detection:
             raise BackboneError(message, self.advice)
 
 
+# The one width-to-version rule: the text encoder's width (the UNet's cross-attention width).
+TEXT_WIDTH_VARIANTS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def variant_of_text_width(width: Any, *, sdxl: bool = True) -> str | None:
+    """sd1 / sd2 / sdxl from the text width, None for widths no released model has."""
+    found = TEXT_WIDTH_VARIANTS.get(width)
+    return None if found == "sdxl" and not sdxl else found
+
+
 def _looks_like_pickle(head: bytes) -> str | None:
     if head.startswith(b"PK\x03\x04"):
         return "a PyTorch pickle archive"
@@ -191,7 +201,7 @@ def _lora_family(keys: list[str], tensors: Mapping[str, TensorInfo]) -> str | No
     for k in keys:
         if "attn2" in k and "to_k" in k and ("lora_down" in k or "lora_A" in k or "lora.down" in k):
             width = tensors[k].shape[-1]
-            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
+            return variant_of_text_width(width)
     return None
 
 
@@ -293,7 +303,7 @@ def classify(header: SafetensorsHeader, *, name: str = "This file", prediction_t
     else:
         to_k = tensors.get(UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
         width = to_k.shape[-1] if to_k is not None else None
-        family = {768: "sd1", 1024: "sd2"}.get(width)
+        family = variant_of_text_width(width, sdxl=False)
         if family is None:
             if UNET + "input_blocks.10.0.skip_connection.bias" in tensors:
                 return _unknown("Stable Diffusion upscaler", "Upscaler models are not supported.",
