@@ -218,6 +218,17 @@ def project_runs(project: Any) -> list[Run]:
     return runs
 
 
+def continuable_run(project: Any) -> Run | None:
+    """The run a plain `train` continues: the newest one with a complete checkpoint. Runs that
+    never reached one (a start that failed or was killed) are passed over, so they cannot hide
+    the last good run. Damaged settings of that run: ProjectError, never a silent new run.
+    The engine and the window both ask this, so they never disagree."""
+    for folder in reversed(project.runs()):
+        if complete_checkpoints(folder):
+            return Run.open(folder)
+    return None
+
+
 def find_run(project: Any, run_id: str | None) -> Run | None:
     """The run named `run_id` (its folder name, or a unique prefix), or the newest run with a
     complete checkpoint when `run_id` is None. ProjectError naming the choices if not found."""
@@ -233,3 +244,81 @@ def find_run(project: Any, run_id: str | None) -> Run | None:
         what = "matches several runs" if folders else "is not a run of this project"
         raise ProjectError(f"'{run_id}' {what}.", f"Runs: {names} (see `transferstudio runs`).")
     return Run.open(folders[0])
+
+
+# --- what a continued run uses, and what a killed start leaves behind --------------------------
+
+def settings_differences(run_config: TrainConfig, config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(field, run's value, project's value) for every setting but `steps` that differs. A
+    continued run keeps its own settings (its checkpoints depend on them); only the total grows."""
+    out = []
+    ours, theirs = run_config.to_dict(), config.to_dict()
+    for name, value in ours.items():
+        if name != "steps" and theirs.get(name) != value:
+            out.append((name, value, theirs.get(name)))
+    return out
+
+
+def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    """'method (run: lora, project: full), learning_rate (run: 0.001, project: 0.0005)'"""
+    return ", ".join(f"{name} (run: {_shown(old)}, project: {_shown(new)})" for name, old, new in differences)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value else "''"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+# What a run folder holds before its first complete checkpoint (the trainer wrote nothing else).
+_ORPHAN_FILES = {CONFIG, METRICS, "log.txt"}
+_ORPHAN_DIRS = {PREVIEWS, CHECKPOINTS}
+
+
+def is_orphan_run(run_dir: Path) -> bool:
+    """True for a run folder left by a start that ended or was killed before its first complete
+    checkpoint: nothing in it but config.json, log.txt, metrics.jsonl, previews/ and a
+    checkpoints/ that is empty or holds only `.tmp-*` leftovers of an interrupted write.
+    Anything else in it (exports, notes, a checkpoint folder without its marker) keeps it."""
+    run_dir = Path(run_dir)
+    try:
+        if not run_dir.is_dir() or run_dir.is_symlink():
+            return False
+        for child in run_dir.iterdir():
+            if child.is_symlink():
+                return False
+            if child.name in _ORPHAN_FILES and child.is_file():
+                continue
+            if child.name in _ORPHAN_DIRS and child.is_dir():
+                continue
+            return False
+        checkpoints = run_dir / CHECKPOINTS
+        if checkpoints.is_dir() and any(not c.name.startswith(".tmp-") for c in checkpoints.iterdir()):
+            return False
+    except OSError:
+        return False
+    return True
+
+
+def remove_run_folder(run_dir: Path) -> bool:
+    """Delete an orphan run folder (checked again right before); True when it is gone."""
+    import shutil
+
+    if not is_orphan_run(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not Path(run_dir).exists()
+
+
+def remove_orphan_runs(project: Any, keep: Path | None = None) -> list[str]:
+    """Remove the project's orphan run folders (but `keep`); the names of those removed.
+    Call it only while holding the project's training lock: a run that is starting right now
+    looks exactly like an orphan."""
+    removed = []
+    for folder in project.runs():
+        if keep is not None and Path(folder) == Path(keep):
+            continue
+        if remove_run_folder(folder):
+            removed.append(folder.name)
+    return removed
