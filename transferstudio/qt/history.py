@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from transferstudio.adapt.checkpoints import latest_checkpoint  # torch-free listing
+from transferstudio.core.errors import UserError
+from transferstudio.project.run import Run, continuable_run, find_run, latest_checkpoint
 from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
 
 
@@ -20,10 +21,13 @@ from transferstudio.training.previews import preview_steps  # torch-free (PIL on
 class RunState:
     run_dir: Path
     checkpoint_step: int  # 0: no complete checkpoint
-    total: int  # the step total the run was started with
+    total: int  # the step total the run was last asked for
+    run: Run | None = None
 
     def resumable(self, wanted_total: int) -> bool:
-        """True when continuing this run would train more steps."""
+        """True when continuing this run would train more steps (the engine's own rule)."""
+        if self.run is not None:
+            return self.run.can_continue(wanted_total)
         return 0 < self.checkpoint_step < max(self.total, wanted_total)
 
 
@@ -33,25 +37,30 @@ def latest_checkpoint_step(run_dir: Path) -> int:
 
 
 def latest_run_state(project: Any) -> RunState | None:
-    run = project.latest_run()
+    """The run `train` would continue (the newest with a complete checkpoint), else the newest
+    readable run (to show its history); None when there is none or its settings are damaged."""
+    try:
+        run = continuable_run(project)
+    except UserError:
+        return None
+    if run is None:
+        folder = project.latest_run()
+        try:
+            run = Run.open(folder) if folder is not None else None
+        except UserError:
+            return None
     if run is None:
         return None
-    try:
-        total = int(json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return RunState(run_dir=run, checkpoint_step=latest_checkpoint_step(run), total=total)
+    return RunState(run_dir=run.folder, checkpoint_step=run.trained_step, total=run.total, run=run)
 
 
 def trained_method(project: Any) -> str | None:
     """The method ("lora" / "full") of the newest run that has trained weights."""
-    for run in reversed(project.runs()):
-        if latest_checkpoint_step(run) > 0:
-            try:
-                return str(json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]["method"])
-            except (OSError, ValueError, KeyError, TypeError):
-                return None
-    return None
+    try:
+        run = find_run(project, None)
+    except UserError:
+        return None
+    return run.method if run is not None else None
 
 
 def has_trained_weights(project: Any) -> bool:
