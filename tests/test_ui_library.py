@@ -193,7 +193,8 @@ def test_library_button_sets_and_inspects_the_backbone(qtbot, settings, tmp_path
 # --- export destinations ----------------------------------------------------------------------
 def test_export_dialog_offers_the_a1111_lora_folder_and_never_overwrites(qtbot, settings, tmp_path, a1111):
     save_library_settings(settings, {"a1111": str(a1111), "comfyui": str(tmp_path / "not-installed")})
-    project = SimpleNamespace(folder=tmp_path / "proj", name="My style", config=SimpleNamespace(method="lora"))
+    project = SimpleNamespace(folder=tmp_path / "proj", name="My style", config=SimpleNamespace(method="lora"),
+                              runs=lambda: [])  # a project without runs on disk
     dialog = ExportDialog(project, family="sd1", method="lora", settings=settings)
     qtbot.addWidget(dialog)
     qtbot.waitUntil(dialog.formats_ready, timeout=LONG)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from transferstudio.core.errors import UserError
-from transferstudio.project.run import Run, continuable_run, find_run, latest_checkpoint
+from transferstudio.project.run import Run, continuable_run, find_run, latest_checkpoint, project_runs
 from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
 
 
@@ -61,6 +61,11 @@ def trained_method(project: Any) -> str | None:
     except UserError:
         return None
     return run.method if run is not None else None
+
+
+def trained_runs(project: Any) -> list[Run]:
+    """Every run with a complete checkpoint, newest first (the window offers any of them)."""
+    return [run for run in reversed(project_runs(project)) if run.latest is not None]
 
 
 def has_trained_weights(project: Any) -> bool:

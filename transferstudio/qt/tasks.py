@@ -35,10 +35,14 @@ def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]
     return formats_for(family, method)
 
 
-def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, strength: float = 1.0) -> Any:
+def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, strength: float = 1.0,
+                   run_dir: str | Path | None = None) -> Any:
     from transferstudio.export.formats import export
+    from transferstudio.project.lock import check_not_training
 
-    return export(project, Path(out), fmt, strength=strength, overwrite=overwrite)
+    check_not_training(project.folder)  # another process writes and prunes its checkpoints
+    return export(project, Path(out), fmt, strength=strength, overwrite=overwrite,
+                  run_dir=Path(run_dir) if run_dir else None)
 
 
 def sample_project_available() -> bool:
@@ -96,7 +100,9 @@ class CompareSession:
 
     def _load(self) -> Any:
         from transferstudio.adapt.restore import find_trained, load_trained
+        from transferstudio.project.lock import check_not_training
 
+        check_not_training(self.project.folder)  # another process writes and prunes its checkpoints
         _, found = find_trained(self.project)
         if self._model is None or found.path != self._checkpoint:
             self._model = load_trained(self.project)

@@ -10,7 +10,7 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from transferstudio.qt import tasks
+from transferstudio.qt import history, tasks
 from transferstudio.qt.workers import TaskWorker
 from transferstudio.ui.preferences_dialog import library_settings
 
@@ -110,14 +110,42 @@ class ExportDialog(QDialog):
         layout.addLayout(result_row)
         layout.addWidget(self.buttons)
 
-        # Reading FORMATS imports the export engine (torch): do it off the GUI thread.
-        self._formats_task = TaskWorker(tasks.export_formats, family, method or project.config.method,
-                                        name="export-formats")
-        self._formats_task.succeeded.connect(self._set_formats)
-        self._formats_task.failed.connect(lambda m, a: self._show_error(m, a))
-        self._formats_task.crashed.connect(lambda _t: self._show_error("Could not list export formats.",
-                                                                       "See the log file."))
-        self._formats_task.start()
+        # Which run to export: any run with a complete checkpoint (newest first); the row shows
+        # only when there is a choice.
+        self.run = QComboBox()
+        self.run.setToolTip("The training run to export (its last complete checkpoint). "
+                            "`transferstudio runs` lists the same runs.")
+        for trained in history.trained_runs(project):
+            self.run.addItem(f"{trained.id} — {trained.method}, {trained.trained_step}/{trained.total} steps",
+                             (str(trained.folder), trained.method))
+        form.insertRow(0, "Run", self.run)
+        form.setRowVisible(self.run, self.run.count() > 1)
+        self._family = family
+        self.run.currentIndexChanged.connect(lambda *_: self._load_formats(self.run_method()))
+        self._formats_tasks: list[TaskWorker] = []
+        self._load_formats(method or self.run_method() or project.config.method)
+
+    def _load_formats(self, method: str | None) -> None:
+        # Reading the formats imports the export engine (torch): do it off the GUI thread.
+        self.format.setEnabled(False)
+        self.export_button.setEnabled(False)
+        task = TaskWorker(tasks.export_formats, self._family, method or self.project.config.method,
+                          name="export-formats")
+        # Only the newest list counts (the run may change again while one is loading).
+        task.succeeded.connect(lambda formats, t=task: self._set_formats(formats) if t is self._formats_task else None)
+        task.failed.connect(lambda m, a: self._show_error(m, a))
+        task.crashed.connect(lambda _t: self._show_error("Could not list export formats.", "See the log file."))
+        self._formats_tasks.append(task)
+        self._formats_task = task
+        task.start()
+
+    def run_method(self) -> str | None:
+        data = self.run.currentData()
+        return data[1] if data else None
+
+    def run_dir(self) -> str | None:
+        data = self.run.currentData()
+        return data[0] if data else None
 
     # --- formats ----------------------------------------------------------------------
     def _set_formats(self, formats: list[tuple[str, str, str]]) -> None:
@@ -229,7 +257,7 @@ class ExportDialog(QDialog):
                 overwrite = True
         out.parent.mkdir(parents=True, exist_ok=True)
         self.task = TaskWorker(tasks.export_project, self.project, out, self.selected_format(), overwrite,
-                               self.strength.value(), name="export")
+                               self.strength.value(), self.run_dir(), name="export")
         self.task.succeeded.connect(self._on_exported)
         self.task.failed.connect(self._show_error)
         self.task.crashed.connect(lambda _t: self._show_error(
@@ -267,10 +295,10 @@ class ExportDialog(QDialog):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     def is_busy(self) -> bool:
-        return self.task is not None or self._formats_task.is_running()
+        return self.task is not None or any(t.is_running() for t in self._formats_tasks)
 
     def wait(self, timeout_s: float) -> bool:
-        ok = self._formats_task.wait(timeout_s)
+        ok = all(t.wait(timeout_s) for t in self._formats_tasks)
         return ok and (self.task is None or self.task.wait(timeout_s))
 
     def reject(self) -> None:

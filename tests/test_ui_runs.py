@@ -1,0 +1,43 @@
+"""Every run of a project can be exported from the window, not only the newest."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transferstudio.core.events import Finished
+from transferstudio.project.config import TrainConfig
+from transferstudio.project.project import create_project
+from transferstudio.training.trainer import TrainJob, train
+from transferstudio.ui.export_dialog import ExportDialog
+
+pytestmark = pytest.mark.usefixtures("no_worker_threads_left")
+
+
+def test_export_dialog_exports_the_run_the_user_picks(qtbot, tmp_path, tiny_ddpm, image_folder):
+    config = TrainConfig(method="lora", steps=2, batch_size=2, rank=2, alpha=2, preview_every=0,
+                         preview_seeds=[1], preview_steps=2, checkpoint_every=2, device="cpu", precision="fp32")
+    project = create_project(tmp_path / "project", backbone=tiny_ddpm, images=image_folder, config=config)
+    for _ in range(2):  # two fresh runs
+        ends = [e for e in train(TrainJob(project, fresh=True)) if isinstance(e, Finished)]
+        assert ends
+    older, newer = project.runs()
+
+    dialog = ExportDialog(project, method="lora")
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(dialog.formats_ready, timeout=60_000)
+    assert dialog.run.count() == 2 and dialog.run.isVisibleTo(dialog)
+    assert dialog.run_dir() == str(newer)  # the newest run first
+    dialog.run.setCurrentIndex(1)
+    qtbot.waitUntil(dialog.formats_ready, timeout=60_000)
+    assert dialog.run_dir() == str(older)
+
+    dialog.name.setText("older-run")
+    with qtbot.waitSignal(dialog.exported, timeout=120_000):
+        dialog.start_export()
+    qtbot.waitUntil(lambda: not dialog.is_busy(), timeout=60_000)
+    manifest = json.loads((project.folder / "exports" / "older-run.json").read_text())
+    assert manifest["run"]["folder"] == str(older)
+    assert [row["format"] for row in
+            (json.loads(line) for line in (older / "exports.jsonl").read_text().splitlines())] == ["diffusers"]
+    assert not (newer / "exports.jsonl").exists()
