@@ -135,19 +135,7 @@ class Run:
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl rows; lines cut by a crash are skipped."""
-        rows = []
-        try:
-            lines = (self.folder / METRICS).read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return rows
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-        return rows
+        return [row for row in read_jsonl(self.folder / METRICS) if isinstance(row.get("step"), int)]
 
     def final_loss(self, step: int | None = None) -> float | None:
         loss = None
@@ -172,19 +160,7 @@ class Run:
         return sorted(steps)
 
     def exports(self) -> list[dict[str, Any]]:
-        rows = []
-        try:
-            lines = (self.folder / EXPORTS).read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return rows
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        return read_jsonl(self.folder / EXPORTS)
 
     def describe(self) -> str:
         """One line for `transferstudio runs`."""
@@ -199,6 +175,23 @@ class Run:
         if self.can_continue():
             parts.append("can continue")
         return "  ".join(parts)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, one per line; a line cut by a crash is skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def record_export(run_dir: Path, row: dict[str, Any]) -> None:
