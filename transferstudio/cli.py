@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=Path)
     p.add_argument("--steps", type=_step_count, help="total steps (raise it to train further)")
     p.add_argument("--fresh", action="store_true", help="start a new run instead of continuing")
+    p.add_argument("--keep-run-settings", action="store_true",
+                   help="continue the run with the settings it was started with even though the project's "
+                        "settings have changed since (without it, `train` refuses and names the changes)")
     p.add_argument("--run", metavar="ID", help="continue this run (see `runs`) instead of the latest")
 
     p = sub.add_parser("runs", help="list a project's runs: steps, loss, exports, whether it can continue")
@@ -231,7 +234,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     printer = _TrainPrinter.make()
     try:
-        printer.run(train(TrainJob(project, steps=args.steps, fresh=args.fresh, run_id=args.run), commands))
+        printer.run(train(TrainJob(project, steps=args.steps, fresh=args.fresh, run_id=args.run,
+                                   keep_run_settings=args.keep_run_settings), commands))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -282,12 +286,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from transferstudio.backbones.registry import load_backbone
     from transferstudio.project.project import load_project
     from transferstudio.adapt.restore import load_trained
+    from transferstudio.project.lock import check_not_training
 
     project = load_project(args.project)
-    if args.base:
+    if args.base:  # the base model alone: no run is read, so a training elsewhere does not matter
         backbone = load_backbone(project.backbone, prediction_type=project.prediction_type)
         steps = args.steps or project.config.preview_steps
     else:
+        check_not_training(project.folder)  # its checkpoints are being written and pruned
         trained = load_trained(project, _run_dir(project, args.run))
         trained.trainee.set_strength(args.strength)
         backbone = trained.backbone
@@ -313,9 +319,11 @@ def _run_dir(project: Any, run_id: str | None) -> Path | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from transferstudio.export.formats import export
+    from transferstudio.project.lock import check_not_training
     from transferstudio.project.project import load_project
 
     project = load_project(args.project)
+    check_not_training(project.folder)  # its checkpoints are being written and pruned
     result = export(project, args.out, args.format, strength=args.strength, fp16=args.fp16,
                     overwrite=args.overwrite, run_dir=_run_dir(project, args.run))
     print(f"exported {result.kind} weights from step {result.step} to {result.path}")

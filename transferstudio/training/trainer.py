@@ -29,8 +29,10 @@ from transferstudio.core.errors import UserError
 from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed,
                                         Started, Step, Stopped)
 from transferstudio.project.config import TrainConfig
+from transferstudio.project.lock import ProjectLock
 from transferstudio.project.project import Project
-from transferstudio.project.run import Run, find_run
+from transferstudio.project.run import (Run, describe_differences, find_run, remove_orphan_runs, remove_run_folder,
+                                        settings_differences)
 from transferstudio.training.device import autocast_dtype, choose_device, frozen_dtype
 from transferstudio.training.previews import preview_prompts, save_previews
 
@@ -42,6 +44,7 @@ class TrainJob:
     fresh: bool = False  # start a new run even when the last one can be continued
     backbone: Backbone | None = None  # an already loaded, untouched backbone (optional)
     run_id: str | None = None  # continue this run (folder name) instead of the latest
+    keep_run_settings: bool = False  # continue even when the project's settings now differ from the run's
 
 
 def train(job: TrainJob, commands: Commands | None = None) -> Iterator[Any]:
@@ -51,21 +54,36 @@ def train(job: TrainJob, commands: Commands | None = None) -> Iterator[Any]:
     yield from trainer.events()
 
 
-def choose_run(project: Project, *, steps: int | None, fresh: bool,
-               run_id: str | None = None) -> tuple[Run | None, TrainConfig]:
+class SettingsChanged(UserError):
+    """The project's settings differ from those of the run `train` would continue."""
+
+    def __init__(self, run: Run, differences: list[tuple[str, Any, Any]]) -> None:
+        super().__init__(f"The project's settings differ from those of the run {run.id} that `train` would "
+                         f"continue: {describe_differences(differences)}.",
+                         "Run `train --fresh` to start a new run with the project's settings, or "
+                         "`train --keep-run-settings` to continue the run with its own.")
+        self.run, self.differences = run, differences
+
+
+def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str | None = None,
+               keep_run_settings: bool = True) -> tuple[Run | None, TrainConfig]:
     """Which run a `train` continues (None: a new run) and the settings it will use.
 
     A continued run keeps the settings it was started with (its learning-rate schedule, method
-    and adapter shape are part of its checkpoints); only the step total can grow."""
+    and adapter shape are part of its checkpoints); only the step total can grow. When the
+    project's settings differ in anything else, SettingsChanged unless `keep_run_settings`."""
     run = None
     if not fresh:
         run = find_run(project, run_id) if run_id else _latest_with_checkpoint(project)
     if run is not None and run.latest is not None:
         config = TrainConfig.from_dict(run.config.to_dict())
-        config.steps = steps or max(project.config.steps, config.steps)
+        config.steps = steps or max(project.config.steps, run.total)
         if run.latest.step >= config.steps:
             raise UserError(f"This project has already trained {run.latest.step} of {config.steps} steps.",
                             "Ask for more steps to train further, or start a fresh run.")
+        differences = settings_differences(run.config, project.config)
+        if differences and not keep_run_settings:
+            raise SettingsChanged(run, differences)
         return run, config
     if run_id is not None and run is not None:
         raise UserError(f"The run {run.id} has no complete checkpoint to continue from.",
@@ -104,9 +122,29 @@ class Trainer:
         self.batch_index = 0
         self.last_loss = float("nan")
         self.checkpoint: Path | None = None
+        self.lock = ProjectLock(self.project.folder)
+        self.notes: list[Message] = []  # said after Started: a stale lock taken over, orphans removed…
+        self.run_dir: Path | None = None
+        self.new_run = False  # this trainer made run_dir (and removes it if it ends without a checkpoint)
 
     # --- the run, start to end ---------------------------------------------------------
     def events(self) -> Iterator[Any]:
+        try:
+            yield from self._guarded_events()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """The end of every run (finished, stopped, failed, an exception, or the consumer walking
+        away): a new run folder that never got a complete checkpoint is removed, and the project's
+        lock is released."""
+        try:
+            if self.new_run and self.run_dir is not None and not ckpt.complete_checkpoints(self.run_dir):
+                remove_run_folder(self.run_dir)
+        finally:
+            self.lock.release()
+
+    def _guarded_events(self) -> Iterator[Any]:
         try:
             yield from self._events()
         except UserError as exc:
@@ -125,6 +163,7 @@ class Trainer:
         self.prepare()
         self.resume()
         yield self.started_event()
+        yield from self.notes
         for skipped in self.scan.skipped:
             yield Message(f"Skipped {skipped.path.name}: {skipped.reason}", "warning")
         commands = self.commands
@@ -138,6 +177,7 @@ class Trainer:
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics:
             while self.step < self.total:
                 yield self.train_step()
+                yield from self.picture_problems()
                 if commands.paused and not commands.stop_requested:
                     self.log(f"paused at step {self.step}")
                     yield Paused(self.step)
@@ -170,7 +210,16 @@ class Trainer:
         from transferstudio.data.scan import scan_images
 
         job, project = self.job, self.project
-        self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh, run_id=job.run_id)
+        taken_over = self.lock.acquire()  # first: a refused second trainer changes nothing
+        if taken_over:
+            self.notes.append(Message(taken_over, "warning"))
+        self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh, run_id=job.run_id,
+                                      keep_run_settings=job.keep_run_settings)
+        self._note_continuation(config)
+        removed = remove_orphan_runs(project, keep=self.run.folder if self.run is not None else None)
+        if removed:
+            self.notes.append(Message(f"Removed {len(removed)} unfinished run folder(s) left by a training that "
+                                      f"ended before its first checkpoint: {', '.join(removed)}.", "info"))
         problems = config.problems()
         if problems:
             raise UserError("Invalid settings: " + "; ".join(problems), "Fix the values and start again.")
@@ -197,6 +246,23 @@ class Trainer:
         self.run_dir = self.run.folder if self.run is not None else self._new_run_dir()
         self.prompts = preview_prompts(config, [r.caption for r in self.scan.images], backbone.caps.conditioning)
 
+    def _note_continuation(self, config: TrainConfig) -> None:
+        """What a continued run uses, when that is not what the project says."""
+        run = self.run
+        if run is None or run.latest is None:
+            return
+        differences = settings_differences(run.config, self.project.config)
+        if differences:  # only when asked to keep the run's settings (choose_run refuses otherwise)
+            self.notes.append(Message(f"The run {run.id} continues with its own settings, not the project's: "
+                                      f"{describe_differences(differences)}.", "warning"))
+        planned = run.latest.state.get("total")
+        planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else run.config.steps
+        if config.schedule in ("cosine", "linear") and planned != config.steps:
+            self.notes.append(Message(
+                f"The {config.schedule} learning-rate schedule is re-planned from {planned} to {config.steps} "
+                f"steps: from step {run.latest.step} on, the rate follows the {config.steps}-step curve, not "
+                f"the {planned}-step one it was on.", "info"))
+
     def _phase_state(self, phase: Phase) -> _PhaseState:
         from diffusers.optimization import get_scheduler
 
@@ -222,6 +288,7 @@ class Trainer:
 
     def _new_run_dir(self) -> Path:
         run_dir = self.project.new_run_dir()
+        self.run_dir, self.new_run = run_dir, True  # removed again if the run ends before a checkpoint
         write_json_atomic(run_dir / "config.json", {
             "app_version": __version__, "backbone": str(self.project.backbone), "images": str(self.project.images),
             "prediction_type": self.project.prediction_type, "config": self.config.to_dict()})
@@ -276,6 +343,7 @@ class Trainer:
         return batch
 
     def train_step(self) -> Step:
+        self.check_run_dir()
         config = self.config
         t0 = time.perf_counter()
         micro = [self._next_batch() for _ in range(config.gradient_accumulation)]
@@ -327,6 +395,7 @@ class Trainer:
 
     # --- previews and checkpoints ---------------------------------------------------------
     def preview(self, at: int) -> Preview:
+        self.check_run_dir()
         config = self.config
         with _EMAWeights(self.ema, getattr(self, "ema_params", [])):
             pics = self.backbone.sample(seeds=config.preview_seeds, prompts=self.prompts, steps=config.preview_steps)
@@ -336,6 +405,7 @@ class Trainer:
                        seeds=tuple(config.preview_seeds), paths=tuple(paths))
 
     def save(self) -> Checkpoint:
+        self.check_run_dir()
         first, *others = self.phases
         bundle: dict[str, Any] = {"optimizer": first.optimizer.state_dict(),
                                   "lr_scheduler": first.schedule.state_dict()}
@@ -364,7 +434,26 @@ class Trainer:
         self.log(f"checkpoint {path.name}")
         return Checkpoint(step=self.step, path=path)
 
+    def check_run_dir(self) -> None:
+        """The run folder must still be there: writing into a deleted one would recreate it
+        without its settings and early metrics, and the next `train` would start from 0."""
+        if self.run_dir is not None and not self.run_dir.is_dir():
+            raise UserError(f"The run folder {self.run_dir} was deleted or moved while training, so training "
+                            f"stopped at step {self.step}.",
+                            "Nothing was written after that; `train` again starts a new run, or continues "
+                            "another run of the project that has a checkpoint.")
+
+    def picture_problems(self) -> Iterator[Message]:
+        """A warning for each picture that could not be read during training (another picture of
+        the same size took its place), also written to the run's log."""
+        for problem in self.images.take_problems():
+            text = f"Skipped {problem.path.name} during training: {problem.reason}"
+            self.log(f"skipped during training {problem.path}: {problem.reason}")
+            yield Message(text + "; another picture of the same size takes its place.", "warning")
+
     def log(self, text: str) -> None:
+        if self.run_dir is None or not self.run_dir.is_dir():
+            return  # never recreate a run folder that was deleted (check_run_dir says so)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with (self.run_dir / "log.txt").open("a", encoding="utf-8") as fh:
             fh.write(f"{stamp} {text}\n")
