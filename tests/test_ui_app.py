@@ -390,3 +390,77 @@ def test_unexpected_errors_reach_the_log_and_a_dialog(qtbot, user_home, monkeypa
         for handler in [h for h in root.handlers if getattr(h, "baseFilename", "") == str(path)]:
             root.removeHandler(handler)
             handler.close()
+
+
+# --- issue 12: a project training elsewhere, and settings changed since the last run ---------------
+
+def _hold_project_lock(folder: Path) -> subprocess.Popen:
+    """Another process that holds the project's training lock until it is killed."""
+    code = ("import sys; from transferstudio.project.lock import ProjectLock; ProjectLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); sys.stdin.readline()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_start_export_and_compare_refuse_a_project_training_elsewhere(qtbot, make_window, project):
+    import socket
+
+    from transferstudio.core.errors import UserError
+    from transferstudio.qt import tasks
+
+    holder = _hold_project_lock(project.folder)
+    sentence = f"This project is training in another process (pid {holder.pid} on {socket.gethostname()})."
+    try:
+        window = make_window()
+        open_and_inspect(qtbot, window, project.folder)
+        window.start_training()
+        end = wait_run_end(qtbot, window)
+        assert type(end).__name__ == "Failed" and end.message == sentence
+        assert window.answers.problems[0][1] == sentence
+        assert load_project(project.folder).runs() == [], "nothing was started"
+        with pytest.raises(UserError, match=r"training in another process \(pid"):
+            tasks.export_project(project, project.folder.parent / "out.safetensors", "diffusers", False)
+        with pytest.raises(UserError, match=r"training in another process \(pid"):
+            tasks.CompareSession(project).compare(1, "", 1.0, 2)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_changed_settings_are_named_and_the_choice_is_kept(qtbot, make_window, project):
+    from transferstudio.training.trainer import TrainJob, train
+
+    assert isinstance(list(train(TrainJob(project, steps=2)))[-1], Finished)  # 2 of 200 steps saved
+    run_dir = project.runs()[0]
+    window = make_window()
+    texts: list[str] = []
+    ask = window.ask
+    window.ask = lambda title, text, *a, **k: (texts.append(text), ask(title, text, *a, **k))[1]
+    window.answers.replies = [Btn.No]  # "Continue training?" when it opens: not yet
+    open_and_inspect(qtbot, window, project.folder)
+    assert texts and "differ" not in texts[-1]
+    window.settings_form.set_config(fast_config(200, learning_rate=5e-4))
+
+    window.answers.replies = [Btn.Yes]  # continue, with the run's own settings
+    started = start_and_wait_started(qtbot, window)
+    assert "learning_rate (run: 0.001, project: 0.0005)" in texts[-1] and "run's own settings" in texts[-1]
+    assert started.start_step == 2 and started.run_dir == run_dir
+    with qtbot.waitSignal(window.train_view.steps_received, timeout=LONG):
+        pass
+    window.train_view.stop()
+    assert isinstance(wait_run_end(qtbot, window), Stopped)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] > 2 and all(row["lr"] == 1e-3 for row in rows), "the run's learning rate"
+
+    window.answers.replies = [Btn.No]  # start a new run with the settings on screen
+    started = start_and_wait_started(qtbot, window)
+    assert "learning_rate (run: 0.001, project: 0.0005)" in texts[-1]
+    assert started.start_step == 0 and started.run_dir != run_dir
+    with qtbot.waitSignal(window.train_view.steps_received, timeout=LONG):
+        pass
+    window.train_view.stop()
+    assert isinstance(wait_run_end(qtbot, window), Stopped)
+    assert json.loads((started.run_dir / "config.json").read_text())["config"]["learning_rate"] == 5e-4
+    assert window.answers.problems == []

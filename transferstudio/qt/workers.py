@@ -112,13 +112,17 @@ class TrainingWorker(QObject):
     done = Signal()  # the thread has ended (after `ended` or `crashed`)
 
     def __init__(self, project: Any, *, fresh: bool = False, steps: int | None = None,
+                 keep_run_settings: bool = False,
                  train_fn: Callable[[Any, Commands], Iterable[Any]] | None = None,
                  parent: QObject | None = None) -> None:
-        """`train_fn(job, commands)` replaces the engine's `train` (tests feed scripted events)."""
+        """`train_fn(job, commands)` replaces the engine's `train` (tests feed scripted events).
+        `keep_run_settings`: continue the last run with its own settings although the project's
+        differ (the window asks first; without it the engine refuses and names the differences)."""
         super().__init__(parent)
         self.project = project
         self._train_fn = train_fn
         self.fresh = fresh
+        self.keep_run_settings = keep_run_settings
         self.total_steps = steps
         self.commands = Commands()
         self._pending: list[Step] = []
@@ -169,7 +173,8 @@ class TrainingWorker(QObject):
         try:
             from transferstudio.training.trainer import TrainJob, train  # imports torch: worker only
 
-            job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh)
+            job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh,
+                           keep_run_settings=self.keep_run_settings)
             for event in (self._train_fn or train)(job, self.commands):
                 self._dispatch(event)
             if self._end is None:  # the contract says one end event; never leave the GUI waiting

@@ -19,6 +19,7 @@ from transferstudio.core.errors import UserError
 from transferstudio.core.paths import user_data_dir, user_log_dir
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import Project, create_project, load_project
+from transferstudio.project.run import Run, describe_differences, settings_differences
 from transferstudio.qt import history, tasks
 from transferstudio.qt.workers import TaskWorker, live_threads
 from transferstudio.ui.backbone_panel import BackbonePanel
@@ -321,13 +322,27 @@ class MainWindow(QMainWindow):
         state = history.latest_run_state(project)
         if state is None or not state.resumable(project.config.steps):
             return
+        changed = self._changed_settings(state, project.config)
+        note = (f"\n\nIts settings differ from the project's: {describe_differences(changed)}. A continued "
+                "run keeps its own settings (its checkpoints depend on them).") if changed else ""
         answer = self.ask("Continue training?",
                           f"This project has an unfinished run: {state.checkpoint_step} of "
-                          f"{max(state.total, project.config.steps)} steps are saved.\n\n"
-                          "Continue training it now?")
+                          f"{max(state.total, project.config.steps)} steps are saved.{note}\n\n"
+                          "Continue training it now" + (" with the run's settings?" if changed else "?"))
         if answer == Btn.Yes:
             self._work_tab(self.train_view)
-            self._start(fresh=False)
+            self._start(fresh=False, keep_run_settings=bool(changed))
+
+    @staticmethod
+    def _changed_settings(state: Any, config: TrainConfig) -> list[tuple[str, Any, Any]]:
+        """(field, run's value, current value) where the run a Start would continue differs."""
+        run = getattr(state, "run", None)
+        if run is None:
+            try:
+                run = Run.open(state.run_dir)
+            except UserError:
+                return []
+        return settings_differences(run.config, config)
 
     def open_sample_project(self) -> None:
         if not tasks.sample_project_available() or self._sample_task is not None:
@@ -546,18 +561,26 @@ class MainWindow(QMainWindow):
             return
         state = history.latest_run_state(self.project)
         cfg = self.settings_form.config()
-        fresh = True
+        fresh, keep = True, False
         if state is not None and state.resumable(cfg.steps):
-            answer = self.ask("Continue or start over?",
-                              f"The last run stopped at step {state.checkpoint_step} of "
-                              f"{max(state.total, cfg.steps)}.\n\nContinue it? (No starts a new run "
-                              "with the current settings.)", Btn.Yes | Btn.No | Btn.Cancel, Btn.Yes)
+            changed = self._changed_settings(state, cfg)
+            if changed:  # never continue silently with settings other than those on screen
+                text = (f"The last run stopped at step {state.checkpoint_step} of {max(state.total, cfg.steps)}. "
+                        f"Its settings differ from the current ones: {describe_differences(changed)}.\n\n"
+                        "Continue it with the run's own settings (its checkpoints depend on them)? "
+                        "No starts a new run with the current settings.")
+            else:
+                text = (f"The last run stopped at step {state.checkpoint_step} of "
+                        f"{max(state.total, cfg.steps)}.\n\nContinue it? (No starts a new run "
+                        "with the current settings.)")
+            answer = self.ask("Continue or start over?", text, Btn.Yes | Btn.No | Btn.Cancel, Btn.Yes)
             if answer == Btn.Cancel:
                 return
             fresh = answer != Btn.Yes
-        self._start(fresh=fresh)
+            keep = not fresh and bool(changed)
+        self._start(fresh=fresh, keep_run_settings=keep)
 
-    def _start(self, *, fresh: bool) -> bool:
+    def _start(self, *, fresh: bool, keep_run_settings: bool = False) -> bool:
         assert self.project is not None
         cfg = self.settings_form.config()
         problems = cfg.problems()
@@ -578,7 +601,7 @@ class MainWindow(QMainWindow):
         if not self.save_project():
             return False
         self._work_tab(self.train_view)
-        self.train_view.start_run(self.project, fresh=fresh)
+        self.train_view.start_run(self.project, fresh=fresh, keep_run_settings=keep_run_settings)
         return True
 
     def _toggle_pause(self) -> None:

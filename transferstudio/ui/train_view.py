@@ -332,11 +332,13 @@ class TrainView(QWidget):
         self._follow_latest = True
         self._refresh_slider()
 
-    def start_run(self, project: Any, *, fresh: bool, steps: int | None = None) -> TrainingWorker:
-        """Start training `project` on a worker thread (continue its last run unless `fresh`)."""
+    def start_run(self, project: Any, *, fresh: bool, steps: int | None = None,
+                  keep_run_settings: bool = False) -> TrainingWorker:
+        """Start training `project` on a worker thread (continue its last run unless `fresh`;
+        with the run's own settings even where the project's differ, if `keep_run_settings`)."""
         assert not self.is_running(), "a run is already going"
         self.project = project
-        worker = TrainingWorker(project, fresh=fresh, steps=steps)
+        worker = TrainingWorker(project, fresh=fresh, steps=steps, keep_run_settings=keep_run_settings)
         worker.started.connect(self._on_started)
         worker.steps.connect(self._on_steps)
         worker.preview.connect(self._on_preview)
