@@ -129,6 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a place it may not write, wherever it happens: one sentence
+        from transferstudio.core import storage
+
+        problem = storage.user_error(exc, Path.cwd())
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -156,12 +164,28 @@ def cmd_new(args: argparse.Namespace) -> int:
     if problems:
         raise ProjectError("Invalid settings: " + "; ".join(problems) + ".", "Fix the values and try again.")
     scan = scan_images(args.images, trigger=config.trigger)  # no usable picture: one sentence now
-    project = create_project(args.project, backbone=args.backbone, images=args.images, name=args.name,
-                             config=config, prediction_type="v_prediction" if args.v_prediction else "")
+    project = _create(create_project, args.project, backbone=args.backbone, images=args.images, name=args.name,
+                      config=config, prediction_type="v_prediction" if args.v_prediction else "")
     print(f"created {project.file} ({found.label}, {config.method}, {config.steps} steps; {scan.summary()})")
     for skipped in scan.skipped:
         print(f"warning: {skipped.path} will be skipped: {skipped.reason}", file=sys.stderr)
     return 0
+
+
+def _create(create: Any, folder: Path, **kwargs: Any) -> Any:
+    """create_project, with a full disk or a folder it may not write to as one sentence (the
+    project folder is not left behind: create_project removes what it made)."""
+    from transferstudio.core import storage
+    from transferstudio.core.errors import ProjectError
+
+    try:
+        return create(folder, **kwargs)
+    except OSError as exc:
+        problem = storage.user_error(exc, Path(folder).parent, what=f"the project could not be created in {folder}",
+                                     advice="Nothing was created.", cls=ProjectError)
+        if problem is None:
+            raise
+        raise problem from None
 
 
 class _TrainPrinter:
@@ -295,17 +319,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         check_not_training(project.folder)  # its checkpoints are being written and pruned
         trained = load_trained(project, _run_dir(project, args.run))
+        for warning in trained.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         trained.trainee.set_strength(args.strength)
         backbone = trained.backbone
         steps = args.steps or trained.config.preview_steps
     prompts = None
     if backbone.caps.conditioning == "text":
         prompts = [args.prompt or project.config.trigger or "a picture"]
-    image = backbone.sample(seeds=[args.seed], prompts=prompts, steps=steps)[0]
+    image = _sample_checked(backbone, None if args.base else trained, project, seeds=[args.seed], prompts=prompts,
+                            steps=steps)[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def _sample_checked(backbone: Any, trained: Any, project: Any, **kwargs: Any) -> list[Any]:
+    """backbone.sample, refused when the denoiser's output was not a number (a diverged run
+    gives black pictures that look like a result)."""
+    from transferstudio.adapt.health import WatchOutputs, fresh_advice
+
+    with WatchOutputs([backbone.denoiser]) as watch:
+        images = backbone.sample(**kwargs)
+    if not watch.finite:
+        if trained is None:
+            raise UserError("The base model's output is not a number, so it makes no picture.",
+                            "Check the model with `transferstudio inspect`.")
+        raise UserError(f"The trained model (step {trained.checkpoint.step} of run {trained.run_dir.name}) gives "
+                        "output that is not a number: that run diverged, and its pictures would be black.",
+                        "Sample another run (`--run`, see `transferstudio runs`). " + fresh_advice(project.folder))
+    return images
 
 
 def _run_dir(project: Any, run_id: str | None) -> Path | None:
@@ -326,6 +370,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_not_training(project.folder)  # its checkpoints are being written and pruned
     result = export(project, args.out, args.format, strength=args.strength, fp16=args.fp16,
                     overwrite=args.overwrite, run_dir=_run_dir(project, args.run))
+    for warning in getattr(result, "warnings", ()):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.kind} weights from step {result.step} to {result.path}")
     return 0
 

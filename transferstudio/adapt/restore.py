@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transferstudio.backbones.base import Backbone
 from transferstudio.core.errors import CheckpointError
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import Project
 from transferstudio.adapt import checkpoints as ckpt
+from transferstudio.adapt import health
 from transferstudio.adapt.trainee import Trainee, run_config
 
 
@@ -19,32 +21,80 @@ class TrainedModel:
     config: TrainConfig
     run_dir: Path
     checkpoint: ckpt.CheckpointInfo
+    warnings: tuple[str, ...] = ()  # damaged or diverged checkpoints passed over, one sentence each
 
 
-def find_trained(project: Project, run_dir: Path | None = None) -> tuple[Path, ckpt.CheckpointInfo]:
-    """The newest run (or `run_dir`) and its last complete checkpoint."""
+def find_trained(project: Project, run_dir: Path | None = None, *, problems: list[str] | None = None,
+                 skip: Any = ()) -> tuple[Path, ckpt.CheckpointInfo]:
+    """The newest run (or `run_dir`) and its newest complete checkpoint whose files are whole.
+    Damaged checkpoints are passed over; a sentence for each is added to `problems`. `skip`:
+    checkpoint folders not to use (e.g. found to hold weights that are not numbers)."""
     runs = [Path(run_dir)] if run_dir else list(reversed(project.runs()))
+    damaged: list[str] = []
     for run in runs:
-        found = ckpt.latest_checkpoint(run)
-        if found is not None and (run / "config.json").is_file():
+        if not (run / "config.json").is_file():
+            continue
+        candidates = [c for c in ckpt.complete_checkpoints(run) if c.path not in set(skip)]
+        if candidates:
+            run_config(run)  # unusable run settings: that sentence first (ProjectError naming the file)
+        found, bad = ckpt.newest_good(candidates)
+        damaged += [ckpt.damaged_words(info, why) for info, why in bad]
+        if found is not None:
+            if problems is not None:
+                problems.extend(damaged)
             return run, found
+    if damaged:
+        raise CheckpointError(f"{damaged[0]}, and no earlier checkpoint can be used.",
+                              f"Train again: `transferstudio train {project.folder} --fresh`.")
     raise CheckpointError("This project has no trained weights yet.", "Train it first.")
 
 
 def load_trained(project: Project, run_dir: Path | None = None, *, use_ema: bool = True,
                  backbone: Backbone | None = None) -> TrainedModel:
+    """The newest usable trained weights on a freshly loaded backbone. Damaged checkpoints and
+    ones whose weights are not numbers (a diverged run) are passed over for the one before;
+    `warnings` says which, in one sentence each."""
     from transferstudio.backbones.registry import load_backbone
 
-    run, found = find_trained(project, run_dir)
+    notes: list[str] = []
+    diverged: list[str] = []
+    skip: set[Path] = set()
+    while True:
+        try:
+            run, found = find_trained(project, run_dir, problems=notes, skip=skip)
+        except CheckpointError as exc:
+            if diverged:
+                raise CheckpointError(f"No trained weights of this project can be used: {diverged[0]}.",
+                                      health.fresh_advice(project.folder)) from None
+            if notes and "no earlier checkpoint" not in exc.message:
+                raise CheckpointError(f"{notes[0]}, and no earlier checkpoint can be used.",
+                                      f"Train again: `transferstudio train {project.folder} --fresh`.") from None
+            raise
+        weights = ckpt.EMA if use_ema and (found.path / ckpt.EMA).is_file() else ckpt.WEIGHTS
+        try:
+            state = ckpt.read_weights(found.path, weights)
+        except CheckpointError:  # damage the checks could not see (an old checkpoint's data)
+            notes.append(ckpt.damaged_words(found, f"{weights} cannot be read"))
+            skip.add(found.path)
+            continue
+        bad = health.non_finite(state)
+        if bad is not None:
+            diverged.append(f"the checkpoint {found.path.name} of run {run.name} holds weights that are not "
+                            f"numbers ({bad}), so that run diverged")
+            notes.append(diverged[-1][0].upper() + diverged[-1][1:])
+            skip.add(found.path)
+            continue
+        break
     config = run_config(run)
     backbone = backbone or load_backbone(project.backbone, prediction_type=project.prediction_type)
     trainee = Trainee(backbone, config)
-    weights = ckpt.EMA if use_ema and (found.path / ckpt.EMA).is_file() else ckpt.WEIGHTS
-    parts = ckpt.split_roles(ckpt.read_weights(found.path, weights))
+    parts = ckpt.split_roles(state)
     if weights == ckpt.EMA:
-        for role, state in parts.items():
-            trainee.roles[role].load_state_dict(state, strict=False)
+        for role, part in parts.items():
+            trainee.roles[role].load_state_dict(part, strict=False)
     else:
         trainee.load_state(parts)
     trainee.train_mode(False)
-    return TrainedModel(backbone=backbone, trainee=trainee, config=config, run_dir=run, checkpoint=found)
+    warnings = tuple(f"{note}; using {found.path.name} of run {run.name} instead." for note in dict.fromkeys(notes))
+    return TrainedModel(backbone=backbone, trainee=trainee, config=config, run_dir=run, checkpoint=found,
+                        warnings=warnings)

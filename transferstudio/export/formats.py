@@ -8,6 +8,7 @@ The formats themselves are registered in export/registry.py (writers in export/w
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transferstudio.core import storage
 from transferstudio.core.atomic import fsync_dir, write_json_atomic
 from transferstudio.core.errors import ExportError
 from transferstudio.export import metadata as md
@@ -27,6 +29,7 @@ class ExportResult:
     path: Path
     kind: str  # "lora" | "full" | "merged"
     step: int
+    warnings: tuple[str, ...] = ()  # damaged or diverged checkpoints passed over for an earlier one
 
 
 def __getattr__(name: str) -> Any:
@@ -98,7 +101,8 @@ def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bo
 
     registry.get(fmt)
     trained = load_trained(project, run_dir)
-    return export_trained(trained, out, fmt, project=project, strength=strength, fp16=fp16, overwrite=overwrite)
+    result = export_trained(trained, out, fmt, project=project, strength=strength, fp16=fp16, overwrite=overwrite)
+    return dataclasses.replace(result, warnings=tuple(getattr(trained, "warnings", ())))
 
 
 def export_project(project: Any, out: Path, *, fmt: str = "diffusers", run_dir: Path | None = None,
@@ -142,20 +146,28 @@ def export_trained(trained: Any, out: Path, fmt: str = "diffusers", *, project: 
                            base_sha256=ctx.base_sha256, dataset=dataset, date=date, extra=extra)
         write_json_atomic(md.manifest_path(staged, folder=folder_out), data)
 
-    staged_write(out, write, folder=folder_out, companions=() if folder_out else (manifest_file,))
+    staged_write(out, write, folder=folder_out, companions=() if folder_out else (manifest_file,),
+                 needed=_export_bytes(trained, writer.result_kind(method), fp16))
     result = ExportResult(path=out, kind=writer.result_kind(method), step=trained.checkpoint.step)
     _record(trained, fmt, result, date)
     return result
 
 
-def staged_write(out: Path, write: Any, *, folder: bool, companions: tuple[Path, ...] = ()) -> None:
+def staged_write(out: Path, write: Any, *, folder: bool, companions: tuple[Path, ...] = (),
+                 needed: int | None = None) -> None:
     """Call `write(staged)` in a hidden folder beside `out`, then move the result (and each
     companion file written beside it, e.g. a manifest) into place. Nothing half-written is
-    ever left at `out`; OS errors become one ExportError sentence."""
+    ever left at `out`; OS errors become one ExportError sentence, and so do the full-disk
+    errors of writers that do not raise OSError (safetensors' SafetensorError, torch.save's
+    RuntimeError). `needed`: about how many bytes the export takes, checked against the free
+    space before anything is written."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error(exc, out) from None
+        raise _os_error(exc, out, needed) from None
+    free = storage.free_bytes(out.parent) if needed else None
+    if needed and free is not None and free < needed:
+        raise _disk_full(out, needed, free)
     stage = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         stage.mkdir()
@@ -166,9 +178,35 @@ def staged_write(out: Path, write: Any, *, folder: bool, companions: tuple[Path,
             os.replace(stage / companion.name, companion)
         fsync_dir(out.parent)
     except OSError as exc:
-        raise _os_error(exc, out) from None
+        raise _os_error(exc, out, needed) from None
+    except Exception as exc:  # not an OSError, but a writer's own report of a full disk
+        if storage.is_disk_full(exc):
+            raise _disk_full(out, needed) from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _export_bytes(trained: Any, kind: str, fp16: bool) -> int | None:
+    """About how many bytes an export takes: the adapter's weights for a LoRA file, the whole
+    model's for a full or merged one."""
+    try:
+        if kind == "lora":
+            tensors = list(trained.trainee.parameters())
+        else:
+            tensors = [t for module in trained.backbone.plain_modules()
+                       for t in (*module.parameters(), *module.buffers())]
+        total = sum(t.numel() * (min(2, t.element_size()) if fp16 and t.is_floating_point() else t.element_size())
+                    for t in tensors)
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return int(total) or None
+
+
+def _disk_full(out: Path, needed: int | None, free: int | None = None) -> ExportError:
+    return storage.disk_full(out.parent, f"{out.name} could not be written to {out.parent}",
+                             "Free some space or export to another drive; nothing was written.",
+                             needed=needed, free=free, cls=ExportError)
 
 
 def _record(trained: Any, fmt: str, result: ExportResult, date: str) -> None:
@@ -188,11 +226,10 @@ def _what(backbone: Any, method: str) -> str:
     return f"{kind} of {model}"
 
 
-def _os_error(exc: OSError, out: Path) -> ExportError:
+def _os_error(exc: OSError, out: Path, needed: int | None = None) -> ExportError:
     where = out.parent
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return ExportError(f"The disk is full: {out.name} could not be written to {where}.",
-                           "Free some space or export to another drive; nothing was written.")
+        return _disk_full(out, needed)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ExportError(f"TransferStudio may not write to {where}.",
                            "Choose a folder you can write to; nothing was written.")

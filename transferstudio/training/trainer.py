@@ -20,9 +20,11 @@ import torch
 
 from transferstudio import __version__
 from transferstudio.adapt import checkpoints as ckpt
+from transferstudio.adapt import health
 from transferstudio.adapt.trainee import Trainee
 from transferstudio.backbones.base import Backbone
 from transferstudio.backbones.objective import Phase, StepContext
+from transferstudio.core import storage
 from transferstudio.core.atomic import write_json_atomic, write_text_atomic
 from transferstudio.core.commands import Commands
 from transferstudio.core.errors import UserError
@@ -95,14 +97,9 @@ def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str 
 
 
 def _latest_with_checkpoint(project: Project) -> Run | None:
-    """The newest run that has a complete checkpoint. Runs that never reached one (a start that
-    failed or was killed) are passed over, so they cannot hide the last good run."""
-    from transferstudio.project.run import complete_checkpoints
+    from transferstudio.project.run import continuable_run
 
-    for folder in reversed(project.runs()):
-        if complete_checkpoints(folder):
-            return Run.open(folder)  # damaged settings: one sentence, never a silent new run
-    return None
+    return continuable_run(project)
 
 
 class _PhaseState:
@@ -125,6 +122,9 @@ class Trainer:
         self.lock = ProjectLock(self.project.folder)
         self.notes: list[Message] = []  # said after Started: a stale lock taken over, orphans removed…
         self.run_dir: Path | None = None
+        self.damaged: list[str] = []  # checkpoints found damaged and set aside (also written to log.txt)
+        self.saving_notes: list[str] = []  # what a save did that a user should know (room made on the disk)
+        self.probe_batch: Any = None  # the batch whose output must be finite before a save (loaded once)
         self.new_run = False  # this trainer made run_dir (and removes it if it ends without a checkpoint)
 
     # --- the run, start to end ---------------------------------------------------------
@@ -158,6 +158,24 @@ class Trainer:
             yield Failed("The computer ran out of memory.",
                          "Lower the batch size or resolution, or close other programs.",
                          step=self.step, checkpoint=self.checkpoint)
+        except OSError as exc:  # a full disk or a place it may not write: one sentence, not a traceback
+            problem = self._write_problem(exc)
+            if problem is None:
+                raise
+            yield Failed(problem.message, problem.advice, step=self.step, checkpoint=self.checkpoint)
+
+    def _write_problem(self, exc: OSError) -> UserError | None:
+        latest = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        kept = f" Your work up to step {latest.step} is kept." if latest is not None else ""
+        where = self.run_dir or self.project.folder
+        if storage.is_disk_full(exc):
+            return storage.disk_full(storage.where_of(exc, where), f"training could not write to {where}",
+                                     "Free some space on that drive, then run `train` again." + kept)
+        if storage.is_not_writable(exc):
+            return storage.not_writable(storage.where_of(exc, where),
+                                        "Make the project folder writable, or copy the project to a folder you "
+                                        "can write to, then run `train` again." + kept)
+        return None
 
     def _events(self) -> Iterator[Any]:
         self.prepare()
@@ -185,6 +203,7 @@ class Trainer:
                     yield Resumed(self.step)
                 if commands.stop_requested:
                     saved = self.save()
+                    yield from self.save_notes()
                     yield saved
                     self.log(f"stopped at step {self.step}")
                     yield Stopped(step=self.step, checkpoint=saved.path)
@@ -196,7 +215,9 @@ class Trainer:
                     yield self.preview(self.step)
                 if commands.take_save_request() or self.step % self.config.checkpoint_every == 0:
                     yield self.save()
+                    yield from self.save_notes()
         final = self.save()
+        yield from self.save_notes()
         yield final
         yield self.preview(self.step)
         self.log(f"finished at step {self.step}, loss {self.last_loss:.4f}")
@@ -213,6 +234,7 @@ class Trainer:
         taken_over = self.lock.acquire()  # first: a refused second trainer changes nothing
         if taken_over:
             self.notes.append(Message(taken_over, "warning"))
+        self._set_aside_damaged()  # before the choice: a damaged newest checkpoint is not "the latest"
         self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh, run_id=job.run_id,
                                       keep_run_settings=job.keep_run_settings)
         self._note_continuation(config)
@@ -245,6 +267,29 @@ class Trainer:
         self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.run_dir = self.run.folder if self.run is not None else self._new_run_dir()
         self.prompts = preview_prompts(config, [r.caption for r in self.scan.images], backbone.caps.conditioning)
+
+    def _set_aside_damaged(self) -> None:
+        """Verify the checkpoints of the run `train` would continue, newest first, until one is
+        whole (sizes and hashes from its manifest; headers and a weights-only load for older
+        ones). Damaged ones are moved aside with a warning, so the run continues from the one
+        before; when none is whole, one sentence (nothing is moved)."""
+        job, project = self.job, self.project
+        if job.fresh:
+            return
+        run = find_run(project, job.run_id) if job.run_id else _latest_with_checkpoint(project)
+        if run is None or not run.checkpoints:
+            return
+        good, bad = ckpt.newest_good(run.checkpoints)
+        if good is None:
+            raise UserError(f"{ckpt.damaged_words(*bad[0])}, and no earlier checkpoint of that run can be used.",
+                            f"Start a fresh run: `transferstudio train {project.folder} --fresh` (the damaged "
+                            "run is left as it is).")
+        for info, why in bad:
+            moved = ckpt.set_aside(info)
+            text = f"{ckpt.damaged_words(info, why)}; continuing from {good.path.name} instead"
+            text += f" (the damaged one is kept as {moved.name})." if moved is not None else "."
+            self.notes.append(Message(text, "warning"))
+            self.damaged.append(text)
 
     def _note_continuation(self, config: TrainConfig) -> None:
         """What a continued run uses, when that is not what the project says."""
@@ -323,6 +368,8 @@ class Trainer:
         self.batches = self.images.epoch_batches(self.epoch, self.config.seed, self.config.batch_size)
         for skipped in self.scan.skipped:
             self.log(f"skipped {skipped.path}: {skipped.reason}")
+        for text in self.damaged:
+            self.log(text)
         self.log(f"{'resumed at step ' + str(self.step) if self.step else 'started'}; {self.scan.summary()}; "
                  f"device {self.device}")
         self.recent: deque[tuple[float, int]] = deque(maxlen=20)
@@ -364,7 +411,7 @@ class Trainer:
                 total += loss.item()
             if not math.isfinite(total):
                 raise UserError(f"Training became unstable at step {self.step + 1} (the loss is not a number).",
-                                "Lower the learning rate, or use fp32 precision.")
+                                self._unstable_advice())
             if self.scaler is not None:
                 self.scaler.unscale_(state.optimizer)
             torch.nn.utils.clip_grad_norm_(state.params, 1.0)
@@ -423,16 +470,68 @@ class Trainer:
         ema_weights = None
         if self.ema is not None:  # EMA of every trained parameter, by role and name, for sampling and export
             ema_weights = dict(zip(self.ema_names, self.ema.shadow_params))
+        weights = ckpt.join_roles(self.trainee.state())
+        self.check_finite(weights, ema_weights)
         path = ckpt.write_checkpoint(
-            self.run_dir, self.step, weights=ckpt.join_roles(self.trainee.state()), optimizer=bundle, rng=rng,
+            self.run_dir, self.step, weights=weights, optimizer=bundle, rng=rng,
             ema=ema_weights,
             state={"epoch": self.epoch, "batch_index": self.batch_index, "loss": self.last_loss,
                    "total": self.total, "method": self.config.method},
             keep=self.config.keep_checkpoints, metadata={"transferstudio_version": __version__,
-                                                         **self.trainee.lora_metadata()})
+                                                         **self.trainee.lora_metadata()},
+            notes=self.saving_notes)
         self.checkpoint = path
         self.log(f"checkpoint {path.name}")
         return Checkpoint(step=self.step, path=path)
+
+    def save_notes(self) -> Iterator[Message]:
+        """What the last save did that a user should know (older checkpoints removed for room)."""
+        notes, self.saving_notes = self.saving_notes, []
+        for text in notes:
+            self.log(text)
+            yield Message(text, "warning")
+
+    def check_finite(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None) -> None:
+        """A checkpoint is written only for a model that is still a model: its weights are numbers
+        and so is its output on a fixed batch (finite weights can overflow to NaN). Otherwise the
+        run diverged: UserError, and the last complete checkpoint stays the last."""
+        bad = health.non_finite(weights) or (health.non_finite(ema) if ema else None)
+        reason = f"the weight {bad} is not a number" if bad is not None else None
+        if reason is None and not self._output_is_finite():
+            reason = "the model's output is not a number"
+        if reason is not None:
+            raise UserError(f"Training became unstable at step {self.step} ({reason}), so no checkpoint was saved "
+                            "for it.", self._unstable_advice())
+
+    def _output_is_finite(self) -> bool:
+        """The training objective on the first batch of the epoch, centre-cropped, with its own noise,
+        the global RNG put back after it: a check that changes nothing a resumed run would see."""
+        phase = next((s.phase for s in self.phases if self.objective.active(s.phase, self.step)), self.phases[0].phase)
+        if self.probe_batch is None:
+            try:
+                self.probe_batch = self.images.load_batch(self.batches[0], None)
+            except (UserError, OSError, ValueError):  # the pictures changed: no check, but the save goes on
+                return True
+        batch = self.probe_batch
+        modes = {role: module.training for role, module in self.trainee.roles.items()}
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                self.trainee.train_mode(False)
+                ctx = StepContext(step=max(1, self.step), device=self.device, amp=self.amp,
+                                  generator=torch.Generator(self.device).manual_seed(self.config.seed + 2),
+                                  config=self.config)
+                with health.WatchOutputs([self.backbone.denoiser]) as watch:
+                    loss = self.objective.loss(phase, batch, ctx)
+                return watch.finite and bool(torch.isfinite(loss).all())
+        finally:
+            for role, module in self.trainee.roles.items():
+                module.train(modes[role])
+
+    def _unstable_advice(self) -> str:
+        saved = f"Your work up to step {ckpt.latest_checkpoint(self.run_dir).step} is saved. " \
+            if self.run_dir is not None and ckpt.latest_checkpoint(self.run_dir) is not None else ""
+        return saved + health.fresh_advice(self.project.folder)
 
     def check_run_dir(self) -> None:
         """The run folder must still be there: writing into a deleted one would recreate it
