@@ -19,7 +19,6 @@ or, for older checkpoints without one, its safetensors headers and a weights-onl
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from transferstudio.core import storage
 from transferstudio.core.atomic import fsync_dir, write_text_atomic
 from transferstudio.core.errors import CheckpointError
+from transferstudio.core.storage import sha256_file
 from transferstudio.project.run import (CHECKPOINTS, EMA, MARKER, WEIGHTS, CheckpointInfo,  # noqa: F401
                                         checkpoint_name, complete_checkpoints, latest_checkpoint)
 
@@ -196,20 +196,12 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
     files = {}
     for path in sorted(folder.iterdir()):
         if path.is_file():
             _fsync_file(path)
-            files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            files[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = folder / MANIFEST
     manifest.write_text(json.dumps({"version": 1, "files": files}, indent=2))
     _fsync_file(manifest)
@@ -243,7 +235,7 @@ def problem(checkpoint: Path) -> str | None:
             size = path.stat().st_size
             if size != entry["size"]:
                 return f"{name} has {size:,} bytes instead of {entry['size']:,}"
-            if _sha256(path) != entry["sha256"]:
+            if sha256_file(path) != entry["sha256"]:
                 return f"{name} is not what was written (its SHA-256 differs)"
         except OSError as exc:
             return f"{name} cannot be read: {exc.strerror or exc}"

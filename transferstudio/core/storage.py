@@ -9,6 +9,7 @@ runs out of room. `is_disk_full` / `is_not_writable` recognise them; `disk_full`
 from __future__ import annotations
 
 import errno
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -94,3 +95,12 @@ def user_error(exc: BaseException, default: Path, *, what: str | None = None, ad
     if is_not_writable(exc):
         return not_writable(where, advice, cls=cls)
     return None
+
+
+def sha256_file(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks (checkpoint manifests, export provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

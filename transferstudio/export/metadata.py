@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from transferstudio import __version__
+from transferstudio.core.storage import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -66,14 +67,6 @@ def file_model_hash(path: Path) -> str:
     """SHA-256 of a safetensors file's tensor bytes (what `sshs_model_hash` must equal)."""
     with open(path, "rb") as f:
         return _tensor_bytes_hash(f)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_path(path: Path) -> str:
