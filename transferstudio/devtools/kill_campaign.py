@@ -219,19 +219,20 @@ def run_trial(trial: Trial, workdir: Path, model: Path, images: Path, rng: rando
         log = logs / f"kill-{k + 1}.txt"
         before = set(tmp_folders(project))  # left by an earlier kill: not this write
         proc = start_train(project, log, slow_writes=0.15 if trial.in_write else 0.0)
+        target = rng.randint(0 if trial.in_write else 1, trial.steps - 1)
+
+        def reached() -> bool:
+            runs = run_folders(project)
+            return bool(runs) and len(metrics_steps(runs[-1])) >= target
+
         if trial.in_write:
-            # kill while a checkpoint is being written: after its temporary folder appears, at a
-            # random moment among its files (each written file is followed by a 0.15 s pause)
-            hit = _wait_for(proc, lambda: bool(set(tmp_folders(project)) - before), timeout)
+            # kill while a checkpoint is being written: the first checkpoint after a random step,
+            # once its temporary folder appears, at a random moment among its files (each written
+            # file is followed by a 0.15 s pause)
+            hit = _wait_for(proc, lambda: reached() and bool(set(tmp_folders(project)) - before), timeout)
             time.sleep(rng.uniform(0.0, 0.5))
         else:
             # kill after a random number of steps, at a random moment of the next one(s)
-            target = rng.randint(1, trial.steps - 1)
-
-            def reached() -> bool:
-                runs = run_folders(project)
-                return bool(runs) and len(metrics_steps(runs[-1])) >= target
-
             hit = _wait_for(proc, reached, timeout)
             time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is not None:  # it ended by itself before the kill: not a kill point
