@@ -41,3 +41,31 @@ def test_export_dialog_exports_the_run_the_user_picks(qtbot, tmp_path, tiny_ddpm
     assert [row["format"] for row in
             (json.loads(line) for line in (older / "exports.jsonl").read_text().splitlines())] == ["diffusers"]
     assert not (newer / "exports.jsonl").exists()
+
+
+def test_compare_shows_the_run_the_user_picks(qtbot, tmp_path, tiny_ddpm, image_folder):
+    from transferstudio.ui.compare_view import CompareView
+
+    config = TrainConfig(method="lora", steps=2, batch_size=2, rank=2, alpha=2, preview_every=0,
+                         preview_seeds=[1], preview_steps=2, checkpoint_every=2, device="cpu", precision="fp32")
+    project = create_project(tmp_path / "project", backbone=tiny_ddpm, images=image_folder, config=config)
+    for steps in (2, 4):  # two fresh runs of different lengths
+        assert [e for e in train(TrainJob(project, fresh=True, steps=steps)) if isinstance(e, Finished)]
+    older, newer = project.runs()
+
+    view = CompareView()
+    qtbot.addWidget(view)
+    view.set_project(project, trained=True)
+    assert view.run.count() == 2 and view.run.isVisibleTo(view)
+    view.steps.setValue(2)
+    view.count.setValue(1)
+    with qtbot.waitSignal(view.compared, timeout=120_000) as newest:
+        view.generate()
+    assert newest.args[0].step == 4  # the newest run by default
+    qtbot.waitUntil(lambda: view.task is None, timeout=60_000)
+    view.run.setCurrentIndex(1)
+    assert view.session.run_dir == older
+    with qtbot.waitSignal(view.compared, timeout=120_000) as picked:
+        view.generate()
+    assert picked.args[0].step == 2
+    qtbot.waitUntil(lambda: view.task is None, timeout=60_000)

@@ -85,6 +85,7 @@ class CompareSession:
 
     def __init__(self, project: Any) -> None:
         self.project = project
+        self.run_dir: Path | None = None  # the run to compare (None: the newest trained run)
         self._model: Any = None
         self._checkpoint: Path | None = None
         self._base_cache: dict[tuple[int, str, int], QImage] = {}
@@ -103,9 +104,9 @@ class CompareSession:
         from transferstudio.project.lock import check_not_training
 
         check_not_training(self.project.folder)  # another process writes and prunes its checkpoints
-        _, found = find_trained(self.project)
+        _, found = find_trained(self.project, self.run_dir)
         if self._model is None or found.path != self._checkpoint:
-            self._model = load_trained(self.project)
+            self._model = load_trained(self.project, self.run_dir)
             self._checkpoint = self._model.checkpoint.path
             self._base_cache.clear()
         return self._model

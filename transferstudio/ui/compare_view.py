@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QSlider, QSpinBox, QVBoxLayout, QWidget)
 
+from transferstudio.qt import history
 from transferstudio.qt.tasks import ComparePair, CompareSession
 from transferstudio.qt.workers import TaskWorker
 from transferstudio.ui.train_view import PreviewGrid
@@ -57,6 +58,10 @@ class CompareView(QWidget):
         self.strength_label = QLabel("100%")
         self.strength_label.setMinimumWidth(44)
         self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v}%"))
+        self.run = QComboBox()
+        self.run.setToolTip("Which training run the trained side comes from (its last complete checkpoint).")
+        self.run.currentIndexChanged.connect(self._run_changed)
+        self.run_label = QLabel("Run")
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
         self.generate_button.clicked.connect(self.generate)
@@ -77,6 +82,9 @@ class CompareView(QWidget):
 
         # One compact row of controls; the pictures get the space.
         controls = QHBoxLayout()
+        controls.addWidget(self.run_label)
+        controls.addWidget(self.run)
+        controls.addSpacing(12)
         self._prompt_row_label = QLabel("Prompt")
         for label, widget, stretch in ((QLabel("Seed"), self.seed, 0), (QLabel("Pictures"), self.count, 0),
                                        (self._prompt_row_label, self.prompt, 3), (QLabel("Quality"), self.steps, 0)):
@@ -131,7 +139,35 @@ class CompareView(QWidget):
     def set_trained_available(self, trained: bool) -> None:
         self._trained = trained
         self.note.setVisible(not trained)
+        self._fill_runs()
         self._update_enabled()
+
+    def _fill_runs(self) -> None:
+        """Every trained run, newest first; the picker shows only when there is a choice."""
+        current = self.run.currentData()
+        self.run.blockSignals(True)
+        self.run.clear()
+        runs = history.trained_runs(self.project) if self.project is not None and self._trained else []
+        for run in runs:
+            self.run.addItem(f"{run.id} ({run.method}, {run.trained_step} steps)", str(run.folder))
+        index = self.run.findData(current)
+        self.run.setCurrentIndex(index if index >= 0 else 0)
+        self.run.blockSignals(False)
+        self.run.setVisible(len(runs) > 1)
+        self.run_label.setVisible(len(runs) > 1)
+        self._run_changed()
+
+    def _run_changed(self, *_: Any) -> None:
+        from pathlib import Path
+
+        if self.session is None:
+            return
+        data = self.run.currentData()
+        chosen = Path(data) if data and self.run.currentIndex() > 0 else None  # the newest: follow new runs
+        if chosen != self.session.run_dir:
+            self.session.run_dir = chosen
+            self.last = None
+            self.trained_image.clear("The trained model's pictures")
 
     def set_text_backbone(self, text: bool) -> None:
         """Prompts only for models that take text."""
