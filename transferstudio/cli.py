@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--format", default="diffusers",
-                   choices=("diffusers", "kohya", "merged-diffusers", "merged-single-file"),
+                   choices=tuple(_export_formats()),
                    help="kohya: LoRA for ComfyUI/A1111; diffusers: load_lora_weights / from_pretrained; "
-                        "merged-*: the whole model with the training baked in")
+                        "merged-*: the whole model with the training baked in; single-file: the model as "
+                        "one original-layout file (e.g. a VAE for models/VAE)")
     p.add_argument("--strength", type=float, default=1.0, help="strength the merged formats bake in")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
@@ -88,12 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_formats() -> list[str]:
+    from transferstudio.export.registry import all_formats  # light: no torch until a format writes
+
+    return list(all_formats())
+
+
 _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resolution",
                 "trigger": "--trigger", "rank": "--rank", "alpha": "--alpha",
                 "learning_rate": "--lr", "batch_size": "--batch-size", "seed": "--seed",
                 "preview_every": "--preview-every", "checkpoint_every": "--checkpoint-every",
                 "precision": "--precision", "device": "--device", "schedule": "--schedule",
-                "train_text_encoder": "--train-text-encoder", "ema": "--ema", "dora": "--dora"}
+                "train_text_encoder": "--train-text-encoder", "ema": "--ema", "dora": "--dora",
+                "pyramid_weight": "--pyramid-weight", "kl_weight": "--kl-weight",
+                "discriminator_start": "--discriminator-start", "adversarial_weight": "--adversarial-weight"}
 
 
 def _arg_help(name: str) -> str:
@@ -159,6 +168,8 @@ def cmd_new(args: argparse.Namespace) -> int:
     if not found.usable:
         raise BackboneError(found.problems[0] if found.problems else f"{args.backbone} is not usable.",
                             "Run `transferstudio inspect PATH` for details.")
+    if found.caps is not None and args.method is None:
+        config.method = config.default_method_for(found.caps)  # e.g. a VAE trains its decoder
     if found.caps is not None and not problems:
         problems = config.problems_for(found.caps)
     if problems:

@@ -35,6 +35,7 @@ class Trainee:
             raise UserError(f"Unknown training method '{config.method}'.",
                             f"Use {' or '.join(repr(m) for m in backbone.caps.methods)}.")
         text = bool(config.train_text_encoder and backbone.caps.text_encoders)
+        backbone.configure(config)
         self.plans = backbone.training_roles(config.method, train_text_encoder=text)
         self.roles: dict[str, nn.Module] = {}
         self.lora_configs: dict[str, Any] = {}

@@ -32,7 +32,10 @@ class Capabilities:
     methods: tuple[str, ...] = ("lora", "full")  # training methods the family offers
     kohya_lora: bool = False  # a LoRA exports in the kohya layout ComfyUI/A1111 load
     single_file: bool = False  # a merged model exports as one original-layout checkpoint
-    preview: str = "image"  # what a preview is: "image" (samples from fixed seeds)
+    preview: str = "image"  # what a preview is: "image" (samples from fixed seeds) or
+    #   "reconstruction" (held-out pictures beside the model's reconstruction, with PSNR/SSIM)
+    objective: str = "diffusion"  # "diffusion" | "reconstruction": which settings apply
+    formats: tuple[str, ...] = ()  # family-specific export formats it writes (e.g. "single-file")
     label: str = ""  # what the family is called, for people (e.g. "Stable Diffusion XL")
 
 
@@ -170,6 +173,10 @@ class Backbone(ABC):
         Uses the modules as they are now (with any adapter applied). Deterministic per seed."""
 
     # --- what trains, and on what objective ---------------------------------------
+    def configure(self, config: Any) -> None:
+        """Called once with the run's settings before `training_roles` (e.g. to build a
+        discriminator the settings ask for)."""
+
     def training_roles(self, method: str, *, train_text_encoder: bool = False) -> dict[str, RolePlan]:
         """The modules a run trains, by role name (the prefix of their checkpoint keys)."""
         if method == "full":

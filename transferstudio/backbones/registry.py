@@ -19,6 +19,7 @@ from transferstudio.core.errors import BackboneError
 # claimed by SD/SDXL through the model library's detection.
 BUILTIN = (
     ("transferstudio.backbones.ddpm", "DDPMFamily"),
+    ("transferstudio.backbones.vae", "VAEFamily"),  # before SD: it claims VAE-only files
     ("transferstudio.backbones.sd", "SDFamily"),
     ("transferstudio.backbones.sdxl", "SDXLFamily"),
 )

@@ -42,6 +42,7 @@ class Preview:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     paths: tuple[Path, ...]
+    metrics: dict = field(default_factory=dict)  # e.g. held-out PSNR/SSIM of a reconstruction family
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ class ExportFormat:
     key: str
     label: str
     description: str
-    methods: tuple[str, ...]  # training methods it applies to
+    methods: tuple[str, ...] | None  # training methods it applies to (None: any)
     applies: Callable[[Any, str], bool]  # (capabilities, method) -> bool
     folder: Callable[[str], bool]  # method -> writes a folder (not one file)
     write: Callable[..., dict]  # (trained, staged_path, **ExportContext) -> manifest extras
@@ -28,7 +28,7 @@ class ExportFormat:
     listed: Callable[[str], bool] = lambda method: True  # offered in lists (it may still be asked for)
 
     def usable(self, caps: Any, method: str) -> bool:
-        return method in self.methods and bool(self.applies(caps, method))
+        return (self.methods is None or method in self.methods) and bool(self.applies(caps, method))
 
     def offered(self, caps: Any, method: str) -> bool:
         return self.usable(caps, method) and self.listed(method)
@@ -77,8 +77,8 @@ register(ExportFormat(
     "diffusers", "diffusers (LoRA file or model folder)",
     "For Python scripts: a LoRA file that `load_lora_weights` reads, or for a full fine-tune a model folder "
     "that `from_pretrained` loads.",
-    methods=("lora", "full"), applies=lambda caps, method: True,
-    folder=lambda method: method == "full", write=writers.write_diffusers,
+    methods=None, applies=lambda caps, method: True,
+    folder=lambda method: method != "lora", write=writers.write_diffusers,
     result_kind=lambda method: "lora" if method == "lora" else "full"))
 register(ExportFormat(
     "merged-diffusers", "Merged model, diffusers folder",
@@ -93,3 +93,9 @@ register(ExportFormat(
     "tools' checkpoint folder. Large (a full model).",
     methods=("lora", "full"), applies=lambda caps, method: bool(getattr(caps, "single_file", False)),
     folder=lambda method: False, write=writers.write_merged_single_file))
+register(ExportFormat(
+    "single-file", "Single file (.safetensors) for ComfyUI, A1111 / Forge",
+    "The trained model as one file in the original layout, e.g. a VAE for the tools' models/VAE folder "
+    "(diffusers' `from_single_file` reads it too).",
+    methods=None, applies=lambda caps, method: "single-file" in getattr(caps, "formats", ()),
+    folder=lambda method: False, write=writers.write_single_file, result_kind=lambda method: "full"))

@@ -80,7 +80,7 @@ def write_diffusers(trained: Any, out: Path, ctx: ExportContext) -> dict:
     `load_lora_weights` for SD/SDXL, peft for unconditional UNets). Full fine-tune: a diffusers
     folder that `from_pretrained` loads."""
     backbone = trained.backbone
-    if trained.config.method == "full":
+    if trained.config.method != "lora":  # every weight trained (full, decoder): the whole model
         if ctx.fp16:
             _to_fp16(backbone.plain_modules())
         backbone.save_full(out)
@@ -117,6 +117,17 @@ def write_merged_diffusers(trained: Any, folder: Path, ctx: ExportContext) -> di
     if ctx.fp16:
         _to_fp16(trained.backbone.plain_modules())
     trained.backbone.save_full(Path(folder))
+    return {}
+
+
+def write_single_file(trained: Any, file: Path, ctx: "ExportContext") -> dict:
+    """The trained model as one original-layout file (families that declare the format)."""
+    import torch
+
+    meta = _modelspec(trained, ctx, adapter=False, implementation=md.IMPL_SGM)
+    meta.update({"transferstudio.version": __version__, "transferstudio.steps": str(trained.checkpoint.step),
+                 "transferstudio.base_model": Path(trained.backbone.source).name})
+    trained.backbone.save_single_file(file, dtype=torch.float16 if ctx.fp16 else None, metadata=meta)
     return {}
 
 

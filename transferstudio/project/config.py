@@ -10,7 +10,7 @@ from typing import Any
 
 from transferstudio.core.errors import ProjectError
 
-METHODS = ("lora", "full")
+METHODS = ("lora", "full", "decoder")
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CROPS = ("center", "random")
@@ -26,7 +26,9 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class TrainConfig:
     method: str = _f("lora", "LoRA trains a small adapter on top of the model (fast, small files); "
-                     "full fine-tuning changes every weight (small models only).", choices=METHODS)
+                     "full fine-tuning changes every weight (small models only); decoder (VAEs) trains "
+                     "the decoder only, so the latent space stays the one Stable Diffusion knows.",
+                     choices=METHODS)
     steps: int = _f(500, "How many optimizer steps to train in total.", min=1, max=1_000_000)
     learning_rate: float = _f(1e-4, "How big each update is. 1e-4 suits LoRA; full fine-tuning "
                               "usually wants less.", min=1e-7, max=1.0)
@@ -63,9 +65,9 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations instead of storing them: less "
                                       "memory, about 30% slower.")
     noise_offset: float = _f(0.0, "Adds a little offset noise so the model can learn very dark or "
-                             "bright images. 0.05–0.1 if you need it.", min=0.0, max=1.0)
+                             "bright images. 0.05–0.1 if you need it.", min=0.0, max=1.0, objective="diffusion")
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting (5 is common); 0 turns it off.",
-                              min=0.0, max=100.0)
+                              min=0.0, max=100.0, objective="diffusion")
     seed: int = _f(42, "Makes runs repeatable: the same seed and settings give the same result.",
                    min=0, max=2**31 - 1)
     preview_every: int = _f(100, "Make preview samples every this many steps (0: only at start and end).",
@@ -73,12 +75,25 @@ class TrainConfig:
     preview_prompts: list = _f([], "Prompts for preview samples (text models). Empty uses your "
                                "trigger word and captions.")
     preview_seeds: list = _f([1, 2, 3, 4], "Seeds for preview samples; fixed so previews are comparable.")
-    preview_steps: int = _f(30, "Denoising steps per preview sample.", min=1, max=1000)
+    preview_steps: int = _f(30, "Denoising steps per preview sample.", min=1, max=1000, objective="diffusion")
     checkpoint_every: int = _f(250, "Save a checkpoint every this many steps (and always when "
                                "stopped or finished).", min=1, max=1_000_000)
     keep_checkpoints: int = _f(3, "How many recent checkpoints to keep on disk.", min=1, max=1000)
     device: str = _f("auto", "Where to train: auto picks a CUDA GPU, then Apple MPS, then the CPU.",
                      choices=DEVICES)
+    # --- reconstruction models (VAEs) ---
+    pyramid_weight: float = _f(1.0, "Weight of the structure term: an L1 distance over a Laplacian pyramid, "
+                               "which rewards sharp edges and textures at every scale (plain L1 mostly sees "
+                               "flat colour). 0 turns it off.", min=0.0, max=100.0, objective="reconstruction")
+    kl_weight: float = _f(1e-6, "Weight of the KL term that keeps the latent space smooth; used only when the "
+                          "encoder trains (full fine-tuning). Stable Diffusion's VAEs used 1e-6.",
+                          min=0.0, max=1.0, objective="reconstruction")
+    discriminator_start: int = _f(0, "Start a small patch discriminator at this step (0: no discriminator). "
+                                  "It sharpens details once the reconstruction is close; the published VAE "
+                                  "recipes start it after the first few thousand steps.",
+                                  min=0, max=1_000_000, objective="reconstruction")
+    adversarial_weight: float = _f(0.05, "How much the discriminator's opinion counts against the "
+                                   "reconstruction terms.", min=0.0, max=10.0, objective="reconstruction")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +182,9 @@ class TrainConfig:
         if self.dora is True and self.method == "full":
             out.append("dora: DoRA is a kind of LoRA and does nothing with full fine-tuning; "
                        "turn DoRA off or choose the LoRA method")
+        if self.dora is True and self.method == "decoder":
+            out.append("dora: DoRA is a kind of LoRA and does nothing with decoder fine-tuning; "
+                       "turn DoRA off or choose the LoRA method")
         if self.ema is True and self.method == "lora":
             out.append("ema: the weight average (EMA) is kept for full fine-tuning only; "
                        "turn EMA off or choose full fine-tuning")
@@ -176,6 +194,11 @@ class TrainConfig:
         """Human-readable problems, each starting with the field's name; empty when valid.
         Model-independent; see `problems_for(caps)` for what the chosen model adds."""
         return self.field_problems() + self.conflicts()
+
+    def default_method_for(self, caps: Any) -> str:
+        """The method a model trains with when none was chosen: the first its family offers."""
+        offered = tuple(getattr(caps, "methods", ()) or ("lora",))
+        return self.method if self.method in offered else offered[0]
 
     def problems_for(self, caps: Any) -> list[str]:
         """What the chosen model (its backbones.base.Capabilities) refuses in these settings:
@@ -194,7 +217,7 @@ class TrainConfig:
             elif not low <= value <= high:
                 out.append(f"resolution: {value} is outside {low}…{high} px for this model "
                            f"(0 uses {native_text})")
-        offered = tuple(getattr(caps, "methods", METHODS) or METHODS)
+        offered = tuple(getattr(caps, "methods", ("lora", "full")) or ("lora", "full"))
         if self.method in METHODS and self.method not in offered:
             out.append(f"method: this model trains with {' or '.join(offered)} only, not {self.method}")
         elif self.method == "full" and not caps.supports_full_finetune:

@@ -24,7 +24,10 @@ def inspect_backbone(path: str | Path) -> dict[str, Any]:
             "problems": list(info.problems), "native_resolution": info.native_resolution,
             "prediction_type": info.prediction_type, "size_bytes": info.size_bytes,
             "details": list(info.details), "text": text, "supports_full_finetune": full,
-            "resolution_multiple": multiple}
+            "resolution_multiple": multiple,
+            "methods": list(caps.methods) if caps is not None else None,
+            "objective": caps.objective if caps is not None else "diffusion",
+            "preview": caps.preview if caps is not None else "image"}
 
 
 def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]]:

@@ -36,6 +36,7 @@ from transferstudio.project.project import Project
 from transferstudio.project.run import (Run, describe_differences, find_run, remove_orphan_runs, remove_run_folder,
                                         settings_differences)
 from transferstudio.training.device import autocast_dtype, choose_device, frozen_dtype
+from transferstudio.data.holdout import reference_picture, split_held_out
 from transferstudio.training.previews import preview_prompts, save_previews
 
 
@@ -184,6 +185,10 @@ class Trainer:
         yield from self.notes
         for skipped in self.scan.skipped:
             yield Message(f"Skipped {skipped.path.name}: {skipped.reason}", "warning")
+        if self.held_out:
+            names = ", ".join(r.path.name for r in self.held_out)
+            yield Message(f"{len(self.held_out)} pictures are kept out of training for the previews and "
+                          f"their PSNR/SSIM: {names}.", "info")
         commands = self.commands
         if commands.stop_requested:  # stopped while the model was loading: nothing new to save
             yield Stopped(step=self.step, checkpoint=self.checkpoint)
@@ -257,7 +262,11 @@ class Trainer:
         if config.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
         resolution = config.resolution or backbone.caps.native_resolution
-        self.images = TrainingImages(self.scan.images, resolution, backbone.caps.resolution_multiple,
+        records, self.held_out = self.scan.images, []
+        if backbone.caps.preview == "reconstruction":  # previews show pictures it never trains on
+            records, self.held_out = split_held_out(self.scan.images, len(config.preview_seeds))
+        self.references = [reference_picture(r.path, resolution) for r in self.held_out]
+        self.images = TrainingImages(records, resolution, backbone.caps.resolution_multiple,
                                      buckets=config.buckets, flip=config.flip, crop=config.crop)
         self.objective = backbone.objective(config)
         self.phases = [self._phase_state(phase) for phase in self.objective.phases]
@@ -322,7 +331,7 @@ class Trainer:
         config = self.config
         roles = self.objective.ema_roles()
         roles = self.trainee.full_roles() if roles is None else [r for r in roles if r in self.trainee.full_roles()]
-        if not (config.ema and config.method == "full" and roles):
+        if not (config.ema and config.method != "lora" and roles):
             return None
         from diffusers.training_utils import EMAModel
 
@@ -444,12 +453,22 @@ class Trainer:
     def preview(self, at: int) -> Preview:
         self.check_run_dir()
         config = self.config
+        metrics: dict[str, float] = {}
+        seeds = list(config.preview_seeds)
         with _EMAWeights(self.ema, getattr(self, "ema_params", [])):
-            pics = self.backbone.sample(seeds=config.preview_seeds, prompts=self.prompts, steps=config.preview_steps)
+            if self.references:  # held-out pictures beside their reconstructions, and how close they are
+                pics = self.backbone.sample(seeds=seeds, references=self.references)
+                metrics = self.backbone.reconstruction_metrics(self.references)
+                seeds = list(range(1, len(pics) + 1))
+            else:
+                pics = self.backbone.sample(seeds=seeds, prompts=self.prompts, steps=config.preview_steps)
         self.trainee.train_mode(True)
-        paths = save_previews(self.run_dir, at, pics, config.preview_seeds, self.prompts)
+        paths = save_previews(self.run_dir, at, pics, seeds, self.prompts)
+        if metrics:
+            with (self.run_dir / "validation.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": at, **metrics}) + "\n")
         return Preview(step=at, images=tuple(pics), prompts=tuple(self.prompts or ()),
-                       seeds=tuple(config.preview_seeds), paths=tuple(paths))
+                       seeds=tuple(seeds), paths=tuple(paths), metrics=metrics)
 
     def save(self) -> Checkpoint:
         self.check_run_dir()

@@ -545,7 +545,9 @@ class MainWindow(QMainWindow):
         self.backbone_panel.show_inspection(info)
         if info.get("usable"):
             self.settings_form.set_capabilities(text=bool(info.get("text")),
-                                                supports_full_finetune=bool(info.get("supports_full_finetune")))
+                                                supports_full_finetune=bool(info.get("supports_full_finetune")),
+                                                methods=info.get("methods"), objective=str(info.get("objective")
+                                                                                          or "diffusion"))
             self.compare_view.set_text_backbone(bool(info.get("text")))
         self._update_buckets(self.settings_form.config())
         self.inspected.emit(info)

@@ -70,11 +70,16 @@ LABELS = {
     "checkpoint_every": "Checkpoint every",
     "keep_checkpoints": "Keep checkpoints",
     "device": "Device",
+    "pyramid_weight": "Structure weight",
+    "kl_weight": "KL weight",
+    "discriminator_start": "Discriminator from step",
+    "adversarial_weight": "Discriminator weight",
 }
 
 CHOICE_LABELS = {
     "lora": "LoRA (small adapter)",
     "full": "Full fine-tuning",
+    "decoder": "Decoder only (keeps the latent space)",
     "constant": "Constant",
     "cosine": "Cosine",
     "linear": "Linear",
@@ -104,9 +109,12 @@ SPECIAL_MIN_TEXT = {
     "min_snr_gamma": "Off",
     "noise_offset": "Off",
     "warmup_steps": "None",
+    "discriminator_start": "No discriminator",
 }
 
-DECIMALS = {"alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1}
+DECIMALS = {"alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1, "pyramid_weight": 2,
+            "adversarial_weight": 3}
+SCIENTIFIC = ("learning_rate", "kl_weight")  # tiny values people write as 1e-6
 
 TEXT_ONLY = ("trigger", "preview_prompts", "train_text_encoder")  # hidden for unconditional models
 LORA_ONLY = ("rank", "alpha", "dora", "dropout", "train_text_encoder")
@@ -327,7 +335,7 @@ class SettingsForm(QWidget):
             self._spin_common(spin)
             spin.valueChanged.connect(self._edited)
             return spin
-        if kind == "float" and f.name == "learning_rate":
+        if kind == "float" and f.name in SCIENTIFIC:
             spin = ScientificSpinBox()
             spin.setRange(float(meta["min"]), float(meta["max"]))
             self._spin_common(spin)
@@ -380,16 +388,33 @@ class SettingsForm(QWidget):
         values = {name: self._read(editor, name) for name, editor in self.editors.items()}
         return replace(self._cfg, **values)
 
-    def set_capabilities(self, *, text: bool, supports_full_finetune: bool) -> None:
-        """Hide prompt/text-encoder fields for unconditional models; grey out "full" for big ones.
+    def set_capabilities(self, *, text: bool, supports_full_finetune: bool, methods: Any = None,
+                         objective: str = "diffusion") -> None:
+        """Hide prompt/text-encoder fields for unconditional models and the fields of other kinds of
+        model (a setting's `objective`); offer only the methods the model's family has; grey out
+        "full" for big ones.
 
-        If the current method is "full" and the model cannot do it, the form switches to LoRA
-        and emits `changed` (training would fail otherwise); a note says why.
+        If the current method is not possible for the model, the form switches to one that is and
+        emits `changed` (training would fail otherwise); a note says why.
         """
         self._text = text
         self._full_ok = supports_full_finetune
         for name in TEXT_ONLY:
             self._set_row_visible(name, text)
+        for f in fields(TrainConfig):
+            wanted = f.metadata.get("objective")
+            if wanted is not None:
+                self._set_row_visible(f.name, wanted == objective)
+        offered = tuple(methods or ("lora", "full"))
+        combo_view = self.editors["method"].view()  # type: ignore[attr-defined]
+        for row in range(self.editors["method"].count()):  # type: ignore[attr-defined]
+            combo_view.setRowHidden(row, self.editors["method"].itemData(row) not in offered)  # type: ignore[attr-defined]
+        switched = self.editors["method"].currentData() not in offered  # type: ignore[attr-defined]
+        if switched:
+            self.editors["method"].setCurrentIndex(self.editors["method"].findData(offered[0]))  # type: ignore[attr-defined]
+            self.method_note.show_message(f"Switched to {CHOICE_LABELS.get(offered[0], offered[0])}: "
+                                          "the method this kind of model trains with.", "info")
+            self._basic_form.setRowVisible(self.method_note, True)
         combo: QComboBox = self.editors["method"]  # type: ignore[assignment]
         model = combo.model()
         full_row = combo.findData("full")
@@ -403,7 +428,7 @@ class SettingsForm(QWidget):
             self.method_note.show_message(
                 "Switched to LoRA: this model is too large for full fine-tuning.", "warning")
             self._basic_form.setRowVisible(self.method_note, True)
-        elif supports_full_finetune:
+        elif supports_full_finetune and not switched:
             self._basic_form.setRowVisible(self.method_note, False)
         self._update_dependencies()
 
@@ -476,6 +501,6 @@ class SettingsForm(QWidget):
             if name in LORA_ONLY:
                 applies = method == "lora"
             elif name in FULL_ONLY:
-                applies = method == "full" and (name != "ema_decay" or ema_on)
+                applies = method != "lora" and (name != "ema_decay" or ema_on)
             editor.setEnabled(applies and not self._running)
             self.labels[name].setEnabled(applies)
