@@ -148,3 +148,26 @@ def test_bad_vae_inputs_are_one_sentence(tmp_path, capsys):
     (folder / "diffusion_pytorch_model.safetensors").unlink()
     found = inspect_backbone(folder)
     assert not found.usable and "no weights" in found.problems[0]
+
+
+def test_compare_shows_the_same_held_out_pictures_through_base_and_adapted(qtbot, vae_project):
+    from transferstudio.project.project import load_project
+    from transferstudio.ui.compare_view import CompareView
+
+    backbone, images, project = vae_project
+    assert cli.main(["new", str(project), "--backbone", str(backbone), "--images", str(images), "--steps", "4",
+                     "--batch-size", "4", "--checkpoint-every", "4", "--preview-every", "0", "--device", "cpu",
+                     "--precision", "fp32"]) == 0
+    assert cli.main(["train", str(project)]) == 0
+    view = CompareView()
+    qtbot.addWidget(view)
+    view.set_project(load_project(project), trained=True)
+    view.count.setValue(2)
+    with qtbot.waitSignal(view.compared, timeout=120_000) as got:
+        view.generate()
+    pair = got.args[0]
+    assert len(pair.base) == len(pair.trained) == 2
+    assert pair.base[0].width() == 16 * 2 + 2  # original | reconstruction
+    assert all(note.startswith("PSNR ") and "SSIM" in note for note in pair.base_notes + pair.trained_notes)
+    assert pair.base_notes != pair.trained_notes  # the adapted decoder reconstructs differently
+    qtbot.waitUntil(lambda: view.task is None, timeout=60_000)

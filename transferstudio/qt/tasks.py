@@ -78,6 +78,8 @@ class ComparePair:
     prompt: str
     strength: float
     step: int  # the checkpoint step the trained side comes from
+    base_notes: tuple[str, ...] = ()  # per picture, e.g. "PSNR 24.1 dB" (reconstruction models)
+    trained_notes: tuple[str, ...] = ()
 
 
 class CompareSession:
@@ -118,18 +120,16 @@ class CompareSession:
         if model.config.method == "lora":  # strength 0 is exactly the base model
             model.trainee.set_strength(0.0)
             return model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
-        if self._base_backbone is None:  # full fine-tune changed every weight: load the original
-            from transferstudio.backbones.registry import load_backbone
-
-            self._base_backbone = load_backbone(self.project.backbone,
-                                                prediction_type=self.project.prediction_type)
-        return self._base_backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
+        # a full fine-tune changed every weight: the original model
+        return self._base_backbone_for(model).sample(seeds=seeds, prompts=prompts, steps=steps)
 
     def compare(self, seed: int, prompt: str, strength: float, steps: int, count: int = 1) -> ComparePair:
         """`count` pictures per side, from seeds seed, seed+1, …; the base side is cached per seed."""
         import torch
 
         model = self._load()
+        if model.backbone.caps.preview == "reconstruction":
+            return self._compare_reconstructions(model, count, strength)
         text = model.backbone.caps.conditioning == "text"
         prompts = [prompt] if text else None  # one prompt serves every seed
         seeds = list(range(seed, seed + max(1, count)))
@@ -145,6 +145,42 @@ class CompareSession:
         return ComparePair(base=tuple(self._base_cache[(s, *key)] for s in seeds),
                            trained=tuple(pil_to_qimage(p) for p in trained), seeds=tuple(seeds),
                            prompt=prompt if text else "", strength=strength, step=model.checkpoint.step)
+
+
+    def _compare_reconstructions(self, model: Any, count: int, strength: float) -> ComparePair:
+        """Models that reconstruct (VAEs): the same held-out pictures through the base model and the
+        trained one, original beside reconstruction, with each picture's PSNR."""
+        import torch
+
+        from transferstudio.data.holdout import reference_picture, split_held_out
+        from transferstudio.data.scan import scan_images
+
+        config = model.config
+        scan = scan_images(self.project.images, trigger=config.trigger)
+        _, held = split_held_out(scan.images, max(len(config.preview_seeds), count))
+        held = (held or scan.images)[:max(1, count)]  # pictures never trained on, where there are some
+        size = config.resolution or model.backbone.caps.native_resolution
+        references = [reference_picture(r.path, size) for r in held]
+        base = self._base_backbone_for(model)
+        sides = []
+        with torch.no_grad():
+            for backbone in (base, model.backbone):
+                pictures = backbone.sample(seeds=[], references=references)
+                notes = []
+                for ref in references:
+                    metrics = backbone.reconstruction_metrics([ref])
+                    notes.append(f"PSNR {metrics['psnr']:.1f} dB · SSIM {metrics['ssim']:.2f}")
+                sides.append((tuple(pil_to_qimage(p) for p in pictures), tuple(notes)))
+        names = tuple(range(1, len(references) + 1))
+        return ComparePair(base=sides[0][0], trained=sides[1][0], seeds=names, prompt="", strength=strength,
+                           step=model.checkpoint.step, base_notes=sides[0][1], trained_notes=sides[1][1])
+
+    def _base_backbone_for(self, model: Any) -> Any:
+        if self._base_backbone is None:  # every weight trained: the original model, loaded once
+            from transferstudio.backbones.registry import load_backbone
+
+            self._base_backbone = load_backbone(self.project.backbone, prediction_type=self.project.prediction_type)
+        return self._base_backbone
 
 
 # --- model library ------------------------------------------------------------------------

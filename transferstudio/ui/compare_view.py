@@ -206,8 +206,8 @@ class CompareView(QWidget):
     def _on_result(self, pair: ComparePair) -> None:
         self.last = pair
         captions = [f"seed {seed}" + (f" · {pair.prompt}" if pair.prompt else "") for seed in pair.seeds]
-        self.base_image.set_images(list(pair.base), captions)
-        self.trained_image.set_images(list(pair.trained), captions)
+        self.base_image.set_images(list(pair.base), list(pair.base_notes) or captions)
+        self.trained_image.set_images(list(pair.trained), list(pair.trained_notes) or captions)
         self.trained_title.setText(f"Trained (step {pair.step}, strength {round(pair.strength * 100)}%)")
         lora = self.session is not None and self.session.method == "lora"
         self._strength_row.setEnabled(lora)
