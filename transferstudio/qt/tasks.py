@@ -169,7 +169,7 @@ class CompareSession:
                 notes = []
                 for ref in references:
                     metrics = backbone.reconstruction_metrics([ref])
-                    notes.append(f"PSNR {metrics['psnr']:.1f} dB · SSIM {metrics['ssim']:.2f}")
+                    notes.append(f"{metrics['psnr']:.1f} dB · {metrics['ssim']:.2f}")  # PSNR · SSIM
                 sides.append((tuple(pil_to_qimage(p) for p in pictures), tuple(notes)))
         names = tuple(range(1, len(references) + 1))
         return ComparePair(base=sides[0][0], trained=sides[1][0], seeds=names, prompt="", strength=strength,

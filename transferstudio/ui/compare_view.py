@@ -209,6 +209,11 @@ class CompareView(QWidget):
         self.base_image.set_images(list(pair.base), list(pair.base_notes) or captions)
         self.trained_image.set_images(list(pair.trained), list(pair.trained_notes) or captions)
         self.trained_title.setText(f"Trained (step {pair.step}, strength {round(pair.strength * 100)}%)")
+        if pair.base_notes:  # reconstructions: original | reconstruction, with how close it is
+            self.base_title.setText("Base model — original | reconstruction, PSNR · SSIM")
+            self.trained_title.setText(f"Trained (step {pair.step}) — original | reconstruction, PSNR · SSIM")
+        else:
+            self.base_title.setText("Base model")
         lora = self.session is not None and self.session.method == "lora"
         self._strength_row.setEnabled(lora)
         if not lora:
