@@ -49,6 +49,7 @@ class PreviewImages:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     paths: tuple[Path, ...]
+    metrics: tuple[tuple[str, float], ...] = ()  # e.g. held-out PSNR/SSIM (reconstruction models)
 
 
 class _EventSignals(EventHandler):
@@ -59,7 +60,8 @@ class _EventSignals(EventHandler):
 
     def on_preview(self, event: Any) -> None:
         self.worker.preview.emit(PreviewImages(step=event.step, images=tuple(pil_to_qimage(i) for i in event.images),
-                                               prompts=event.prompts, seeds=event.seeds, paths=event.paths))
+                                               prompts=event.prompts, seeds=event.seeds, paths=event.paths,
+                                               metrics=tuple(sorted(event.metrics.items()))))
 
     def on_started(self, event: Any) -> None:
         self.worker.started.emit(event)

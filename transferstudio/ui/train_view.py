@@ -416,6 +416,11 @@ class TrainView(QWidget):
     def _on_preview(self, preview: PreviewImages) -> None:
         captions = [f"seed {s}" + (f" · {p}" if p else "")
                     for s, p in zip(preview.seeds, list(preview.prompts) + [""] * len(preview.seeds))]
+        metrics = dict(preview.metrics)
+        if metrics:  # a reconstruction model: held-out pictures, original | reconstruction
+            captions = [f"held-out picture {s}" for s in preview.seeds]
+            self._log(f"step {preview.step}: held-out pictures PSNR {metrics.get('psnr', 0):.2f} dB, "
+                                     f"SSIM {metrics.get('ssim', 0):.3f}")
         entry = (preview.step, list(preview.images), list(preview.paths), captions)
         self._previews = [p for p in self._previews if p[0] != preview.step] + [entry]
         self._previews.sort(key=lambda p: p[0])
