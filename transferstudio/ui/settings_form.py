@@ -406,6 +406,12 @@ class SettingsForm(QWidget):
             if wanted is not None:
                 self._set_row_visible(f.name, wanted == objective)
         offered = tuple(methods or ("lora", "full"))
+        if "lora" not in offered:  # e.g. a VAE: no adapter settings at all
+            for name in LORA_ONLY:
+                self._set_row_visible(name, False)
+        else:
+            for name in LORA_ONLY:
+                self._set_row_visible(name, text or name not in TEXT_ONLY)
         combo_view = self.editors["method"].view()  # type: ignore[attr-defined]
         for row in range(self.editors["method"].count()):  # type: ignore[attr-defined]
             combo_view.setRowHidden(row, self.editors["method"].itemData(row) not in offered)  # type: ignore[attr-defined]
@@ -502,5 +508,9 @@ class SettingsForm(QWidget):
                 applies = method == "lora"
             elif name in FULL_ONLY:
                 applies = method != "lora" and (name != "ema_decay" or ema_on)
+            elif name == "kl_weight":  # the KL term only counts while the encoder trains
+                applies = method == "full"
+            elif name == "adversarial_weight":
+                applies = self.editors["discriminator_start"].value() > 0  # type: ignore[attr-defined]
             editor.setEnabled(applies and not self._running)
             self.labels[name].setEnabled(applies)
