@@ -171,3 +171,22 @@ def test_compare_shows_the_same_held_out_pictures_through_base_and_adapted(qtbot
     assert all(" dB · " in note for note in pair.base_notes + pair.trained_notes)
     assert pair.base_notes != pair.trained_notes  # the adapted decoder reconstructs differently
     qtbot.waitUntil(lambda: view.task is None, timeout=60_000)
+
+
+def test_settings_show_what_applies_to_a_vae(qtbot):
+    from transferstudio.ui.settings_form import SettingsForm
+
+    form = SettingsForm()
+    qtbot.addWidget(form)
+    form.set_capabilities(text=False, supports_full_finetune=True, methods=["decoder", "full"],
+                          objective="reconstruction")
+    assert form.config().method == "decoder"
+    shown = lambda name: form.editors[name].isVisibleTo(form)  # noqa: E731
+    form.advanced.expand(animate=False)
+    form.show()
+    assert shown("kl_weight") and shown("pyramid_weight") and shown("discriminator_start")
+    assert not shown("rank") and not shown("noise_offset") and not shown("preview_steps")
+    assert not form.editors["kl_weight"].isEnabled()  # decoder only: the encoder's KL term is off
+    form.set_capabilities(text=True, supports_full_finetune=True, methods=["lora", "full"], objective="diffusion")
+    assert form.config().method == "lora"
+    assert shown("rank") and shown("noise_offset") and not shown("kl_weight")
