@@ -566,7 +566,8 @@ def test_formats_offered_per_family_and_method():
                         text_encoders=0, prediction_type="epsilon", latent=False)
     assert keys(caps, "lora") == ["diffusers", "merged-diffusers"]
     assert all(label and text for _, label, text in formats_for("sdxl", "lora"))
-    assert set(formats.FORMATS) == {"kohya", "diffusers", "merged-diffusers", "merged-single-file", "single-file"}
+    assert set(formats.FORMATS) == {"kohya", "diffusers", "merged-diffusers", "merged-single-file", "single-file",
+                                    "pipeline-diffusers", "pipeline-single-file"}
 
 
 def test_lora_folders_of_a1111_and_comfyui_installs(tmp_path):

@@ -190,3 +190,41 @@ def test_settings_show_what_applies_to_a_vae(qtbot):
     form.set_capabilities(text=True, supports_full_finetune=True, methods=["lora", "full"], objective="diffusion")
     assert form.config().method == "lora"
     assert shown("rank") and shown("noise_offset") and not shown("kl_weight")
+
+
+def test_the_adapted_vae_goes_into_its_stable_diffusion_model(tmp_path, tiny_sd1_dir, capsys):
+    from diffusers import AutoencoderKL
+
+    project = tmp_path / "project"
+    images = make_pictures(tmp_path / "pictures", size=32)
+    assert cli.main(["new", str(project), "--backbone", str(tiny_sd1_dir / "vae"), "--images", str(images),
+                     "--steps", "2", "--batch-size", "4", "--checkpoint-every", "2", "--preview-every", "0",
+                     "--device", "cpu", "--precision", "fp32", "--lr", "0.01"]) == 0
+    assert cli.main(["train", str(project)]) == 0
+    adapted = tmp_path / "vae-only"
+    assert cli.main(["export", str(project), "--out", str(adapted), "--format", "diffusers"]) == 0
+    capsys.readouterr()
+
+    # Refused in one sentence: no pipeline named, or a VAE named where the SD model is needed.
+    assert cli.main(["export", str(project), "--out", str(tmp_path / "x"), "--format", "pipeline-diffusers"]) == 2
+    assert "--pipeline" in capsys.readouterr().err
+    assert cli.main(["export", str(project), "--out", str(tmp_path / "x"), "--format", "pipeline-diffusers",
+                     "--pipeline", str(adapted)]) == 2
+    assert "is not a Stable Diffusion model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+    folder = tmp_path / "sd-with-vae"
+    assert cli.main(["export", str(project), "--out", str(folder), "--format", "pipeline-diffusers",
+                     "--pipeline", str(tiny_sd1_dir)]) == 0
+    inside = AutoencoderKL.from_pretrained(folder / "vae")
+    mine = AutoencoderKL.from_pretrained(adapted)
+    for name, value in mine.state_dict().items():
+        assert torch.equal(inside.state_dict()[name], value), name
+    assert (folder / "unet").is_dir() and (folder / "text_encoder").is_dir()
+
+    single = tmp_path / "sd-with-vae.safetensors"
+    assert cli.main(["export", str(project), "--out", str(single), "--format", "pipeline-single-file",
+                     "--pipeline", str(tiny_sd1_dir)]) == 0
+    tensors = _weights(single)
+    assert torch.equal(tensors["first_stage_model.decoder.conv_out.weight"], mine.decoder.conv_out.weight)
+    assert any(k.startswith("model.diffusion_model.") for k in tensors)

@@ -450,6 +450,14 @@ class StableDiffusionBase(DiffusionBackbone):
     def kohya_unet_names(self, paths: list[str]) -> dict[str, str]:
         return diffusers_kohya_names(paths)
 
+    def replace_part(self, other: Any) -> None:
+        """Put another model's trained part in place of this one's (a fine-tuned VAE): its weights
+        must fit this model's VAE exactly (load_state_dict is strict)."""
+        part = getattr(other, "vae", None)
+        if part is None:
+            raise ValueError("it has no VAE to put in")
+        self.vae.load_state_dict(part.state_dict())
+
     def save_single_file(self, file: Path, *, dtype: torch.dtype | None = None,
                          metadata: dict[str, str] | None = None) -> None:
         """One original-layout checkpoint (A1111/ComfyUI/Forge, diffusers' `from_single_file`),

@@ -50,7 +50,7 @@ def _caps(resolution: int, multiple: int, label: str = LABEL) -> Capabilities:
     return Capabilities(conditioning="none", native_resolution=resolution, resolution_multiple=multiple,
                         supports_full_finetune=True, text_encoders=0, prediction_type="", latent=False,
                         methods=("decoder", "full"), preview="reconstruction", objective="reconstruction",
-                        formats=("single-file",), label=label)
+                        formats=("single-file", "pipeline"), label=label)
 
 
 class VAEFamily(Family):

@@ -92,7 +92,7 @@ def unique_path(path: Path) -> Path:
 # --- exporting ---------------------------------------------------------------------------------
 
 def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bool = False,
-           overwrite: bool = False, run_dir: Path | None = None) -> ExportResult:
+           overwrite: bool = False, run_dir: Path | None = None, pipeline: Path | None = None) -> ExportResult:
     """Export a project's latest (or `run_dir`'s) trained weights as `fmt`.
 
     `strength` bakes the LoRA in at that scale for the merged formats; LoRA files keep the
@@ -101,7 +101,8 @@ def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bo
 
     registry.get(fmt)
     trained = load_trained(project, run_dir)
-    result = export_trained(trained, out, fmt, project=project, strength=strength, fp16=fp16, overwrite=overwrite)
+    result = export_trained(trained, out, fmt, project=project, strength=strength, fp16=fp16, overwrite=overwrite,
+                            pipeline=pipeline)
     return dataclasses.replace(result, warnings=tuple(getattr(trained, "warnings", ())))
 
 
@@ -113,7 +114,7 @@ def export_project(project: Any, out: Path, *, fmt: str = "diffusers", run_dir: 
 
 def export_trained(trained: Any, out: Path, fmt: str = "diffusers", *, project: Any | None = None,
                    strength: float = 1.0, fp16: bool = False, overwrite: bool = False,
-                   title: str | None = None) -> ExportResult:
+                   title: str | None = None, pipeline: Path | None = None) -> ExportResult:
     """Export an already loaded TrainedModel. Merged formats change its backbone in place."""
     writer = registry.get(fmt)
     backbone, config = trained.backbone, trained.config
@@ -138,7 +139,8 @@ def export_trained(trained: Any, out: Path, fmt: str = "diffusers", *, project: 
     date = md.now_iso()
     dataset = md.dataset_summary(project.images, config.trigger) if project is not None else {}
     ctx = registry.ExportContext(title=title or (out.name if folder_out else out.stem), strength=strength,
-                                 fp16=fp16, date=date, dataset=dataset, base_sha256=_base_hash(backbone), out=out)
+                                 fp16=fp16, date=date, dataset=dataset, base_sha256=_base_hash(backbone), out=out,
+                                 pipeline=Path(pipeline).expanduser() if pipeline else None)
 
     def write(staged: Path) -> None:
         extra = writer.write(trained, staged, ctx)

@@ -64,6 +64,7 @@ class ExportContext:
     dataset: dict
     base_sha256: str | None
     out: Path  # the final path (writers write to a staged path beside it)
+    pipeline: Path | None = None  # the model the trained part belongs in (a VAE's Stable Diffusion model)
 
 
 # --- the built-in formats, in the order the export dialog lists them --------------------------
@@ -99,3 +100,15 @@ register(ExportFormat(
     "(diffusers' `from_single_file` reads it too).",
     methods=None, applies=lambda caps, method: "single-file" in getattr(caps, "formats", ()),
     folder=lambda method: False, write=writers.write_single_file, result_kind=lambda method: "full"))
+register(ExportFormat(
+    "pipeline-diffusers", "Stable Diffusion model with this VAE, diffusers folder",
+    "The Stable Diffusion model you name (--pipeline) with the adapted VAE in place of its own, as a "
+    "diffusers folder. Large (a full model).",
+    methods=None, applies=lambda caps, method: "pipeline" in getattr(caps, "formats", ()),
+    folder=lambda method: True, write=writers.write_pipeline_diffusers, result_kind=lambda method: "merged"))
+register(ExportFormat(
+    "pipeline-single-file", "Stable Diffusion checkpoint with this VAE (.safetensors)",
+    "The Stable Diffusion model you name (--pipeline) with the adapted VAE baked in, as one checkpoint "
+    "for ComfyUI, A1111 / Forge. Large (a full model).",
+    methods=None, applies=lambda caps, method: "pipeline" in getattr(caps, "formats", ()),
+    folder=lambda method: False, write=writers.write_pipeline_single_file, result_kind=lambda method: "merged"))

@@ -146,3 +146,45 @@ def write_merged_single_file(trained: Any, file: Path, ctx: ExportContext) -> di
     bake(trained, ctx.strength)
     trained.backbone.save_single_file(file, dtype=torch.float16 if ctx.fp16 else None, metadata=meta)
     return {}
+
+
+# --- a trained part put into the model it belongs to (a VAE into its Stable Diffusion model) -----
+
+def _pipeline_with(trained: Any, ctx: "ExportContext") -> Any:
+    """The model named by `ctx.pipeline`, loaded, with the trained part in place of its own."""
+    from transferstudio.backbones.registry import inspect_backbone, load_backbone
+    from transferstudio.core.errors import ExportError
+
+    if ctx.pipeline is None:
+        raise ExportError("This format needs the Stable Diffusion model the VAE belongs in.",
+                          "Name it with --pipeline PATH (a diffusers folder or a .safetensors checkpoint).")
+    found = inspect_backbone(ctx.pipeline)
+    if not found.usable or found.caps is None or not found.caps.single_file:
+        raise ExportError(f"{ctx.pipeline} is not a Stable Diffusion model ({found.label}).",
+                          "Name a Stable Diffusion 1.x/2.x or SDXL model folder or checkpoint, not a VAE or LoRA.")
+    pipeline = load_backbone(ctx.pipeline)
+    try:
+        pipeline.replace_part(trained.backbone)
+    except (ValueError, RuntimeError, AttributeError) as exc:
+        raise ExportError(f"The trained VAE does not fit {Path(ctx.pipeline).name}: {exc}",
+                          "Pick the Stable Diffusion model this VAE came from.") from None
+    return pipeline
+
+
+def write_pipeline_diffusers(trained: Any, folder: Path, ctx: "ExportContext") -> dict:
+    pipeline = _pipeline_with(trained, ctx)
+    if ctx.fp16:
+        _to_fp16(pipeline.plain_modules())
+    pipeline.save_full(Path(folder))
+    return {"pipeline": str(ctx.pipeline)}
+
+
+def write_pipeline_single_file(trained: Any, file: Path, ctx: "ExportContext") -> dict:
+    import torch
+
+    pipeline = _pipeline_with(trained, ctx)
+    meta = {"transferstudio.version": __version__, "transferstudio.steps": str(trained.checkpoint.step),
+            "transferstudio.vae": Path(trained.backbone.source).name,
+            "transferstudio.pipeline": Path(ctx.pipeline).name}
+    pipeline.save_single_file(file, dtype=torch.float16 if ctx.fp16 else None, metadata=meta)
+    return {"pipeline": str(ctx.pipeline)}
