@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--run", metavar="ID", help="export this run (see `runs`); default: the latest trained")
+    p.add_argument("--pipeline", type=Path, metavar="PATH",
+                   help="pipeline-* formats: the Stable Diffusion model (folder or .safetensors) a trained VAE "
+                        "is put into")
 
     p = sub.add_parser("self-check", help="check that this installation is whole (imports, a short "
                                           "training, export)")
@@ -380,7 +383,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     project = load_project(args.project)
     check_not_training(project.folder)  # its checkpoints are being written and pruned
     result = export(project, args.out, args.format, strength=args.strength, fp16=args.fp16,
-                    overwrite=args.overwrite, run_dir=_run_dir(project, args.run))
+                    overwrite=args.overwrite, run_dir=_run_dir(project, args.run), pipeline=args.pipeline)
     for warning in getattr(result, "warnings", ()):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.kind} weights from step {result.step} to {result.path}")
