@@ -84,10 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="fine-tune the starter model on the sample images, "
                                     "and compare with training from scratch")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--family", choices=("diffusion", "vae"), default="diffusion",
+                   help="diffusion: the starter image generator (default); vae: the starter VAE, "
+                        "decoder-only fine-tune, scored on held-out cities (PSNR/SSIM)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: demo-output, or demo-output-vae with --family vae)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--method", choices=("full", "lora"), default="full",
-                   help="full fine-tuning (default, best on the tiny starter) or LoRA")
+    p.add_argument("--method", choices=("full", "lora"), default=None,
+                   help="full fine-tuning (default, best on the tiny starter) or LoRA (diffusion family)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the sample project's)")
     return parser
 
@@ -419,9 +423,16 @@ def cmd_self_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from transferstudio.starter.demo import run_demo
+    from transferstudio.starter.demo import run_demo, run_vae_demo
 
-    return run_demo(args.out, steps=args.steps, method=args.method, learning_rate=args.lr)
+    if args.family == "vae":
+        if args.method is not None:
+            raise UserError("--method applies to the diffusion demo only.",
+                            "The VAE demo fine-tunes the decoder (its baseline trains every weight); "
+                            "leave --method out.")
+        return run_vae_demo(args.out or Path("demo-output-vae"), steps=args.steps, learning_rate=args.lr)
+    return run_demo(args.out or Path("demo-output"), steps=args.steps, method=args.method or "full",
+                    learning_rate=args.lr)
 
 
 COMMANDS = {"new": cmd_new, "train": cmd_train, "runs": cmd_runs, "sample": cmd_sample, "export": cmd_export,

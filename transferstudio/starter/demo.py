@@ -7,6 +7,10 @@
    same steps (the from-scratch baseline),
 5. samples both, scores them against the target images with the sliced Wasserstein
    distance over Laplacian-pyramid patches, and writes the grids side by side.
+
+`transferstudio demo --family vae` (`run_vae_demo`) does the same for the starter VAE: decoder-only
+fine-tune, the same architecture trained from random weights, and PSNR/SSIM/MS-SSIM of their
+reconstructions (and the starter's) of held-out procedural cities, with a grid of them.
 """
 from __future__ import annotations
 
@@ -30,11 +34,7 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
 
     out = Path(out)
     t_start = time.perf_counter()
-    if (out / "project").exists():
-        shutil.rmtree(out / "project")
-    if (out / "scratch").exists():
-        shutil.rmtree(out / "scratch")
-    out.mkdir(parents=True, exist_ok=True)
+    _fresh(out, "project", "scratch")
     overrides: dict[str, Any] = {"method": method}
     if method == "lora":
         overrides.update(learning_rate=2e-3, rank=32, alpha=32)
@@ -48,7 +48,8 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
     finetuned = _train(project, train, TrainJob, log, "pretrained starter → cities")
     if finetuned is None:
         return 2
-    export_path = _export(project, out, log)
+    target = out / "export" / ("starter-cities" if project.config.method == "full" else "starter-cities.safetensors")
+    export_path = _export(project, target, log)
 
     scratch_backbone = _random_copy(project.backbone, out / "scratch" / "random-init-model")
     scratch = create_project(out / "scratch" / "project", backbone=scratch_backbone, images=project.images,
@@ -107,14 +108,21 @@ def _train(project, train, TrainJob, log, title: str) -> Any:
     return end if isinstance(end, Finished) else None
 
 
-def _export(project, out: Path, log) -> Path:
+def _fresh(out: Path, *names: str) -> None:
+    """`out` exists, and none of its `names` (what an earlier demo left there) does."""
+    for name in names:
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _export(project, target: Path, log, fmt: str = "diffusers") -> Path:
     from transferstudio.export.formats import export_project
 
-    target = out / "export" / ("starter-cities" if project.config.method == "full" else "starter-cities.safetensors")
     if target.exists():
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-    result = export_project(project, target)
-    log(f"   exported {result.kind} weights to {result.path}")
+    result = export_project(project, target, fmt=fmt)
+    log(f"   exported {result.kind} weights ({fmt}) to {result.path}")
     return result.path
 
 
@@ -197,4 +205,170 @@ def _side_by_side(path: Path, panels: list[tuple[str, list]]) -> None:
         x = 16 + i * (w + 16)
         draw.text((x, 14), title, fill=(230, 230, 230))
         canvas.paste(g, (x, 36))
+    canvas.save(path)
+
+
+# --- the VAE demo: `transferstudio demo --family vae` ----------------------------------------------
+
+HELD_OUT_CITY_SEEDS = range(10_000, 10_064)  # procedural cities no run trains on (the starter VAE's card uses them)
+GRID_PICTURES = 8
+VAE_ROWS = (("base", "starter VAE before fine-tuning"), ("finetuned", "pretrained + fine-tuned (decoder only)"),
+            ("scratch", "from scratch, same steps (full)"))
+
+
+def run_vae_demo(out: Path, *, steps: int | None = None, learning_rate: float | None = None,
+                 held_out: int = len(HELD_OUT_CITY_SEEDS), log=print, **overrides: Any) -> int:
+    """The VAE part of the demo: fine-tune the starter VAE's decoder on the sample cities, train the
+    same architecture from random weights with the same settings (encoder too: a random encoder
+    must learn), and measure both, and the starter before fine-tuning, on held-out cities.
+    `overrides` are sample_vae_config settings (tests make the run tiny with them)."""
+    import dataclasses
+
+    from transferstudio.project.project import create_project, load_project
+    from transferstudio.starter.sample import create_sample_vae_project
+    from transferstudio.training.trainer import TrainJob, train
+
+    out = Path(out)
+    t_start = time.perf_counter()
+    _fresh(out, "project", "scratch")
+    if steps:
+        overrides["steps"] = steps
+    if learning_rate:
+        overrides["learning_rate"] = learning_rate
+    project = load_project(create_sample_vae_project(out / "project", **overrides))
+    log(f"TransferStudio VAE demo: fine-tune the landscape starter VAE on {project.images}")
+    log("   (the decoder only: the encoder and its latent space stay the starter's)")
+    if _train(project, train, TrainJob, log, "pretrained starter VAE → cities") is None:
+        return 2
+    exports = {"diffusers": _export(project, out / "export" / "starter-vae-cities", log),
+               "single-file": _export(project, out / "export" / "starter-vae-cities.safetensors", log,
+                                      fmt="single-file")}
+
+    scratch_backbone = _random_vae(project.backbone, out / "scratch" / "random-init-vae", project.config.seed)
+    scratch = create_project(out / "scratch" / "project", backbone=scratch_backbone, images=project.images,
+                             name="VAE from scratch (baseline)",
+                             config=dataclasses.replace(project.config, method="full"))
+    log("\nThe baseline trains every weight (method full): its encoder is random too, and a decoder-only "
+        "run on a random encoder could not learn. Same steps, learning rate, batch and seed.")
+    if _train(scratch, train, TrainJob, log, "random init → cities (baseline)") is None:
+        return 2
+
+    log(f"\nreconstructing {held_out} held-out procedural cities no run trained on…")
+    report = compare_vaes(project, scratch, out, held_out=held_out)
+    report["exports"] = {fmt: str(path) for fmt, path in exports.items()}
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    held = report["held_out"]
+    log("")
+    log(f"reconstruction of {held['count']} held-out cities ({held['size']} px, city_batch seeds "
+        f"{held['seeds'][0]}..{held['seeds'][1] - 1}); higher is better:")
+    log("                                            PSNR dB    SSIM   MS-SSIM")
+    for key, label in VAE_ROWS:
+        row = report[key]
+        log(f"  {label + ':':<41} {row['psnr']:7.2f}  {row['ssim']:6.3f}  {row['ms_ssim']:8.3f}")
+    tuned, base, baseline = report["finetuned"], report["base"], report["scratch"]
+    if tuned["ssim"] > baseline["ssim"] and tuned["psnr"] > baseline["psnr"]:
+        verdict = (f"transfer helped: the fine-tuned VAE is {tuned['psnr'] - baseline['psnr']:+.1f} dB and "
+                   f"{tuned['ssim'] - baseline['ssim']:+.3f} SSIM ahead of from scratch "
+                   f"({tuned['psnr'] - base['psnr']:+.1f} dB, {tuned['ssim'] - base['ssim']:+.3f} SSIM "
+                   f"over the starter before fine-tuning)")
+    else:
+        verdict = "transfer did NOT help in this run"
+    log(f"  → {verdict}")
+    log(f"side by side: {out / 'comparison.png'} (rows: originals, starter, fine-tuned, from scratch)")
+    log(f"exported:     {exports['diffusers']} (AutoencoderKL.from_pretrained)")
+    log(f"              {exports['single-file']} (models/VAE of A1111/Forge/ComfyUI)")
+    log(f"total time:   {report['seconds']:.0f} s")
+    return 0
+
+
+def _random_vae(backbone_dir: Path, dest: Path, seed: int) -> Path:
+    """The starter VAE's architecture with freshly initialised weights (seeded)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(backbone_dir))
+    if dest.exists():
+        shutil.rmtree(dest)
+    vae.save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def held_out_cities(count: int = len(HELD_OUT_CITY_SEEDS), size: int = 32):
+    """(seeds, pictures as a [-1, 1] (N, 3, size, size) tensor): cities the runs never see (the
+    sample pictures are other seeds of the same generator)."""
+    import torch
+
+    from transferstudio.starter.procedural import city_batch
+
+    seeds = HELD_OUT_CITY_SEEDS[:count]
+    return seeds, torch.from_numpy(city_batch(seeds, size)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def vae_quality(backbone, pixels) -> tuple[Any, dict[str, float]]:
+    """Posterior-mean reconstructions rounded to 8 bit (what a user sees) and their mean PSNR,
+    SSIM, MS-SSIM and mean absolute error (on the [0, 1] scale) against `pixels`."""
+    import torch
+
+    from transferstudio.backbones.image_quality import ms_ssim, psnr, ssim
+
+    backbone.vae.eval()
+    with torch.no_grad():
+        recon = backbone.reconstruct(pixels.to(backbone.device)).cpu()
+    recon = ((recon.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1.0
+    return recon, {"psnr": float(psnr(recon, pixels).mean()), "ssim": float(ssim(recon, pixels).mean()),
+                   "ms_ssim": float(ms_ssim(recon, pixels).mean()),
+                   "l1": float((recon - pixels).abs().mean() / 2)}
+
+
+def compare_vaes(project, scratch, out: Path, *, held_out: int) -> dict:
+    from transferstudio.adapt.restore import load_trained
+    from transferstudio.backbones.registry import load_backbone
+
+    size = load_backbone(project.backbone).caps.native_resolution
+    seeds, pixels = held_out_cities(held_out, size)
+    models = {"base": load_backbone(project.backbone), "finetuned": load_trained(project).backbone,
+              "scratch": load_trained(scratch).backbone}
+    recons, figures = {}, {}
+    for key, backbone in models.items():
+        recons[key], figures[key] = vae_quality(backbone, pixels)
+    rows = [("held-out originals", pixels)] + [
+        (f"{label}   PSNR {figures[key]['psnr']:.2f} dB · SSIM {figures[key]['ssim']:.3f}", recons[key])
+        for key, label in VAE_ROWS]
+    _picture_rows(out / "comparison.png", [(title, _pictures(batch[:GRID_PICTURES])) for title, batch in rows])
+    validation = {}
+    for key, proj in (("finetuned", project), ("scratch", scratch)):
+        lines = (proj.latest_run() / "validation.jsonl").read_text().splitlines()
+        validation[key] = [json.loads(line) for line in lines]
+    config = project.config
+    return {"family": "vae", **figures,
+            "held_out": {"generator": "transferstudio.starter.procedural.city_batch",
+                         "seeds": [seeds.start, seeds.stop], "count": len(seeds), "size": size},
+            "train_steps": config.steps, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+            "method": config.method, "scratch_method": scratch.config.method,
+            "validation": validation}
+
+
+def _pictures(batch) -> list:
+    from PIL import Image
+
+    arrays = ((batch.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+def _picture_rows(path: Path, rows: list[tuple[str, list]], cell: int = 128, gap: int = 8) -> None:
+    """One labelled row of pictures per entry, each enlarged (nearest) to `cell` pixels."""
+    from PIL import Image, ImageDraw
+
+    cols = max(len(images) for _, images in rows)
+    label = 22
+    canvas = Image.new("RGB", (gap + cols * (cell + gap), gap + len(rows) * (label + cell + gap)), (18, 18, 22))
+    draw = ImageDraw.Draw(canvas)
+    for r, (title, images) in enumerate(rows):
+        y = gap + r * (label + cell + gap)
+        draw.text((gap, y + 4), title, fill=(230, 230, 230))
+        for c, image in enumerate(images):
+            canvas.paste(image.resize((cell, cell), Image.NEAREST), (gap + c * (cell + gap), y + label))
     canvas.save(path)
