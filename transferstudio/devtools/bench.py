@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transferstudio.core.events import EventHandler
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SETTINGS = {
@@ -25,10 +27,29 @@ SETTINGS = {
 }
 
 
+class StepTiming(EventHandler):
+    """Seconds between optimizer steps (after two warm-up steps) and the engine's images/s."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.times: list[float] = []
+        self.rates: list[float] = []
+        self.last: float | None = None
+
+    def on_step(self, event: Any) -> None:
+        now = time.perf_counter()
+        if self.last is not None and event.step > 2:  # skip warm-up steps
+            self.times.append(now - self.last)
+            self.rates.append(event.images_per_s)
+        self.last = now
+
+    def on_failed(self, event: Any) -> None:
+        print(f"{self.name:<18} failed: {event.message}")
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from transferstudio.core.events import EventHandler
     from transferstudio.project.project import create_project
     from transferstudio.starter.sample import sample_config, sample_images, starter_model
     from transferstudio.training.trainer import TrainJob, train
@@ -56,23 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             project = create_project(Path(tmp) / f"p{i}", backbone=backbone, images=images, config=config)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            class Timing(EventHandler):
-                def __init__(self) -> None:
-                    self.times: list[float] = []
-                    self.rates: list[float] = []
-                    self.last: float | None = None
-
-                def on_step(self, event: Any) -> None:
-                    now = time.perf_counter()
-                    if self.last is not None and event.step > 2:  # skip warm-up steps
-                        self.times.append(now - self.last)
-                        self.rates.append(event.images_per_s)
-                    self.last = now
-
-                def on_failed(self, event: Any) -> None:
-                    print(f"{name:<18} failed: {event.message}")
-
-            timing = Timing()
+            timing = StepTiming(name)
             timing.run(train(TrainJob(project)))
             times, rates = timing.times, timing.rates
             if not times:

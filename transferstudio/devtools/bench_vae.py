@@ -13,7 +13,6 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import transferstudio.core.offline  # noqa: F401
 
@@ -33,7 +32,7 @@ def _sd_vae(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from transferstudio.core.events import EventHandler
+    from transferstudio.devtools.bench import StepTiming
     from transferstudio.project.config import TrainConfig
     from transferstudio.project.project import create_project
     from transferstudio.starter.sample import sample_images
@@ -57,21 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 project = create_project(Path(tmp) / f"p{i}-{method}", backbone=backbone, images=sample_images(),
                                          config=config)
 
-                class Timing(EventHandler):
-                    def __init__(self) -> None:
-                        self.times: list[float] = []
-                        self.last: float | None = None
-
-                    def on_step(self, event: Any) -> None:
-                        now = time.perf_counter()
-                        if self.last is not None and event.step > 2:  # skip warm-up steps
-                            self.times.append(now - self.last)
-                        self.last = now
-
-                    def on_failed(self, event: Any) -> None:
-                        print(f"{name:<28} {method:<8} failed: {event.message}")
-
-                timing = Timing()
+                timing = StepTiming(f"{name} {method}")
                 timing.run(train(TrainJob(project)))
                 if not timing.times:
                     continue
