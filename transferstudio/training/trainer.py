@@ -33,8 +33,8 @@ from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, P
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.lock import ProjectLock
 from transferstudio.project.project import Project
-from transferstudio.project.run import (Run, describe_differences, find_run, remove_orphan_runs, remove_run_folder,
-                                        settings_differences)
+from transferstudio.project.run import (Run, continuable_run, describe_differences, find_run, remove_orphan_runs,
+                                        remove_run_folder, settings_differences)
 from transferstudio.training.device import autocast_dtype, choose_device, frozen_dtype
 from transferstudio.data.holdout import reference_picture, split_held_out
 from transferstudio.training.previews import preview_prompts, save_previews
@@ -77,7 +77,7 @@ def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str 
     project's settings differ in anything else, SettingsChanged unless `keep_run_settings`."""
     run = None
     if not fresh:
-        run = find_run(project, run_id) if run_id else _latest_with_checkpoint(project)
+        run = find_run(project, run_id) if run_id else continuable_run(project)
     if run is not None and run.latest is not None:
         config = TrainConfig.from_dict(run.config.to_dict())
         config.steps = steps or max(project.config.steps, run.total)
@@ -95,12 +95,6 @@ def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str 
     if steps:
         config.steps = steps
     return None, config
-
-
-def _latest_with_checkpoint(project: Project) -> Run | None:
-    from transferstudio.project.run import continuable_run
-
-    return continuable_run(project)
 
 
 class _PhaseState:
@@ -285,7 +279,7 @@ class Trainer:
         job, project = self.job, self.project
         if job.fresh:
             return
-        run = find_run(project, job.run_id) if job.run_id else _latest_with_checkpoint(project)
+        run = find_run(project, job.run_id) if job.run_id else continuable_run(project)
         if run is None or not run.checkpoints:
             return
         good, bad = ckpt.newest_good(run.checkpoints)
