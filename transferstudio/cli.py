@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings have changed since (without it, `train` refuses and names the changes)")
     p.add_argument("--run", metavar="ID", help="continue this run (see `runs`) instead of the latest")
 
+    p = sub.add_parser("pretrain", help="make your own pretrained backbone from a large folder of pictures "
+                                        "(then adapt it to a small set with `new`/`train`)")
+    p.add_argument("--family", choices=("gan",), default="gan", help="the kind of model to pretrain")
+    p.add_argument("--images", type=Path, required=True, help="a large folder of pictures (thousands)")
+    p.add_argument("--out", type=Path, required=True, help="the new model's folder (must not exist)")
+    p.add_argument("--steps", type=_step_count, default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed and pictures give the same weights")
+    p.add_argument("--resolution", type=int, default=32, choices=(16, 32, 64, 128), help="picture size in px")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate")
+    p.add_argument("--size", choices=("tiny", "starter", "large"), default="starter",
+                   help="network width: starter (about 1.7 M weights at 32 px), large (4×), tiny (tests)")
+
     p = sub.add_parser("runs", help="list a project's runs: steps, loss, exports, whether it can continue")
     p.add_argument("project", type=Path)
 
@@ -51,16 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", action="store_true", help="use the base model without training")
     p.add_argument("--steps", type=int, default=None, help="denoising steps")
     p.add_argument("--strength", type=float, default=1.0, help="adapter strength (LoRA)")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="GANs: 1 samples the whole variety; lower (e.g. 0.7) stays closer to the average picture")
     p.add_argument("--run", metavar="ID", help="sample this run (see `runs`); default: the latest trained")
 
     p = sub.add_parser("export", help="export the trained weights")
     p.add_argument("project", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--format", default="diffusers",
+    p.add_argument("--format", default=None,
                    choices=tuple(_export_formats()),
                    help="kohya: LoRA for ComfyUI/A1111; diffusers: load_lora_weights / from_pretrained; "
                         "merged-*: the whole model with the training baked in; single-file: the model as "
-                        "one original-layout file (e.g. a VAE for models/VAE)")
+                        "one original-layout file (e.g. a VAE for models/VAE); generator / onnx / gan-folder: "
+                        "a GAN's generator. Default: diffusers, or a GAN's generator .safetensors")
     p.add_argument("--strength", type=float, default=1.0, help="strength the merged formats bake in")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
@@ -175,8 +191,8 @@ def cmd_new(args: argparse.Namespace) -> int:
     if not found.usable:
         raise BackboneError(found.problems[0] if found.problems else f"{args.backbone} is not usable.",
                             "Run `transferstudio inspect PATH` for details.")
-    if found.caps is not None and args.method is None:
-        config.method = config.default_method_for(found.caps)  # e.g. a VAE trains its decoder
+    if found.caps is not None:  # e.g. a VAE trains its decoder, a GAN takes batches of 16
+        config.suggest_for(found.caps, given={n for n in _CLI_OPTIONS if getattr(args, n, None) is not None})
     if found.caps is not None and not problems:
         problems = config.problems_for(found.caps)
     if problems:
@@ -259,11 +275,19 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "S
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from transferstudio.core.commands import Commands
     from transferstudio.project.project import load_project
     from transferstudio.training.trainer import TrainJob, train
 
     project = load_project(args.project)
+    return _run_training(lambda commands: train(TrainJob(project, steps=args.steps, fresh=args.fresh,
+                                                         run_id=args.run, keep_run_settings=args.keep_run_settings),
+                                                commands))
+
+
+def _run_training(events: Any) -> int:
+    """Print a training's events; Ctrl-C (and the other stop signals) stop it after the step, saved."""
+    from transferstudio.core.commands import Commands
+
     commands = Commands()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -276,12 +300,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     printer = _TrainPrinter.make()
     try:
-        printer.run(train(TrainJob(project, steps=args.steps, fresh=args.fresh, run_id=args.run,
-                                   keep_run_settings=args.keep_run_settings), commands))
+        printer.run(events(commands))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return printer.code
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from transferstudio.starter.pretrain import PretrainJob, pretrain, work_folder
+
+    job = PretrainJob(family=args.family, images=args.images, out=args.out, steps=args.steps, seed=args.seed,
+                      resolution=args.resolution, batch_size=args.batch_size, learning_rate=args.lr,
+                      size=args.size)
+    code = _run_training(lambda commands: pretrain(job, commands))
+    if code == 0:
+        print(f"pretrained model: {args.out} (use it as the --backbone of a project)")
+    else:
+        print(f"run the same command again to continue from the last checkpoint in {work_folder(args.out)}",
+              file=sys.stderr)
+    return code
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -345,8 +383,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = None
     if backbone.caps.conditioning == "text":
         prompts = [args.prompt or project.config.trigger or "a picture"]
+    extra = {"truncation": args.truncation} if backbone.caps.truncation else {}
     image = _sample_checked(backbone, None if args.base else trained, project, seeds=[args.seed], prompts=prompts,
-                            steps=steps)[0]
+                            steps=steps, **extra)[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -435,7 +474,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     learning_rate=args.lr)
 
 
-COMMANDS = {"new": cmd_new, "train": cmd_train, "runs": cmd_runs, "sample": cmd_sample, "export": cmd_export,
+COMMANDS = {"new": cmd_new, "train": cmd_train, "pretrain": cmd_pretrain, "runs": cmd_runs, "sample": cmd_sample, "export": cmd_export,
             "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
             "self-check": cmd_self_check}
 

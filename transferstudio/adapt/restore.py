@@ -88,12 +88,15 @@ def load_trained(project: Project, run_dir: Path | None = None, *, use_ema: bool
     config = run_config(run)
     backbone = backbone or load_backbone(project.backbone, prediction_type=project.prediction_type)
     trainee = Trainee(backbone, config)
-    parts = ckpt.split_roles(state)
-    if weights == ckpt.EMA:
-        for role, part in parts.items():
+    if weights == ckpt.EMA:  # the trained weights (other roles, buffers), then the averaged ones over them
+        try:
+            trainee.load_state(ckpt.split_roles(ckpt.read_weights(found.path, ckpt.WEIGHTS)))
+        except CheckpointError:
+            pass  # the average alone still makes the model
+        for role, part in ckpt.split_roles(state).items():
             trainee.roles[role].load_state_dict(part, strict=False)
     else:
-        trainee.load_state(parts)
+        trainee.load_state(ckpt.split_roles(state))
     trainee.train_mode(False)
     warnings = tuple(f"{note}; using {found.path.name} of run {run.name} instead." for note in dict.fromkeys(notes))
     return TrainedModel(backbone=backbone, trainee=trainee, config=config, run_dir=run, checkpoint=found,

@@ -42,6 +42,8 @@ class Trainee:
         for role, plan in self.plans.items():
             if plan.how == "full":
                 plan.module.requires_grad_(True)
+                for name in plan.frozen:
+                    plan.module.get_submodule(name).requires_grad_(False)
             else:
                 self.lora_configs[role] = adapters.add_lora(
                     plan.module, rank=config.rank, alpha=config.alpha, dropout=config.dropout,

@@ -37,6 +37,10 @@ class Capabilities:
     objective: str = "diffusion"  # "diffusion" | "reconstruction": which settings apply
     formats: tuple[str, ...] = ()  # family-specific export formats it writes (e.g. "single-file")
     label: str = ""  # what the family is called, for people (e.g. "Stable Diffusion XL")
+    diffusers_layout: bool = True  # its trained weights export as diffusers files (LoRA or model folder)
+    fixed_resolution: bool = False  # it makes pictures of its native size only (a GAN)
+    truncation: bool = False  # sampling takes a truncation ψ (a GAN: closer to the average picture)
+    suggested: tuple[tuple[str, Any], ...] = ()  # settings a new project of this model starts from
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class RolePlan:
     module: nn.Module
     how: str  # "full" | "lora"
     targets: tuple[str, ...] = ()
+    frozen: tuple[str, ...] = ()  # submodules of a "full" module that stay as they are (e.g. FreezeD)
 
 
 @dataclass(frozen=True)

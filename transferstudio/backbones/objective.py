@@ -19,6 +19,9 @@ class Phase:
     name: str
     roles: tuple[str, ...] | None = None  # training roles whose weights it updates; None = all
     lr_scale: float = 1.0  # relative to the run's learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's (a GAN's phases use β1 = 0)
+    weight_decay: float = 1e-2
+    clip_norm: float | None = 1.0  # gradient-norm clipping (None: none)
 
 
 @dataclass
@@ -50,3 +53,18 @@ class Objective(ABC):
     def ema_roles(self) -> tuple[str, ...] | None:
         """Roles whose weights an EMA follows (None: every fully trained role)."""
         return None
+
+    def wants_ema(self, config: Any) -> bool:
+        """Whether the run keeps an EMA (by default the setting, for full fine-tuning)."""
+        return bool(config.ema) and config.method != "lora"
+
+    def step_signals(self) -> dict[str, float]:
+        """Numbers of the last step worth charting besides the losses (e.g. a discriminator's outputs)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State the objective keeps between steps (saved with checkpoints for an exact resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

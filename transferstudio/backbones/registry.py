@@ -19,6 +19,7 @@ from transferstudio.core.errors import BackboneError
 # claimed by SD/SDXL through the model library's detection.
 BUILTIN = (
     ("transferstudio.backbones.ddpm", "DDPMFamily"),
+    ("transferstudio.backbones.gan", "GANFamily"),  # before SD: it claims its own .safetensors generators
     ("transferstudio.backbones.vae", "VAEFamily"),  # before SD: it claims VAE-only files
     ("transferstudio.backbones.sd", "SDFamily"),
     ("transferstudio.backbones.sdxl", "SDXLFamily"),
@@ -69,8 +70,8 @@ def inspect_backbone(path: Path) -> Inspection:
             if found.usable and found.caps is None:
                 found = replace(found, caps=fam.capabilities(found))
             return found
-    hint = ("A backbone is a diffusers model folder (with model_index.json or a UNet config.json) "
-            "or a Stable Diffusion .safetensors checkpoint.")
+    hint = ("A backbone is a diffusers model folder (with model_index.json or a UNet config.json), "
+            "a Stable Diffusion .safetensors checkpoint or VAE, or a TransferStudio GAN folder.")
     return Inspection(path=path, family=None, label="not a backbone", usable=False,
                       problems=(f"TransferStudio does not recognise this as a model. {hint}",),
                       size_bytes=folder_size(path) if path.is_file() else 0)

@@ -31,6 +31,8 @@ class Step:
     images_per_s: float
     eta_s: float
     elapsed_s: float
+    losses: tuple[tuple[str, float], ...] = ()  # each phase's loss when there are several (GAN: D and G)
+    signals: tuple[tuple[str, float], ...] = ()  # other numbers worth charting (a discriminator's outputs)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Training samples: bucketed, resized, cropped, cached; batches reproducible for resume."""
 from __future__ import annotations
 
+import itertools
+
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -191,10 +193,11 @@ class TrainingImages:
 
     def _usable(self, ri: int) -> tuple[int, np.ndarray, tuple[int, int]]:
         """The record's pixels, or a same-bucket stand-in when its file went bad."""
-        candidates = [ri] + [
+        # the stand-ins are listed only when needed (a large pretraining set has tens of thousands)
+        candidates = itertools.chain([ri], (
             o for o in range(len(self.records))
             if o != ri and self._record_bucket[o] == self._record_bucket[ri]
-        ]
+        ))
         for o in candidates:
             if o in self._bad:
                 continue

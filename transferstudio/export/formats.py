@@ -91,7 +91,14 @@ def unique_path(path: Path) -> Path:
 
 # --- exporting ---------------------------------------------------------------------------------
 
-def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bool = False,
+def default_format(model: Any, method: str) -> str:
+    """What `export` writes when no format is named: diffusers where it applies, else the
+    family's first format (a GAN's generator file)."""
+    offered = [key for key, _, _ in formats_for(model, method)]
+    return "diffusers" if "diffusers" in offered or not offered else offered[0]
+
+
+def export(project: Any, out: Path, fmt: str | None, *, strength: float = 1.0, fp16: bool = False,
            overwrite: bool = False, run_dir: Path | None = None, pipeline: Path | None = None) -> ExportResult:
     """Export a project's latest (or `run_dir`'s) trained weights as `fmt`.
 
@@ -99,8 +106,10 @@ def export(project: Any, out: Path, fmt: str, *, strength: float = 1.0, fp16: bo
     trained alpha (their strength is set in the tool) and record it as the preferred weight."""
     from transferstudio.adapt.restore import load_trained
 
-    registry.get(fmt)
+    if fmt is not None:
+        registry.get(fmt)
     trained = load_trained(project, run_dir)
+    fmt = fmt or default_format(trained.backbone, trained.config.method)
     result = export_trained(trained, out, fmt, project=project, strength=strength, fp16=fp16, overwrite=overwrite,
                             pipeline=pipeline)
     return dataclasses.replace(result, warnings=tuple(getattr(trained, "warnings", ())))
@@ -128,8 +137,9 @@ def export_trained(trained: Any, out: Path, fmt: str = "diffusers", *, project: 
 
     out = Path(out).expanduser()
     folder_out = writer.folder(method)
-    if not folder_out and out.suffix.lower() != ".safetensors":
-        out = out.with_name(out.name + ".safetensors") if out.suffix else out.with_suffix(".safetensors")
+    suffix = writer.suffix
+    if not folder_out and out.suffix.lower() != suffix:
+        out = out.with_name(out.name + suffix) if out.suffix else out.with_suffix(suffix)
     manifest_file = md.manifest_path(out, folder=folder_out)
     if not overwrite:
         for path in (out, manifest_file) if not folder_out else (out,):

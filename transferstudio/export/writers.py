@@ -188,3 +188,29 @@ def write_pipeline_single_file(trained: Any, file: Path, ctx: "ExportContext") -
             "transferstudio.pipeline": Path(ctx.pipeline).name}
     pipeline.save_single_file(file, dtype=torch.float16 if ctx.fp16 else None, metadata=meta)
     return {"pipeline": str(ctx.pipeline)}
+
+
+# --- generators (GANs) ---------------------------------------------------------------------------
+
+def _generator_metadata(trained: Any, ctx: "ExportContext") -> dict[str, str]:
+    return {"transferstudio.version": __version__, "transferstudio.steps": str(trained.checkpoint.step),
+            "transferstudio.base_model": Path(trained.backbone.source).name, "title": ctx.title,
+            "date": ctx.date, "weights": "generator EMA"}
+
+
+def write_generator(trained: Any, file: Path, ctx: "ExportContext") -> dict:
+    """The generator's averaged (EMA) weights as one .safetensors, its config in the metadata."""
+    trained.backbone.save_generator(file, metadata=_generator_metadata(trained, ctx))
+    return {"weights": "generator EMA"}
+
+
+def write_onnx(trained: Any, file: Path, ctx: "ExportContext") -> dict:
+    """The generator as an ONNX graph (input `z`, output `image` in [-1, 1])."""
+    trained.backbone.save_onnx(file)
+    return {"weights": "generator EMA", "onnx_input": "z", "onnx_output": "image"}
+
+
+def write_gan_folder(trained: Any, folder: Path, ctx: "ExportContext") -> dict:
+    """Generator (EMA) and discriminator as a GAN folder, a backbone to adapt further."""
+    trained.backbone.save_full(folder)
+    return {"weights": "generator EMA + discriminator"}

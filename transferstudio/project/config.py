@@ -15,6 +15,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CROPS = ("center", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+AUGMENTS = ("adaptive", "fixed", "off")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -94,6 +95,29 @@ class TrainConfig:
                                   min=0, max=1_000_000, objective="reconstruction")
     adversarial_weight: float = _f(0.05, "How much the discriminator's opinion counts against the "
                                    "reconstruction terms.", min=0.0, max=10.0, objective="reconstruction")
+    # --- GANs ---
+    discriminator_learning_rate: float = _f(0.0, "The discriminator's learning rate; 0 uses the learning rate "
+                                            "above (the generator's). Lower it if the discriminator wins too "
+                                            "fast (its accuracy near 100%).", min=0.0, max=1.0,
+                                            objective="adversarial")
+    freeze_discriminator_blocks: int = _f(0, "FreezeD: keep the discriminator's first blocks (the ones that "
+                                          "see fine detail) as pretrained. 1–2 helps with 10–100 pictures of "
+                                          "a domain close to the model's; 0 trains them all.",
+                                          min=0, max=16, objective="adversarial")
+    augment: str = _f("adaptive", "Differentiable augmentation (shifts, colour, cutout) of real and generated "
+                      "pictures, so the discriminator cannot memorise a small set. Adaptive raises the "
+                      "strength when the discriminator grows too sure (ADA); fixed uses the strength below; "
+                      "off only for large sets.", choices=AUGMENTS, objective="adversarial")
+    augment_strength: float = _f(0.0, "How often each picture is augmented (0–1): the fixed strength, or "
+                                 "where adaptive starts.", min=0.0, max=1.0, objective="adversarial")
+    consistency_weight: float = _f(0.0, "Cross-domain consistency: keeps the variety of the pretrained "
+                                   "model (how its samples differ from each other) while they take on your "
+                                   "pictures' look. Helps when you have very few pictures (about 10) and "
+                                   "samples start to look alike; 1–10 is typical, 0 turns it off.",
+                                   min=0.0, max=1000.0, objective="adversarial")
+    r1_gamma: float = _f(0.05, "R1 regularisation strength: keeps the discriminator smooth on real pictures, "
+                         "which steadies training. Raise it (0.1–1) if training swings; 0 turns it off.",
+                         min=0.0, max=100.0, objective="adversarial")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +219,15 @@ class TrainConfig:
         Model-independent; see `problems_for(caps)` for what the chosen model adds."""
         return self.field_problems() + self.conflicts()
 
+    def suggest_for(self, caps: Any, given: Any = ()) -> None:
+        """Take the settings the model's family suggests for a new project (a GAN wants larger
+        batches and a higher rate than a LoRA), except those in `given` (set by the user)."""
+        for name, value in getattr(caps, "suggested", ()) or ():
+            if name not in given and hasattr(self, name):
+                setattr(self, name, list(value) if isinstance(value, tuple) else value)
+        if "method" not in given:
+            self.method = self.default_method_for(caps)
+
     def default_method_for(self, caps: Any) -> str:
         """The method a model trains with when none was chosen: the first its family offers."""
         offered = tuple(getattr(caps, "methods", ()) or ("lora",))
@@ -217,6 +250,8 @@ class TrainConfig:
             elif not low <= value <= high:
                 out.append(f"resolution: {value} is outside {low}…{high} px for this model "
                            f"(0 uses {native_text})")
+        if getattr(caps, "fixed_resolution", False) and isinstance(value, int) and value not in (0, native):
+            out = [f"resolution: this model makes {native} px pictures only (0 uses them)"]
         offered = tuple(getattr(caps, "methods", ("lora", "full")) or ("lora", "full"))
         if self.method in METHODS and self.method not in offered:
             out.append(f"method: this model trains with {' or '.join(offered)} only, not {self.method}")

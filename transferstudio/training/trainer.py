@@ -315,7 +315,7 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         params = self.trainee.role_parameters(phase.roles)
-        optimizer = _optimizer(params, self.config, self.device, phase.lr_scale)
+        optimizer = _optimizer(params, self.config, self.device, phase)
         schedule = {"constant": "constant_with_warmup"}.get(self.config.schedule, self.config.schedule)
         lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=self.config.warmup_steps,
                                      num_training_steps=self.total)
@@ -325,7 +325,7 @@ class Trainer:
         config = self.config
         roles = self.objective.ema_roles()
         roles = self.trainee.full_roles() if roles is None else [r for r in roles if r in self.trainee.full_roles()]
-        if not (config.ema and config.method != "lora" and roles):
+        if not (self.objective.wants_ema(config) and roles):
             return None
         from diffusers.training_utils import EMAModel
 
@@ -354,6 +354,8 @@ class Trainer:
                 state.schedule.load_state_dict(saved["lr_scheduler"])
             if self.ema is not None and "ema" in bundle:
                 self.ema.load_state_dict(bundle["ema"])
+            if "objective" in bundle:
+                self.objective.load_state_dict(bundle["objective"])
             if self.scaler is not None and "scaler" in bundle:
                 self.scaler.load_state_dict(bundle["scaler"])
             rng = ckpt.read_torch(found.path, "rng.pt")
@@ -417,7 +419,8 @@ class Trainer:
                                 self._unstable_advice())
             if self.scaler is not None:
                 self.scaler.unscale_(state.optimizer)
-            torch.nn.utils.clip_grad_norm_(state.params, 1.0)
+            if state.phase.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(state.params, state.phase.clip_norm)
             if self.scaler is not None:
                 self.scaler.step(state.optimizer)
                 self.scaler.update()
@@ -438,10 +441,14 @@ class Trainer:
                                "time": round(now - self.started_at, 4)}
         if len(losses) > 1:
             row["losses"] = losses
+        signals = self.objective.step_signals()
+        if signals:
+            row["signals"] = signals
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
         return Step(step=self.step, total=self.total, loss=self.last_loss, lr=lr, images_per_s=rate,
-                    eta_s=per_step * (self.total - self.step), elapsed_s=now - self.started_at)
+                    eta_s=per_step * (self.total - self.step), elapsed_s=now - self.started_at,
+                    losses=tuple(losses.items()) if len(losses) > 1 else (), signals=tuple(signals.items()))
 
     # --- previews and checkpoints ---------------------------------------------------------
     def preview(self, at: int) -> Preview:
@@ -474,6 +481,9 @@ class Trainer:
                                                "lr_scheduler": s.schedule.state_dict()} for s in others}
         if self.ema is not None:
             bundle["ema"] = self.ema.state_dict()
+        objective_state = self.objective.state_dict()
+        if objective_state:
+            bundle["objective"] = objective_state
         if self.scaler is not None:
             bundle["scaler"] = self.scaler.state_dict()
         rng = {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(),
@@ -571,20 +581,20 @@ class Trainer:
             fh.write(f"{stamp} {text}\n")
 
 
-def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device,
-               lr_scale: float = 1.0) -> Any:
+def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device, phase: Phase) -> Any:
     if not params:
         raise UserError("Nothing to train: the model has no layers the adapter can attach to.",
                         "Pick another backbone or the full fine-tuning method.")
-    lr = config.learning_rate * lr_scale
+    lr = config.learning_rate * phase.lr_scale
+    betas = (float(phase.betas[0]), float(phase.betas[1]))
     if device.type == "cuda":
         try:
             import bitsandbytes as bnb  # optional: halves optimizer memory on GPUs
 
-            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+            return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
         except ImportError:
             pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
 
 
 class _EMAWeights:
