@@ -567,7 +567,7 @@ def test_formats_offered_per_family_and_method():
     assert keys(caps, "lora") == ["diffusers", "merged-diffusers"]
     assert all(label and text for _, label, text in formats_for("sdxl", "lora"))
     assert set(formats.FORMATS) == {"kohya", "diffusers", "merged-diffusers", "merged-single-file", "single-file",
-                                    "pipeline-diffusers", "pipeline-single-file"}
+                                    "pipeline-diffusers", "pipeline-single-file", "generator", "onnx", "gan-folder"}
 
 
 def test_lora_folders_of_a1111_and_comfyui_installs(tmp_path):
