@@ -404,9 +404,6 @@ class Adversarial(Objective):
     def ema_roles(self) -> tuple[str, ...] | None:
         return ("generator",)
 
-    def wants_ema(self, config: Any) -> bool:
-        return True  # the generator's average is what a GAN shows and exports
-
     def step_signals(self) -> dict[str, float]:
         return dict(self.signals)
 

@@ -91,6 +91,37 @@ def read_metrics(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
 
 
+def read_series(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The per-phase losses ("loss: generator", "loss: discriminator") and other charted numbers
+    ("d_accuracy", "augment_p", …) of metrics.jsonl, by name: {name: (steps, values)}."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+            values = {f"loss: {k}": v for k, v in (row.get("losses") or {}).items()}
+            values.update(row.get("signals") or {})
+            for name, value in values.items():
+                xs, ys = series.setdefault(str(name), ([], []))
+                xs.append(step)
+                ys.append(float(value))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return {k: (np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)) for k, (xs, ys) in series.items()}
+
+
+def step_series(step: Any) -> dict[str, float]:
+    """The same names for one Step event (what the live chart adds)."""
+    values = {f"loss: {k}": v for k, v in getattr(step, "losses", ())}
+    values.update(dict(getattr(step, "signals", ())))
+    return values
+
+
 def preview_files(run_dir: Path) -> list[tuple[int, list[Path]]]:
     """[(step, [seed-*.png, …])] oldest first."""
     out = []

@@ -27,7 +27,9 @@ def inspect_backbone(path: str | Path) -> dict[str, Any]:
             "resolution_multiple": multiple,
             "methods": list(caps.methods) if caps is not None else None,
             "objective": caps.objective if caps is not None else "diffusion",
-            "preview": caps.preview if caps is not None else "image"}
+            "preview": caps.preview if caps is not None else "image",
+            "truncation": bool(caps is not None and caps.truncation),
+            "suggested": dict(caps.suggested) if caps is not None else {}}
 
 
 def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]]:
@@ -93,7 +95,7 @@ class CompareSession:
         self.run_dir: Path | None = None  # the run to compare (None: the newest trained run)
         self._model: Any = None
         self._checkpoint: Path | None = None
-        self._base_cache: dict[tuple[int, str, int], QImage] = {}
+        self._base_cache: dict[tuple[int, str, int, float], QImage] = {}
         self._base_backbone: Any = None  # an untouched copy, only for full fine-tunes
 
     @property
@@ -116,15 +118,18 @@ class CompareSession:
             self._base_cache.clear()
         return self._model
 
-    def _base_samples(self, model: Any, seeds: list[int], prompts: list[str] | None, steps: int) -> list[Any]:
+    def _base_samples(self, model: Any, seeds: list[int], prompts: list[str] | None, steps: int,
+                      **extra: Any) -> list[Any]:
         if model.config.method == "lora":  # strength 0 is exactly the base model
             model.trainee.set_strength(0.0)
-            return model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
+            return model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps, **extra)
         # a full fine-tune changed every weight: the original model
-        return self._base_backbone_for(model).sample(seeds=seeds, prompts=prompts, steps=steps)
+        return self._base_backbone_for(model).sample(seeds=seeds, prompts=prompts, steps=steps, **extra)
 
-    def compare(self, seed: int, prompt: str, strength: float, steps: int, count: int = 1) -> ComparePair:
-        """`count` pictures per side, from seeds seed, seed+1, …; the base side is cached per seed."""
+    def compare(self, seed: int, prompt: str, strength: float, steps: int, count: int = 1,
+                truncation: float = 1.0) -> ComparePair:
+        """`count` pictures per side, from seeds seed, seed+1, …; the base side is cached per seed.
+        `truncation` applies to models that take it (GANs: both sides from the same latents)."""
         import torch
 
         model = self._load()
@@ -133,15 +138,16 @@ class CompareSession:
         text = model.backbone.caps.conditioning == "text"
         prompts = [prompt] if text else None  # one prompt serves every seed
         seeds = list(range(seed, seed + max(1, count)))
-        key = (prompt if text else "", steps)
+        extra = {"truncation": truncation} if model.backbone.caps.truncation else {}
+        key = (prompt if text else "", steps, truncation if extra else 1.0)
         with torch.no_grad():
             missing = [s for s in seeds if (s, *key) not in self._base_cache]
             if missing:
-                pictures = self._base_samples(model, missing, prompts, steps)
+                pictures = self._base_samples(model, missing, prompts, steps, **extra)
                 for s, picture in zip(missing, pictures):
                     self._base_cache[(s, *key)] = pil_to_qimage(picture)
             model.trainee.set_strength(strength)
-            trained = model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps)
+            trained = model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps, **extra)
         return ComparePair(base=tuple(self._base_cache[(s, *key)] for s in seeds),
                            trained=tuple(pil_to_qimage(p) for p in trained), seeds=tuple(seeds),
                            prompt=prompt if text else "", strength=strength, step=model.checkpoint.step)

@@ -58,6 +58,14 @@ class CompareView(QWidget):
         self.strength_label = QLabel("100%")
         self.strength_label.setMinimumWidth(44)
         self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v}%"))
+        self.truncation = QSlider(Qt.Orientation.Horizontal)
+        self.truncation.setRange(0, 100)
+        self.truncation.setValue(100)
+        self.truncation.setToolTip("Truncation (GANs): 100% samples the model's whole variety; lower values pull "
+                                   "every picture towards the model's average one — cleaner, but more alike.")
+        self.truncation_label = QLabel("100%")
+        self.truncation_label.setMinimumWidth(44)
+        self.truncation.valueChanged.connect(lambda v: self.truncation_label.setText(f"{v}%"))
         self.run = QComboBox()
         self.run.setToolTip("Which training run the trained side comes from (its last complete checkpoint).")
         self.run.currentIndexChanged.connect(self._run_changed)
@@ -79,6 +87,7 @@ class CompareView(QWidget):
         self._debounce.setInterval(300)
         self._debounce.timeout.connect(self.generate)
         self.strength.valueChanged.connect(lambda _v: self._debounce.start() if self.last else None)
+        self.truncation.valueChanged.connect(lambda _v: self._debounce.start() if self.last else None)
 
         # One compact row of controls; the pictures get the space.
         controls = QHBoxLayout()
@@ -86,11 +95,21 @@ class CompareView(QWidget):
         controls.addWidget(self.run)
         controls.addSpacing(12)
         self._prompt_row_label = QLabel("Prompt")
+        self._steps_label = QLabel("Quality")
         for label, widget, stretch in ((QLabel("Seed"), self.seed, 0), (QLabel("Pictures"), self.count, 0),
-                                       (self._prompt_row_label, self.prompt, 3), (QLabel("Quality"), self.steps, 0)):
+                                       (self._prompt_row_label, self.prompt, 3), (self._steps_label, self.steps, 0)):
             controls.addWidget(label)
             controls.addWidget(widget, stretch)
             controls.addSpacing(12)
+        self._truncation_row = QWidget()
+        truncation_row = QHBoxLayout(self._truncation_row)
+        truncation_row.setContentsMargins(0, 0, 0, 0)
+        truncation_row.addWidget(QLabel("Truncation"))
+        truncation_row.addWidget(self.truncation, 1)
+        truncation_row.addWidget(self.truncation_label)
+        self.truncation.setMinimumWidth(120)
+        controls.addWidget(self._truncation_row, 2)
+        self._truncation_row.hide()
         self._strength_row = QWidget()
         strength_row = QHBoxLayout(self._strength_row)
         strength_row.setContentsMargins(0, 0, 0, 0)
@@ -179,6 +198,13 @@ class CompareView(QWidget):
         self.prompt.setVisible(text)
         self._prompt_row_label.setVisible(text)
 
+    def set_sampling_controls(self, *, truncation: bool, denoising: bool) -> None:
+        """A GAN takes a truncation and has no denoising steps; a LoRA model has a strength."""
+        self._truncation_row.setVisible(truncation)
+        self.steps.setVisible(denoising)
+        self._steps_label.setVisible(denoising)
+        self._strength_row.setVisible(not truncation)
+
     def is_busy(self) -> bool:
         return self.task is not None
 
@@ -190,7 +216,8 @@ class CompareView(QWidget):
             return
         strength = self.strength.value() / 100.0
         self.task = TaskWorker(self.session.compare, self.seed.value(), self.prompt.text().strip(),
-                               strength, self.steps.value(), self.count.value(), name="compare")
+                               strength, self.steps.value(), self.count.value(),
+                               self.truncation.value() / 100.0, name="compare")
         self.task.succeeded.connect(self._on_result)
         self.task.failed.connect(self.failed)
         self.task.crashed.connect(self.crashed)
@@ -208,7 +235,9 @@ class CompareView(QWidget):
         captions = [f"seed {seed}" + (f" · {pair.prompt}" if pair.prompt else "") for seed in pair.seeds]
         self.base_image.set_images(list(pair.base), list(pair.base_notes) or captions)
         self.trained_image.set_images(list(pair.trained), list(pair.trained_notes) or captions)
-        self.trained_title.setText(f"Trained (step {pair.step}, strength {round(pair.strength * 100)}%)")
+        lora = self.session is not None and self.session.method == "lora"
+        self.trained_title.setText(f"Trained (step {pair.step}, strength {round(pair.strength * 100)}%)" if lora
+                                   else f"Trained (step {pair.step})")
         if pair.base_notes:  # reconstructions: original | reconstruction, with how close it is
             self.base_title.setText("Base model — original | reconstruction, PSNR · SSIM")
             self.trained_title.setText(f"Trained (step {pair.step}) — original | reconstruction, PSNR · SSIM")

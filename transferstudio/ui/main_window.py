@@ -269,6 +269,7 @@ class MainWindow(QMainWindow):
                               f"{exc.strerror or exc}.", "Choose a folder you can write to.")
             return
         self.settings.setValue("projects_root", str(Path(values["folder"]).parent))
+        self._suggest_settings_for = project.folder  # the model's own defaults, once it is inspected
         self._set_project(project)
 
     def open_project_dialog(self) -> None:
@@ -548,9 +549,28 @@ class MainWindow(QMainWindow):
                                                 supports_full_finetune=bool(info.get("supports_full_finetune")),
                                                 methods=info.get("methods"), objective=str(info.get("objective")
                                                                                           or "diffusion"))
+            self._apply_suggested_settings(info)
             self.compare_view.set_text_backbone(bool(info.get("text")))
+            self.compare_view.set_sampling_controls(truncation=bool(info.get("truncation")),
+                                                    denoising=info.get("objective") == "diffusion")
         self._update_buckets(self.settings_form.config())
         self.inspected.emit(info)
+
+    def _apply_suggested_settings(self, info: dict[str, Any]) -> None:
+        """A project just made in the New Project dialog starts from the settings its model's family
+        suggests (a GAN: batches of 16, its learning rate, EMA); the method the person chose stays."""
+        if self.project is None or getattr(self, "_suggest_settings_for", None) != self.project.folder:
+            return
+        self._suggest_settings_for = None
+        from types import SimpleNamespace
+
+        cfg = self.settings_form.config()
+        cfg.suggest_for(SimpleNamespace(suggested=tuple((info.get("suggested") or {}).items()),
+                                        methods=tuple(info.get("methods") or ("lora", "full"))),
+                        given={"method"} if cfg.method in (info.get("methods") or ()) else ())
+        self.settings_form.set_config(cfg)
+        self.project.config = cfg
+        self.project.save()
 
     def _update_buckets(self, cfg: TrainConfig) -> None:
         info = self.inspection or {}

@@ -42,6 +42,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+_SERIES_NAMES = {"loss: generator": "generator", "loss: discriminator": "discriminator",
+                 "loss: autoencoder": "reconstruction", "d_accuracy": "discriminator accuracy",
+                 "augment_p": "augmentation strength"}
+_SERIES_COLOURS = {"loss: discriminator": "#e07b39", "d_accuracy": "#e07b39", "augment_p": "#4c9f70"}
+_UNCHARTED = {"d_real", "d_fake"}  # kept in metrics.jsonl; the accuracy says the same to a person
+
+
 class LossBuffer:
     """Growing numpy buffers of (step, loss, smoothed loss) with amortised appends."""
 
@@ -239,6 +246,25 @@ class TrainView(QWidget):
         raw.setAlpha(70)
         self.raw_curve = self.plot.plot(pen=pg.mkPen(raw, width=1), name="loss")
         self.smooth_curve = self.plot.plot(pen=pg.mkPen(accent, width=2), name="smoothed")
+        # Models trained in phases (a GAN's generator and discriminator, a VAE with a discriminator)
+        # get one smoothed curve per phase here, and the discriminator's accuracy and the
+        # augmentation strength (0–1) on a second chart below.
+        self.series: dict[str, LossBuffer] = {}
+        self.series_curves: dict[str, Any] = {}
+        self.signal_plot = pg.PlotWidget()
+        self.signal_plot.setMinimumHeight(90)
+        self.signal_plot.setMaximumHeight(150)
+        self._style_plot(self.signal_plot)
+        signal_item = self.signal_plot.getPlotItem()
+        signal_item.setLabel("left", "0 – 1")
+        signal_item.showGrid(x=True, y=True, alpha=0.2)
+        signal_item.addLegend(offset=(-10, 5))
+        signal_item.setYRange(0, 1, padding=0.05)
+        signal_item.setXLink(self.plot.getPlotItem())
+        self.signal_plot.setToolTip("Discriminator accuracy: how often it tells your pictures from generated ones. "
+                                    "Near 100% for long means it is memorising your pictures (more augmentation, "
+                                    "FreezeD or fewer steps help); near 50% means it cannot tell them apart.")
+        self.signal_plot.hide()
 
         # --- preview gallery
         self.gallery = PreviewGrid()
@@ -268,8 +294,14 @@ class TrainView(QWidget):
         self.log.setPlaceholderText("Messages from the training run appear here.")
         self.log.setFixedHeight(self.fontMetrics().lineSpacing() * 4 + 12)
 
+        charts = QWidget()
+        c = QVBoxLayout(charts)
+        c.setContentsMargins(0, 0, 0, 0)
+        c.setSpacing(2)
+        c.addWidget(self.plot, 1)
+        c.addWidget(self.signal_plot)
         split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.plot)
+        split.addWidget(charts)
         split.addWidget(gallery_box)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
@@ -309,6 +341,7 @@ class TrainView(QWidget):
         self.loss.clear()
         self.raw_curve.setData([], [])
         self.smooth_curve.setData([], [])
+        self._clear_series()
         self._previews.clear()
         self.slider.setRange(0, 0)
         self.slider.setEnabled(False)
@@ -324,6 +357,9 @@ class TrainView(QWidget):
         steps, losses = history.read_metrics(run_dir)
         self.loss.clear(total_steps)
         self.loss.extend(steps, losses)
+        self._clear_series()
+        for name, (xs, ys) in history.read_series(run_dir).items():
+            self._series_buffer(name, total_steps).extend(xs, ys)
         self._redraw_loss()
         if self.loss.n:
             self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
@@ -403,6 +439,9 @@ class TrainView(QWidget):
 
     def _on_steps(self, batch: list[Any]) -> None:
         self.loss.extend([s.step for s in batch], [s.loss for s in batch])
+        for step in batch:
+            for name, value in history.step_series(step).items():
+                self._series_buffer(name, step.total).extend([step.step], [value])
         self._redraw_loss()
         last = batch[-1]
         self._last_step = last.step
@@ -497,8 +536,40 @@ class TrainView(QWidget):
         self.save_button.setEnabled(active)
 
     def _redraw_loss(self) -> None:
+        phased = any(name.startswith("loss: ") for name in self.series)
+        if phased == self.raw_curve.isVisible():  # the phases' own curves say it all
+            legend = self.plot.getPlotItem().legend
+            for curve, name in ((self.raw_curve, "loss"), (self.smooth_curve, "smoothed")):
+                curve.setVisible(not phased)
+                if phased:
+                    legend.removeItem(curve)
+                else:
+                    legend.addItem(curve, name)
         self.raw_curve.setData(self.loss.steps, self.loss.losses)
         self.smooth_curve.setData(self.loss.steps, self.loss.smoothed)
+        for name, curve in self.series_curves.items():
+            curve.setData(self.series[name].steps, self.series[name].smoothed)
+        self.signal_plot.setVisible(any(not name.startswith("loss: ") for name in self.series_curves))
+
+    def _series_buffer(self, name: str, total_steps: int | None) -> "LossBuffer":
+        buffer = self.series.get(name)
+        if buffer is None:
+            buffer = self.series[name] = LossBuffer()
+            buffer.clear(total_steps)
+            chart = self.plot if name.startswith("loss: ") else self.signal_plot
+            if name in _UNCHARTED:
+                return buffer
+            colour = _SERIES_COLOURS.get(name) or self.palette().color(QPalette.ColorRole.Highlight)
+            self.series_curves[name] = chart.plot(pen=pg.mkPen(colour, width=2), name=_SERIES_NAMES.get(name, name))
+        return buffer
+
+    def _clear_series(self) -> None:
+        for name, curve in self.series_curves.items():
+            chart = self.plot if name.startswith("loss: ") else self.signal_plot
+            chart.getPlotItem().removeItem(curve)
+        self.series.clear()
+        self.series_curves.clear()
+        self.signal_plot.hide()
 
     def _refresh_slider(self) -> None:
         n = len(self._previews)
@@ -531,12 +602,13 @@ class TrainView(QWidget):
     def _log(self, text: str) -> None:
         self.log.appendPlainText(text)
 
-    def _style_plot(self) -> None:
+    def _style_plot(self, plot: Any = None) -> None:
         # Follow the system palette (light or dark) instead of pyqtgraph's black default.
+        plot = plot or self.plot
         pal = self.palette()
-        self.plot.setBackground(pal.color(QPalette.ColorRole.Base))
+        plot.setBackground(pal.color(QPalette.ColorRole.Base))
         fg = pal.color(QPalette.ColorRole.Text)
         for name in ("left", "bottom"):
-            axis = self.plot.getPlotItem().getAxis(name)
+            axis = plot.getPlotItem().getAxis(name)
             axis.setPen(pg.mkPen(fg))
             axis.setTextPen(pg.mkPen(fg))
