@@ -228,3 +228,28 @@ def test_the_adapted_vae_goes_into_its_stable_diffusion_model(tmp_path, tiny_sd1
     tensors = _weights(single)
     assert torch.equal(tensors["first_stage_model.decoder.conv_out.weight"], mine.decoder.conv_out.weight)
     assert any(k.startswith("model.diffusion_model.") for k in tensors)
+
+
+def test_starter_vae_previews_show_prior_samples_beside_the_reconstructions(tmp_path):
+    """The starter VAE's prior decodes to pictures (its card says so): its previews show them after
+    the held-out reconstructions, labelled; a VAE without the flag shows reconstructions only."""
+    from transferstudio.project.project import load_project
+    from transferstudio.starter.sample import create_sample_vae_project
+    from transferstudio.training.trainer import TrainJob, train
+
+    project = load_project(create_sample_vae_project(tmp_path / "vae", steps=1, batch_size=2, preview_every=0))
+    previews = [e for e in train(TrainJob(project)) if type(e).__name__ == "Preview"]
+    first = previews[0]
+    seeds = project.config.preview_seeds
+    assert len(first.images) == 2 * len(seeds)
+    assert first.prompts[0] == "held-out picture 1" and first.prompts[-1] == f"from the prior, seed {seeds[-1]}"
+    assert first.images[0].width > first.images[-1].width  # original | reconstruction, then one prior sample
+    labels = (first.paths[0].parent / "prompts.txt").read_text().splitlines()
+    assert labels[len(seeds)] == f"{len(seeds) + 1}\tfrom the prior, seed {seeds[0]}"
+
+
+def test_a_vae_without_the_flag_previews_reconstructions_only(vae_project):
+    from transferstudio.backbones.vae import VAEFamily
+
+    backbone, _, _ = vae_project
+    assert VAEFamily().load(backbone).caps.prior_samples is False

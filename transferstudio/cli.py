@@ -100,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="fine-tune the starter model on the sample images, "
                                     "and compare with training from scratch")
-    p.add_argument("--family", choices=("diffusion", "vae"), default="diffusion",
+    p.add_argument("--family", choices=("diffusion", "vae", "gan"), default="diffusion",
                    help="diffusion: the starter image generator (default); vae: the starter VAE, "
-                        "decoder-only fine-tune, scored on held-out cities (PSNR/SSIM)")
+                        "decoder-only fine-tune, scored on held-out cities (PSNR/SSIM); gan: the starter GAN, "
+                        "few-shot adaptation, scored on held-out cities (distance, diversity, copying)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: demo-output, or demo-output-vae with --family vae)")
+                   help="output folder (default: demo-output, demo-output-vae or demo-output-gan)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--method", choices=("full", "lora"), default=None,
                    help="full fine-tuning (default, best on the tiny starter) or LoRA (diffusion family)")
@@ -464,12 +465,16 @@ def cmd_self_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from transferstudio.starter.demo import run_demo, run_vae_demo
 
+    if args.family != "diffusion" and args.method is not None:
+        raise UserError("--method applies to the diffusion demo only.",
+                        "The VAE demo fine-tunes the decoder (its baseline trains every weight), the GAN demo "
+                        "both networks; leave --method out.")
     if args.family == "vae":
-        if args.method is not None:
-            raise UserError("--method applies to the diffusion demo only.",
-                            "The VAE demo fine-tunes the decoder (its baseline trains every weight); "
-                            "leave --method out.")
         return run_vae_demo(args.out or Path("demo-output-vae"), steps=args.steps, learning_rate=args.lr)
+    if args.family == "gan":
+        from transferstudio.starter.demo_gan import run_gan_demo
+
+        return run_gan_demo(args.out or Path("demo-output-gan"), steps=args.steps, learning_rate=args.lr)
     return run_demo(args.out or Path("demo-output"), steps=args.steps, method=args.method or "full",
                     learning_rate=args.lr)
 

@@ -41,6 +41,7 @@ class Capabilities:
     fixed_resolution: bool = False  # it makes pictures of its native size only (a GAN)
     truncation: bool = False  # sampling takes a truncation ψ (a GAN: closer to the average picture)
     suggested: tuple[tuple[str, Any], ...] = ()  # settings a new project of this model starts from
+    prior_samples: bool = False  # a reconstruction model whose prior decodes to pictures worth previewing
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,11 @@ class GANFamily(Family):
     def typical_capabilities(self) -> Capabilities:
         return _caps(32)
 
-    def initialize(self, folder: Path, *, resolution: int = 32, seed: int = 0, size: str = "starter") -> Path:
-        """A GAN folder with seeded random weights (what `pretrain` starts from, and the
-        from-scratch baseline of the demo)."""
-        config = sized_config(resolution, size)
+    def initialize(self, folder: Path, *, resolution: int = 32, seed: int = 0, size: str = "starter",
+                   like: Path | None = None) -> Path:
+        """A GAN folder with seeded random weights: a size preset, or the architecture of the GAN at
+        `like` (what `pretrain` starts from, and the from-scratch baseline of the demo)."""
+        config = (read_folder_config(like) if like is not None else None) or sized_config(resolution, size)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             generator, discriminator = Generator(config), Discriminator(config)

@@ -46,8 +46,13 @@ def _resolution(config: dict[str, Any]) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
-def _caps(resolution: int, multiple: int, label: str = LABEL) -> Capabilities:
-    return Capabilities(conditioning="none", native_resolution=resolution, resolution_multiple=multiple,
+# A VAE folder's config.json may say its prior decodes to pictures worth previewing (the starter
+# VAE, trained with a strong KL term); diffusers ignores keys that start with "_".
+PRIOR_FLAG = "_transferstudio_prior_samples"
+
+
+def _caps(resolution: int, multiple: int, label: str = LABEL, prior: bool = False) -> Capabilities:
+    return Capabilities(prior_samples=prior, conditioning="none", native_resolution=resolution, resolution_multiple=multiple,
                         supports_full_finetune=True, text_encoders=0, prediction_type="", latent=False,
                         methods=("decoder", "full"), preview="reconstruction", objective="reconstruction",
                         formats=("single-file", "pipeline"), label=label)
@@ -69,7 +74,8 @@ class VAEFamily(Family):
                           problems=tuple(problems), native_resolution=_resolution(config),
                           size_bytes=folder_size(path),
                           details=(("layout", "diffusers AutoencoderKL folder"), ("prompts", "no (a VAE)")),
-                          caps=_caps(_resolution(config), _scale(config), label) if not problems else None)
+                          caps=_caps(_resolution(config), _scale(config), label, bool(config.get(PRIOR_FLAG)))
+                          if not problems else None)
 
     def _inspect_file(self, path: Path) -> Inspection | None:
         from transferstudio.backbones.sdfiles.detect import detect
@@ -110,7 +116,7 @@ class VAEFamily(Family):
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise BackboneError(f"Could not load the VAE from {path}: {exc}",
                                 "The folder may be incomplete or damaged.") from None
-        return VAEBackbone(vae, source=path)
+        return VAEBackbone(vae, source=path, prior_samples=bool((_vae_config(path) or {}).get(PRIOR_FLAG)))
 
 
 def _load_file(path: Path) -> nn.Module:
@@ -162,7 +168,7 @@ class PatchDiscriminator(nn.Module):
 class VAEBackbone(Backbone):
     family = "vae"
 
-    def __init__(self, vae: nn.Module, *, source: Path) -> None:
+    def __init__(self, vae: nn.Module, *, source: Path, prior_samples: bool = False) -> None:
         self.vae = vae.float().eval()
         self.vae.requires_grad_(False)
         self.source = Path(source)
@@ -170,7 +176,7 @@ class VAEBackbone(Backbone):
         self.device = torch.device("cpu")
         self.discriminator: nn.Module | None = None
         config = dict(vae.config)
-        self.caps = _caps(_resolution(config), _scale(config))
+        self.caps = _caps(_resolution(config), _scale(config), prior=prior_samples)
 
     @property
     def denoiser(self) -> nn.Module:
@@ -230,7 +236,8 @@ class VAEBackbone(Backbone):
                guidance: float = 7.0, size: tuple[int, int] | None = None, negative_prompt: str = "",
                references: Sequence[Any] | None = None) -> list[Any]:
         """With `references` (PIL pictures): each original beside its reconstruction. Without:
-        pictures decoded from the prior (one seeded latent per seed)."""
+        pictures decoded from the prior (one seeded latent per seed, z ~ N(0, I) / scaling_factor:
+        the latent scale the VAE's encoder produces)."""
         was_training = self.vae.training
         self.vae.eval()
         try:
@@ -245,7 +252,8 @@ class VAEBackbone(Backbone):
                 latents = torch.stack([torch.randn((channels, height // scale, width // scale),
                                                    generator=torch.Generator().manual_seed(int(s)))
                                        for s in seeds]).to(self.device)
-                return _to_pil(self.vae.decode(latents).sample)
+                scaling = float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+                return _to_pil(self.vae.decode(latents / scaling).sample)
         finally:
             self.vae.train(was_training)
 

@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp, safe_serialization=True)
+    _mark_prior_worth_previewing(os.path.join(tmp, "config.json"))
     k = min(12, n_eval)
     grid = samples_grid(held_land[:k * 2], reconstruct(vae, held_land[:k * 2]),
                         held_city[:k], reconstruct(vae, held_city[:k]), prior_samples(vae, 12, seed=0))
@@ -234,6 +235,20 @@ def main(argv=None) -> int:
     log(f"done: {args.steps} steps, final loss (mean last 100) {np.mean(hist['loss'][-100:]):.4f}, "
         f"wall {wall / 60:.1f} min -> {out}")
     return 0
+
+
+def _mark_prior_worth_previewing(config_file: str) -> None:
+    """The strong KL term makes this VAE's prior decode to sky-over-ground fields: the VAE family's
+    previews show them beside the reconstructions (backbones.vae.PRIOR_FLAG)."""
+    import json
+
+    from transferstudio.backbones.vae import PRIOR_FLAG
+
+    with open(config_file, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config[PRIOR_FLAG] = True
+    with open(config_file, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _replace_dir(tmp: str, out: str) -> None:

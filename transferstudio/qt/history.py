@@ -133,6 +133,26 @@ def preview_files(run_dir: Path) -> list[tuple[int, list[Path]]]:
     return out
 
 
+def preview_captions(files: list[Path]) -> list[str]:
+    """What each preview picture is: the label its prompts.txt gives (a prompt, or "held-out
+    picture 2" / "from the prior, seed 1" for reconstruction models), else its seed."""
+    labels: dict[int, str] = {}
+    if files:
+        try:
+            for line in (files[0].parent / "prompts.txt").read_text(encoding="utf-8").splitlines():
+                seed, _, text = line.partition("\t")
+                labels[int(seed)] = text
+        except (OSError, ValueError):
+            pass
+    def caption(seed: int) -> str:
+        text = labels.get(seed, "")
+        if text.startswith(("held-out picture", "from the prior")):
+            return text
+        return f"seed {seed}" + (f" · {text}" if text else "")
+
+    return [caption(seed_of(f)) for f in files]
+
+
 def seed_of(path: Path) -> int:
     try:
         return int(path.stem.split("-", 1)[1])

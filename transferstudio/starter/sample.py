@@ -13,6 +13,7 @@ from transferstudio.project.project import PROJECT_FILE, create_project, load_pr
 SAMPLE_NAME = "Landscapes → cities"
 SAMPLE_FOLDER = "landscapes-to-cities"
 SAMPLE_VAE_NAME = "Landscapes → cities (VAE)"
+SAMPLE_GAN_NAME = "Landscapes → cities (GAN)"
 
 
 def starter_model() -> Path:
@@ -25,6 +26,10 @@ def sample_images() -> Path:
 
 def starter_vae() -> Path:
     return resource("starter_vae")
+
+
+def starter_gan() -> Path:
+    return resource("starter_gan")
 
 
 def sample_config(**overrides) -> TrainConfig:
@@ -96,3 +101,19 @@ def sample_vae_config(**overrides) -> TrainConfig:
 def create_sample_vae_project(folder: Path, **overrides) -> Path:
     """The VAE variant of the sample project: the starter VAE (landscapes) and the sample cities."""
     return _create(folder, starter_vae(), SAMPLE_VAE_NAME, sample_vae_config(**overrides))
+
+
+def sample_gan_config(**overrides) -> TrainConfig:
+    """Adapting the starter GAN (generator and discriminator) to the 24 sample cities: the setting
+    of `transferstudio demo --family gan` (measured: see the README's GAN table)."""
+    config = TrainConfig(method="full", steps=400, learning_rate=2e-3, batch_size=16, flip=True, ema=True,
+                         schedule="constant", warmup_steps=0, preview_every=50, preview_seeds=list(range(1, 17)),
+                         checkpoint_every=400, keep_checkpoints=1, seed=1234, augment="adaptive")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def create_sample_gan_project(folder: Path, **overrides) -> Path:
+    """The GAN variant of the sample project: the starter GAN (landscapes) and the sample cities."""
+    return _create(folder, starter_gan(), SAMPLE_GAN_NAME, sample_gan_config(**overrides))

@@ -456,19 +456,24 @@ class Trainer:
         config = self.config
         metrics: dict[str, float] = {}
         seeds = list(config.preview_seeds)
+        labels = self.prompts
         with _EMAWeights(self.ema, getattr(self, "ema_params", [])):
             if self.references:  # held-out pictures beside their reconstructions, and how close they are
                 pics = self.backbone.sample(seeds=seeds, references=self.references)
                 metrics = self.backbone.reconstruction_metrics(self.references)
+                labels = [f"held-out picture {i}" for i in range(1, len(pics) + 1)]
+                if self.backbone.caps.prior_samples:  # and what its prior decodes to
+                    pics = pics + self.backbone.sample(seeds=seeds)
+                    labels += [f"from the prior, seed {s}" for s in seeds]
                 seeds = list(range(1, len(pics) + 1))
             else:
                 pics = self.backbone.sample(seeds=seeds, prompts=self.prompts, steps=config.preview_steps)
         self.trainee.train_mode(True)
-        paths = save_previews(self.run_dir, at, pics, seeds, self.prompts)
+        paths = save_previews(self.run_dir, at, pics, seeds, labels)
         if metrics:
             with (self.run_dir / "validation.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"step": at, **metrics}) + "\n")
-        return Preview(step=at, images=tuple(pics), prompts=tuple(self.prompts or ()),
+        return Preview(step=at, images=tuple(pics), prompts=tuple(labels or ()),
                        seeds=tuple(seeds), paths=tuple(paths), metrics=metrics)
 
     def save(self) -> Checkpoint:

@@ -363,7 +363,7 @@ class TrainView(QWidget):
         self._redraw_loss()
         if self.loss.n:
             self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
-        self._previews = [(step, None, files, [f"seed {history.seed_of(f)}" for f in files])
+        self._previews = [(step, None, files, history.preview_captions(files))
                           for step, files in history.preview_files(run_dir)]
         self._follow_latest = True
         self._refresh_slider()
@@ -456,8 +456,8 @@ class TrainView(QWidget):
         captions = [f"seed {s}" + (f" · {p}" if p else "")
                     for s, p in zip(preview.seeds, list(preview.prompts) + [""] * len(preview.seeds))]
         metrics = dict(preview.metrics)
-        if metrics:  # a reconstruction model: held-out pictures, original | reconstruction
-            captions = [f"held-out picture {s}" for s in preview.seeds]
+        if metrics:  # a reconstruction model: held-out pictures, original | reconstruction (+ prior samples)
+            captions = list(preview.prompts) or [f"held-out picture {s}" for s in preview.seeds]
             self._log(f"step {preview.step}: held-out pictures PSNR {metrics.get('psnr', 0):.2f} dB, "
                                      f"SSIM {metrics.get('ssim', 0):.3f}")
         entry = (preview.step, list(preview.images), list(preview.paths), captions)
