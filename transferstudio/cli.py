@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="make your own pretrained backbone from a large folder of pictures "
                                         "(then adapt it to a small set with `new`/`train`)")
-    p.add_argument("--family", choices=("gan",), default="gan", help="the kind of model to pretrain")
+    p.add_argument("--family", choices=("gan", "vae", "ddpm"), default="gan",
+                   help="the kind of model to pretrain: gan (generator + discriminator), vae (an AutoencoderKL "
+                        "with the starter VAE's architecture) or ddpm (an unconditional diffusion model with the "
+                        "starter model's architecture)")
     p.add_argument("--images", type=Path, required=True, help="a large folder of pictures (thousands)")
     p.add_argument("--out", type=Path, required=True, help="the new model's folder (must not exist)")
     p.add_argument("--steps", type=_step_count, default=4000, help="optimizer steps (default 4000)")
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate")
     p.add_argument("--size", choices=("tiny", "starter", "large"), default="starter",
-                   help="network width: starter (about 1.7 M weights at 32 px), large (4×), tiny (tests)")
+                   help="network width: starter (the shipped starter's; a GAN: about 1.7 M weights at 32 px), "
+                        "large (twice as wide), tiny (tests)")
 
     p = sub.add_parser("runs", help="list a project's runs: steps, loss, exports, whether it can continue")
     p.add_argument("project", type=Path)

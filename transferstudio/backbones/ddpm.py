@@ -47,6 +47,41 @@ def _caps(resolution: int, multiple: int, prediction_type: str) -> Capabilities:
 class DDPMFamily(Family):
     key = "ddpm"
 
+    def initialize(self, folder: Path, *, resolution: int = 32, seed: int = 0, size: str = "starter",
+                   like: Path | None = None) -> Path:
+        """A DDPM pipeline folder with seeded random weights: the architecture and noise schedule
+        of the DDPM at `like` (default: the starter model), narrower ("tiny") or wider ("large"),
+        at `resolution` px (what `transferstudio pretrain --family ddpm` starts from)."""
+        from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+        from transferstudio.core.paths import resource
+
+        source = Path(like) if like is not None else resource("starter")
+        unet_dir = _unet_folder(source)
+        if unet_dir is None:
+            raise BackboneError(f"{source} is not a DDPM to copy the architecture of.", "Pick a DDPM folder.")
+        config = dict(UNet2DModel.load_config(unet_dir))
+        channels = list(config["block_out_channels"])
+        if size == "tiny":
+            channels = [8 * (i + 1) for i in range(len(channels))]
+        elif size == "large":
+            channels = [2 * c for c in channels]
+        groups = 32
+        while any(c % groups for c in channels):
+            groups //= 2
+        config.update(block_out_channels=channels, sample_size=int(resolution), norm_num_groups=groups,
+                      attention_head_dim=min(int(config.get("attention_head_dim") or 8), channels[-1]))
+        if int(resolution) % _downsampling(config):
+            raise BackboneError(f"{resolution} px is not a multiple of {_downsampling(config)}.",
+                                "Use 32, 64 or 128 px.")
+        scheduler_config = read_json(source / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            unet = UNet2DModel.from_config(config)
+        scheduler = DDPMScheduler.from_config(scheduler_config)
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+        return Path(folder)
+
     def inspect(self, path: Path) -> Inspection | None:
         path = Path(path)
         if not path.is_dir():

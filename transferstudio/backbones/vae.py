@@ -101,6 +101,35 @@ class VAEFamily(Family):
     def typical_capabilities(self) -> Capabilities:
         return _caps(0, 8)
 
+    def initialize(self, folder: Path, *, resolution: int = 32, seed: int = 0, size: str = "starter",
+                   like: Path | None = None) -> Path:
+        """An AutoencoderKL folder with seeded random weights: the architecture of the VAE at `like`
+        (default: the starter VAE), narrower ("tiny") or wider ("large"), at `resolution` px (what
+        `transferstudio pretrain --family vae` starts from)."""
+        from diffusers import AutoencoderKL
+
+        from transferstudio.core.paths import resource
+
+        source = Path(like) if like is not None else resource("starter_vae")
+        config = _vae_config(source)
+        if config is None:
+            raise BackboneError(f"{source} is not a VAE to copy the architecture of.", "Pick an AutoencoderKL folder.")
+        channels = list(config["block_out_channels"])
+        if size == "tiny":
+            channels = [8 * (i + 1) for i in range(len(channels))]
+        elif size == "large":
+            channels = [2 * c for c in channels]
+        groups = 32
+        while any(c % groups for c in channels):
+            groups //= 2
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        config.update(block_out_channels=channels, norm_num_groups=groups, sample_size=int(resolution))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            vae = AutoencoderKL.from_config(config)
+        vae.save_pretrained(folder, safe_serialization=True)
+        return Path(folder)
+
     def load(self, path: Path, *, prediction_type: str = "") -> Backbone:
         from diffusers import AutoencoderKL
 

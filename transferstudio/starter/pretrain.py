@@ -44,6 +44,8 @@ def work_folder(out: Path) -> Path:
 def pretraining_config(job: PretrainJob, caps: Any) -> TrainConfig:
     config = TrainConfig()
     config.suggest_for(caps)
+    config.method = "full" if "full" in caps.methods else config.method  # every weight starts random
+    config.ema = True  # the average of the last steps is the better pretrained model
     config.steps, config.seed, config.batch_size = job.steps, job.seed, job.batch_size
     config.learning_rate, config.flip, config.schedule, config.warmup_steps = job.learning_rate, True, "constant", 0
     config.preview_every, config.checkpoint_every, config.keep_checkpoints = job.preview_every, job.checkpoint_every, 2
@@ -62,12 +64,11 @@ def pretrain(job: PretrainJob, commands: Commands | None = None) -> Iterator[Any
     try:
         family = family_of(job.family)
     except KeyError:
-        raise UserError(f"There is no model family '{job.family}'.", "Use --family gan.") from None
+        raise UserError(f"There is no model family '{job.family}'.", "Use --family gan, vae or ddpm.") from None
     initialize: Callable[..., Any] | None = getattr(family, "initialize", None)
     if initialize is None:
         raise UserError(f"Pretraining a new {job.family} model is not available.",
-                        "Use --family gan; the starter diffusion model and VAE have their own commands "
-                        "(python -m transferstudio.devtools.pretrain / pretrain_vae).")
+                        "Use --family gan, vae or ddpm.")
     out = Path(job.out).expanduser()
     if out.exists():
         raise UserError(f"{out} already exists.", "Choose a new folder for the pretrained model.")
