@@ -35,6 +35,7 @@ from transferstudio.ui.widgets import MessageLabel
 
 BASIC = (
     "method", "steps", "learning_rate", "batch_size", "resolution", "trigger", "rank", "alpha",
+    "augment", "freeze_discriminator_blocks",
     "preview_every", "preview_prompts", "preview_seeds", "checkpoint_every",
 )
 
@@ -74,6 +75,12 @@ LABELS = {
     "kl_weight": "KL weight",
     "discriminator_start": "Discriminator from step",
     "adversarial_weight": "Discriminator weight",
+    "discriminator_learning_rate": "Discriminator learning rate",
+    "freeze_discriminator_blocks": "FreezeD: frozen blocks",
+    "augment": "Augmentation",
+    "augment_strength": "Augmentation strength",
+    "consistency_weight": "Consistency weight",
+    "r1_gamma": "R1 strength",
 }
 
 CHOICE_LABELS = {
@@ -92,6 +99,9 @@ CHOICE_LABELS = {
     "cpu": "CPU",
     "cuda": "CUDA GPU",
     "mps": "Apple MPS",
+    "adaptive": "Adaptive (ADA)",
+    "fixed": "Fixed strength",
+    "off": "Off",
 }
 
 SUFFIXES = {
