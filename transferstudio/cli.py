@@ -130,7 +130,11 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "precision": "--precision", "device": "--device", "schedule": "--schedule",
                 "train_text_encoder": "--train-text-encoder", "ema": "--ema", "dora": "--dora",
                 "pyramid_weight": "--pyramid-weight", "kl_weight": "--kl-weight",
-                "discriminator_start": "--discriminator-start", "adversarial_weight": "--adversarial-weight"}
+                "discriminator_start": "--discriminator-start", "adversarial_weight": "--adversarial-weight",
+                "optimizer": "--optimizer", "augment": "--augment", "augment_strength": "--augment-strength",
+                "freeze_discriminator_blocks": "--freeze-discriminator-blocks",
+                "consistency_weight": "--consistency-weight", "r1_gamma": "--r1-gamma",
+                "discriminator_learning_rate": "--discriminator-lr"}
 
 
 def _arg_help(name: str) -> str:
@@ -388,9 +392,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = None
     if backbone.caps.conditioning == "text":
         prompts = [args.prompt or project.config.trigger or "a picture"]
+    from transferstudio.adapt.device import free_device_memory, place_for_sampling
+
+    device = place_for_sampling(backbone, project.config if args.base else trained.config)
     extra = {"truncation": args.truncation} if backbone.caps.truncation else {}
-    image = _sample_checked(backbone, None if args.base else trained, project, seeds=[args.seed], prompts=prompts,
-                            steps=steps, **extra)[0]
+    try:
+        image = _sample_checked(backbone, None if args.base else trained, project, seeds=[args.seed],
+                                prompts=prompts, steps=steps, **extra)[0]
+    finally:
+        free_device_memory(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")

@@ -425,15 +425,31 @@ class StableDiffusionBase(DiffusionBackbone):
         for m in modules:
             m.eval()
         try:
-            with torch.no_grad(), autocast:
+            with torch.no_grad():
                 gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-                out = pipe(texts, negative_prompt=negative_prompt or None, num_inference_steps=steps,
-                           guidance_scale=guidance, width=width, height=height, eta=0.0, generator=gens,
-                           output_type="pil")
+                with autocast:  # denoising in half precision; with it, the latents (not pictures) come out
+                    out = pipe(texts, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                               guidance_scale=guidance, width=width, height=height, eta=0.0, generator=gens,
+                               output_type="latent" if low else "pil")
+                if low:  # decoded outside autocast, in the VAE's own dtype: a force_upcast VAE (SDXL's)
+                    return self._decode_to_pictures(pipe, out.images)  # stays fp32, no black pictures
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
         return list(out.images)
+
+    def _decode_to_pictures(self, pipe: Any, latents: torch.Tensor) -> list[Any]:
+        """Scaled latents -> PIL pictures, as the pipelines' own last step, in the VAE's dtype."""
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, len(mean), 1, 1)
+            latents = latents * torch.tensor(std).view(shape).to(latents) / config.scaling_factor \
+                + torch.tensor(mean).view(shape).to(latents)
+        else:
+            latents = latents / config.scaling_factor
+        image = self.vae.decode(latents.to(self.device, _first_dtype(self.vae))).sample.float()
+        return list(pipe.image_processor.postprocess(image, output_type="pil"))
 
     # --- saving ----------------------------------------------------------------------------
     @property

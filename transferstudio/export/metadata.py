@@ -141,10 +141,17 @@ def now_iso() -> str:
 
 # --- metadata blocks --------------------------------------------------------------------------
 
+# ss_optimizer as sd-scripts writes it: the optimizer's class path
+_OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes.optim.AdamW8bit",
+               "adafactor": "transformers.optimization.Adafactor", "prodigy": "prodigyopt.Prodigy"}
+
+
 def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, resolution: int,
                    dataset: Mapping[str, Any], config: Any, base_name: str, base_sha256: str | None,
-                   step: int, network_args: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The `ss_*` keys A1111's and others' LoRA browsers show (hashes added by `with_hashes`)."""
+                   step: int, network_args: Mapping[str, Any] | None = None,
+                   precision: str | None = None) -> dict[str, str]:
+    """The `ss_*` keys A1111's and others' LoRA browsers show (hashes added by `with_hashes`).
+    `precision`: the number format the run really trained in (its checkpoint says), when known."""
     base_version = spec.kohya_base_version
     folder_name = Path(str(dataset.get("folder", "images"))).name or "images"
     meta = {
@@ -167,7 +174,8 @@ def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, reso
         "ss_batch_size_per_device": str(getattr(config, "batch_size", 1)),
         "ss_gradient_accumulation_steps": str(getattr(config, "gradient_accumulation", 1)),
         "ss_seed": str(getattr(config, "seed", "")),
-        "ss_mixed_precision": str(getattr(config, "precision", "")),
+        "ss_mixed_precision": str(precision or getattr(config, "precision", "")),
+        "ss_optimizer": _OPTIMIZERS.get(str(getattr(config, "optimizer", "adamw")), "torch.optim.AdamW"),
         "ss_noise_offset": str(getattr(config, "noise_offset", 0.0)),
         "ss_min_snr_gamma": str(getattr(config, "min_snr_gamma", 0.0)),
         "ss_flip_aug": str(bool(getattr(config, "flip", False))),

@@ -61,7 +61,8 @@ def write_kohya(trained: Any, file: Path, ctx: ExportContext) -> dict:
                              alpha=alphas[-1] if len(alphas) == 1 else float(config.alpha),
                              resolution=md.resolution_of(backbone, config), dataset=ctx.dataset, config=config,
                              base_name=Path(backbone.source).name, base_sha256=ctx.base_sha256,
-                             step=trained.checkpoint.step, network_args=args)
+                             step=trained.checkpoint.step, network_args=args,
+                             precision=trained.checkpoint.state.get("precision"))
     meta.update(_modelspec(trained, ctx, adapter=True,
                            implementation=md.IMPL_SGM if spec.kohya_original_layout else md.IMPL_DIFFUSERS))
     meta = md.with_hashes(tensors, meta)

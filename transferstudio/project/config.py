@@ -16,6 +16,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CROPS = ("center", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENTS = ("adaptive", "fixed", "off")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -59,6 +60,10 @@ class TrainConfig:
     ema: bool = _f(False, "Keep an exponential moving average of the weights for sampling and export "
                    "(full fine-tuning only).")
     ema_decay: float = _f(0.999, "EMA decay per step.", min=0.0, max=0.99999)
+    optimizer: str = _f("adamw", "How the weights are updated. AdamW: the usual choice. AdamW 8-bit: the same "
+                        "with its state in 8 bits, about a quarter of AdamW's optimizer memory (needs a CUDA GPU "
+                        "and the bitsandbytes package). Adafactor: even less memory, a little less steady. "
+                        "Prodigy: finds its own step size — set the learning rate to 1.0.", choices=OPTIMIZERS)
     schedule: str = _f("constant", "How the learning rate changes over the run.", choices=SCHEDULES)
     warmup_steps: int = _f(0, "Steps over which the learning rate ramps up from zero.", min=0, max=1_000_000)
     precision: str = _f("auto", "Number format: auto picks bf16/fp16 on a GPU and fp32 on the CPU.",

@@ -113,7 +113,10 @@ class CompareSession:
         check_not_training(self.project.folder)  # another process writes and prunes its checkpoints
         _, found = find_trained(self.project, self.run_dir)
         if self._model is None or found.path != self._checkpoint:
+            from transferstudio.adapt.device import place_for_sampling
+
             self._model = load_trained(self.project, self.run_dir)
+            place_for_sampling(self._model.backbone, self._model.config)  # the run's GPU, when there is one
             self._checkpoint = self._model.checkpoint.path
             self._base_cache.clear()
         return self._model
@@ -185,7 +188,10 @@ class CompareSession:
         if self._base_backbone is None:  # every weight trained: the original model, loaded once
             from transferstudio.backbones.registry import load_backbone
 
+            from transferstudio.adapt.device import place_for_sampling
+
             self._base_backbone = load_backbone(self.project.backbone, prediction_type=self.project.prediction_type)
+            place_for_sampling(self._base_backbone, model.config)
         return self._base_backbone
 
 

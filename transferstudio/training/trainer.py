@@ -35,7 +35,7 @@ from transferstudio.project.lock import ProjectLock
 from transferstudio.project.project import Project
 from transferstudio.project.run import (Run, continuable_run, describe_differences, find_run, remove_orphan_runs,
                                         remove_run_folder, settings_differences)
-from transferstudio.training.device import autocast_dtype, choose_device, frozen_dtype
+from transferstudio.adapt.device import autocast_dtype, choose_device, free_device_memory, frozen_dtype
 from transferstudio.data.holdout import reference_picture, split_held_out
 from transferstudio.training.previews import preview_prompts, save_previews
 
@@ -138,6 +138,10 @@ class Trainer:
                 remove_run_folder(self.run_dir)
         finally:
             self.lock.release()
+            device = getattr(self, "device", None)
+            if device is not None and device.type != "cpu":  # the run's tensors go, and so does their memory
+                self.trainee = self.phases = self.ema = self.objective = self.backbone = None
+                free_device_memory(device)
 
     def _guarded_events(self) -> Iterator[Any]:
         try:
@@ -152,6 +156,13 @@ class Trainer:
         except MemoryError:
             yield Failed("The computer ran out of memory.",
                          "Lower the batch size or resolution, or close other programs.",
+                         step=self.step, checkpoint=self.checkpoint)
+        except RuntimeError as exc:  # Apple MPS (and some CUDA paths) report running out as a RuntimeError
+            if "out of memory" not in str(exc).lower():
+                raise
+            yield Failed(f"The {self.device.type.upper() if hasattr(self, 'device') else 'GPU'} ran out of memory.",
+                         "Lower the batch size or resolution, or turn on gradient checkpointing. "
+                         + (f"Your work up to step {self.step} is saved." if self.checkpoint else ""),
                          step=self.step, checkpoint=self.checkpoint)
         except OSError as exc:  # a full disk or a place it may not write: one sentence, not a traceback
             problem = self._write_problem(exc)
@@ -250,6 +261,9 @@ class Trainer:
         self.backbone = backbone
         self.device = choose_device(config.device)
         self.amp = autocast_dtype(self.device, config.precision)
+        if config.precision in ("bf16", "fp16") and self.amp is None:
+            self.notes.append(Message(f"{config.precision} was asked for, but the {self.device.type.upper()} trains "
+                                      "in fp32 (faster there); the run and its exports record fp32.", "info"))
         torch.manual_seed(config.seed)
         self.trainee = Trainee(backbone, config)
         backbone.to(self.device, frozen_dtype(self.device, config.precision))
@@ -354,6 +368,7 @@ class Trainer:
                 state.schedule.load_state_dict(saved["lr_scheduler"])
             if self.ema is not None and "ema" in bundle:
                 self.ema.load_state_dict(bundle["ema"])
+                self.ema.to(self.device)  # the saved average is read onto the CPU
             if "objective" in bundle:
                 self.objective.load_state_dict(bundle["objective"])
             if self.scaler is not None and "scaler" in bundle:
@@ -504,7 +519,8 @@ class Trainer:
             self.run_dir, self.step, weights=weights, optimizer=bundle, rng=rng,
             ema=ema_weights,
             state={"epoch": self.epoch, "batch_index": self.batch_index, "loss": self.last_loss,
-                   "total": self.total, "method": self.config.method},
+                   "total": self.total, "method": self.config.method, "device": self.device.type,
+                   "precision": _precision_name(self.amp)},
             keep=self.config.keep_checkpoints, metadata={"transferstudio_version": __version__,
                                                          **self.trainee.lora_metadata()},
             notes=self.saving_notes)
@@ -587,19 +603,37 @@ class Trainer:
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device, phase: Phase) -> Any:
+    """The optimizer the run's settings name (recorded with the run, so a resumed run gets the
+    same kind and its saved state fits); one that cannot run here is refused with what to do."""
     if not params:
         raise UserError("Nothing to train: the model has no layers the adapter can attach to.",
                         "Pick another backbone or the full fine-tuning method.")
     lr = config.learning_rate * phase.lr_scale
     betas = (float(phase.betas[0]), float(phase.betas[1]))
-    if device.type == "cuda":
+    kind = getattr(config, "optimizer", "adamw")
+    if kind == "adamw8bit":
+        if device.type != "cuda":
+            raise UserError("The 8-bit AdamW optimizer needs a CUDA GPU.",
+                            "Choose the AdamW optimizer in Settings ▸ Advanced (or train on a CUDA GPU).")
         try:
-            import bitsandbytes as bnb  # optional: halves optimizer memory on GPUs
-
-            return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
+            import bitsandbytes as bnb
         except ImportError:
-            pass
+            raise UserError("The 8-bit AdamW optimizer needs the bitsandbytes package, which is not installed.",
+                            "Install it (`pip install bitsandbytes`) or choose the AdamW optimizer.") from None
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
+    if kind == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                         beta1=betas[0] or None, weight_decay=phase.weight_decay)
+    if kind == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise UserError("The Prodigy optimizer is not installed.", "Choose the AdamW optimizer.") from None
+        return Prodigy(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
+
 
 
 class _EMAWeights:
@@ -616,6 +650,11 @@ class _EMAWeights:
     def __exit__(self, *exc: Any) -> None:
         if self.ema is not None:
             self.ema.restore(self.params)
+
+
+def _precision_name(amp: torch.dtype | None) -> str:
+    """The number format the run really trained in (bf16/fp16 asked for on a CPU is fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32") if amp is not None else "fp32"
 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:

@@ -58,6 +58,7 @@ LABELS = {
     "ema": "EMA weights",
     "ema_decay": "EMA decay",
     "schedule": "LR schedule",
+    "optimizer": "Optimizer",
     "warmup_steps": "Warm-up steps",
     "precision": "Precision",
     "gradient_checkpointing": "Gradient checkpointing",
@@ -100,6 +101,10 @@ CHOICE_LABELS = {
     "cuda": "CUDA GPU",
     "mps": "Apple MPS",
     "adaptive": "Adaptive (ADA)",
+    "adamw": "AdamW",
+    "adamw8bit": "AdamW 8-bit (CUDA)",
+    "adafactor": "Adafactor (least memory)",
+    "prodigy": "Prodigy (learning rate 1.0)",
     "fixed": "Fixed strength",
     "off": "Off",
 }

@@ -34,3 +34,24 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 def frozen_dtype(device: torch.device, precision: str) -> torch.dtype:
     """dtype for frozen parts (VAE, text encoders): half precision on GPUs saves memory."""
     return autocast_dtype(device, precision) or torch.float32
+
+
+def place_for_sampling(backbone: "object", config: "object") -> torch.device:
+    """Put a loaded model on the device and number format the run trained with (a CUDA GPU or
+    MPS when there is one and the run's settings allow it), for `sample` and Compare; the CPU
+    keeps fp32. Returns the device."""
+    try:
+        device = choose_device(getattr(config, "device", "auto"))
+    except UserError:  # the run's device is not on this computer: sample where we can
+        device = choose_device("auto")
+    if device.type != "cpu":
+        backbone.to(device, frozen_dtype(device, getattr(config, "precision", "auto")))  # type: ignore[attr-defined]
+    return device
+
+
+def free_device_memory(device: torch.device | None) -> None:
+    """Hand cached GPU memory back once a run or a comparison is done with it."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device is not None and device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
