@@ -2,7 +2,7 @@
 the starter VAE at its 32 px, and a full-size Stable Diffusion VAE (random weights from the
 bundled SD 1.x config, so nothing is downloaded) at 256 px.
 
-    python -m transferstudio.devtools.bench_vae [--steps 6] [--batch-size 4]
+    python -m transferstudio.devtools.bench_vae [--steps 6] [--batch-size 4] [--device cpu|cuda]
 
 Ratios are against the first row (starter VAE, decoder only); absolute times depend on the machine.
 """
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transferstudio.devtools.bench_vae")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}")
     print(f"{'model':<28} {'method':<8} {'s/step':>8} {'× ref':>7} {'peak RSS':>10}")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (name, backbone, size) in enumerate(models):
             for method in ("decoder", "full"):
                 config = TrainConfig(method=method, steps=args.steps, batch_size=args.batch_size, resolution=size,
-                                     preview_every=0, checkpoint_every=10**6, device="cpu", precision="fp32")
+                                     preview_every=0, checkpoint_every=10**6, device=args.device, precision="fp32")
                 project = create_project(Path(tmp) / f"p{i}-{method}", backbone=backbone, images=sample_images(),
                                          config=config)
 
