@@ -61,3 +61,25 @@ def test_gan_project_charts_both_networks_and_compares_with_truncation(qtbot, wi
     average = got.args[0]
     assert average.trained[0] == average.trained[1] == average.trained[2]
     assert not window.problems
+
+
+def test_a_new_gan_project_from_the_dialog_takes_the_family_settings(qtbot, window, tmp_path):
+    """The New Project dialog offers LoRA first; a GAN trains both networks fully, in batches of
+    16, at its own learning rate, with EMA: the project the window makes says so once the model
+    is inspected."""
+    from tests.test_gan import make_pictures, make_tiny_gan
+    from transferstudio.project.project import load_project
+
+    backbone = make_tiny_gan(tmp_path / "gan")
+    pictures = make_pictures(tmp_path / "pictures")
+
+    class Dialog:
+        def values(self):
+            return {"name": "cities", "folder": str(tmp_path / "cities"), "backbone": str(backbone),
+                    "images": str(pictures), "method": "lora"}
+
+    with qtbot.waitSignal(window.inspected, timeout=LONG):
+        window._create_from_dialog(Dialog())
+    config = load_project(tmp_path / "cities").config
+    assert (config.method, config.batch_size, config.learning_rate, config.ema) == ("full", 16, 2e-3, True)
+    assert window.settings_form.config().batch_size == 16
