@@ -134,7 +134,8 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "optimizer": "--optimizer", "augment": "--augment", "augment_strength": "--augment-strength",
                 "freeze_discriminator_blocks": "--freeze-discriminator-blocks",
                 "consistency_weight": "--consistency-weight", "r1_gamma": "--r1-gamma",
-                "discriminator_learning_rate": "--discriminator-lr"}
+                "discriminator_learning_rate": "--discriminator-lr", "caption_dropout": "--caption-dropout",
+                "shuffle_tags": "--shuffle-tags", "keep_tags": "--keep-tags", "tag_dropout": "--tag-dropout"}
 
 
 def _arg_help(name: str) -> str:

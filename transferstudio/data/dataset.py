@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from transferstudio.core.errors import DatasetError
+from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.buckets import make_buckets, native_size, nearest_bucket
 from transferstudio.data.images import ImageProblem, open_rgb
 from transferstudio.data.scan import ImageRecord, SkippedFile
@@ -76,6 +77,7 @@ class TrainingImages:
         flip: bool = True,
         crop: str = "center",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        captions: CaptionVariation | None = None,
     ) -> None:
         if crop not in ("center", "random"):
             raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
@@ -87,6 +89,7 @@ class TrainingImages:
         self.flip = flip
         self.crop = crop
         self.cache_bytes = cache_bytes
+        self.captions = captions or CaptionVariation()
         self.late_skips: list[SkippedFile] = []
         self._reported = 0  # late_skips[:_reported] were handed out by take_problems()
 
@@ -184,7 +187,8 @@ class TrainingImages:
                 patch = patch[:, ::-1]
                 left = rw - bw - left  # where the crop sits in the flipped image
             arrays.append(patch)
-            captions.append(self.records[ri].caption)
+            caption = self.records[ri].caption
+            captions.append(self.captions.apply(caption, rng) if rng is not None else caption)
             originals.append(original)
             crops.append((top, left))
         stacked = np.ascontiguousarray(np.stack(arrays))  # (B, H, W, 3) uint8

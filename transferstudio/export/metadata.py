@@ -179,6 +179,10 @@ def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, reso
         "ss_noise_offset": str(getattr(config, "noise_offset", 0.0)),
         "ss_min_snr_gamma": str(getattr(config, "min_snr_gamma", 0.0)),
         "ss_flip_aug": str(bool(getattr(config, "flip", False))),
+        "ss_caption_dropout_rate": str(getattr(config, "caption_dropout", 0.0)),
+        "ss_shuffle_caption": str(bool(getattr(config, "shuffle_tags", False))),
+        "ss_keep_tokens": str(getattr(config, "keep_tags", 0)),
+        "ss_caption_tag_dropout_rate": str(getattr(config, "tag_dropout", 0.0)),
         "ss_enable_bucket": str(bool(getattr(config, "buckets", False))),
         "ss_training_comment": f"TransferStudio {__version__}",
     }

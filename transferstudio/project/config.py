@@ -56,6 +56,18 @@ class TrainConfig:
                     "and recent A1111 load it).")
     dropout: float = _f(0.0, "LoRA dropout: randomly drops adapter inputs to reduce overfitting.",
                         min=0.0, max=0.9)
+    caption_dropout: float = _f(0.0, "Train this share of samples with an empty caption (0.05–0.1 is common): "
+                                "the model also learns your pictures' look without words, so the style shows "
+                                "even in prompts that do not mention it. 0 turns it off.", min=0.0, max=1.0,
+                                objective="diffusion")
+    shuffle_tags: bool = _f(False, "Shuffle the comma-separated tags of each caption every time it is used, "
+                            "so no tag order is learned (for tag-style captions; leave off for sentences).",
+                            objective="diffusion")
+    keep_tags: int = _f(1, "How many leading tags stay in place and are never dropped when tags are shuffled or "
+                        "dropped (1 keeps the trigger word first).", min=0, max=100, objective="diffusion")
+    tag_dropout: float = _f(0.0, "Leave out each tag (after the kept ones) with this probability, so the model "
+                            "does not tie the look to every tag (0.05–0.1 typical). 0 turns it off.",
+                            min=0.0, max=1.0, objective="diffusion")
     train_text_encoder: bool = _f(False, "Also put LoRA on the text encoder(s) (text models only).")
     ema: bool = _f(False, "Keep an exponential moving average of the weights for sampling and export "
                    "(full fine-tuning only).")

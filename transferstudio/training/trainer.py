@@ -36,6 +36,7 @@ from transferstudio.project.project import Project
 from transferstudio.project.run import (Run, continuable_run, describe_differences, find_run, remove_orphan_runs,
                                         remove_run_folder, settings_differences)
 from transferstudio.adapt.device import autocast_dtype, choose_device, free_device_memory, frozen_dtype
+from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.holdout import reference_picture, split_held_out
 from transferstudio.training.previews import preview_prompts, save_previews
 
@@ -274,8 +275,12 @@ class Trainer:
         if backbone.caps.preview == "reconstruction":  # previews show pictures it never trains on
             records, self.held_out = split_held_out(self.scan.images, len(config.preview_seeds))
         self.references = [reference_picture(r.path, resolution) for r in self.held_out]
+        captions = None
+        if backbone.caps.conditioning == "text":
+            captions = CaptionVariation(dropout=config.caption_dropout, shuffle=config.shuffle_tags,
+                                        keep=config.keep_tags, tag_dropout=config.tag_dropout)
         self.images = TrainingImages(records, resolution, backbone.caps.resolution_multiple,
-                                     buckets=config.buckets, flip=config.flip, crop=config.crop)
+                                     buckets=config.buckets, flip=config.flip, crop=config.crop, captions=captions)
         self.objective = backbone.objective(config)
         self.phases = [self._phase_state(phase) for phase in self.objective.phases]
         self.ema = self._ema()

@@ -55,6 +55,10 @@ LABELS = {
     "dora": "DoRA",
     "dropout": "LoRA dropout",
     "train_text_encoder": "Train text encoder",
+    "caption_dropout": "Caption dropout",
+    "shuffle_tags": "Shuffle tags",
+    "keep_tags": "Keep first tags",
+    "tag_dropout": "Tag dropout",
     "ema": "EMA weights",
     "ema_decay": "EMA decay",
     "schedule": "LR schedule",
@@ -131,7 +135,8 @@ DECIMALS = {"alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_sn
             "adversarial_weight": 3}
 SCIENTIFIC = ("learning_rate", "kl_weight")  # tiny values people write as 1e-6
 
-TEXT_ONLY = ("trigger", "preview_prompts", "train_text_encoder")  # hidden for unconditional models
+TEXT_ONLY = ("trigger", "preview_prompts", "train_text_encoder", "caption_dropout", "shuffle_tags", "keep_tags",
+             "tag_dropout")  # hidden for unconditional models
 LORA_ONLY = ("rank", "alpha", "dora", "dropout", "train_text_encoder")
 FULL_ONLY = ("ema", "ema_decay")
 
@@ -419,7 +424,7 @@ class SettingsForm(QWidget):
         for f in fields(TrainConfig):
             wanted = f.metadata.get("objective")
             if wanted is not None:
-                self._set_row_visible(f.name, wanted == objective)
+                self._set_row_visible(f.name, wanted == objective and (text or f.name not in TEXT_ONLY))
         offered = tuple(methods or ("lora", "full"))
         if "lora" not in offered:  # e.g. a VAE: no adapter settings at all
             for name in LORA_ONLY:
