@@ -120,6 +120,7 @@ def test_full_fine_tune_trains_the_encoder_too(vae_project):
     (run,) = (project / "runs").iterdir()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "discriminator" in rows[-1]["losses"] and "discriminator" not in rows[0].get("losses", {})
+    assert all("autoencoder" in row["losses"] for row in rows)  # the chart's curve starts at step 1
     weights = _weights(run / "checkpoints" / "step-000004" / "weights.safetensors")
     base = AutoencoderKL.from_pretrained(backbone)
     assert not torch.equal(weights["vae.encoder.conv_in.weight"], base.encoder.conv_in.weight)

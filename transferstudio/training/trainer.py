@@ -459,7 +459,8 @@ class Trainer:
         lr = self.phases[0].schedule.get_last_lr()[0]
         row: dict[str, Any] = {"step": self.step, "loss": self.last_loss, "lr": lr,
                                "time": round(now - self.started_at, 4)}
-        if len(losses) > 1:
+        phased = len(self.phases) > 1  # each phase's curve from step 1, even before a late phase starts
+        if phased:
             row["losses"] = losses
         signals = self.objective.step_signals()
         if signals:
@@ -468,7 +469,7 @@ class Trainer:
         self.metrics.flush()
         return Step(step=self.step, total=self.total, loss=self.last_loss, lr=lr, images_per_s=rate,
                     eta_s=per_step * (self.total - self.step), elapsed_s=now - self.started_at,
-                    losses=tuple(losses.items()) if len(losses) > 1 else (), signals=tuple(signals.items()))
+                    losses=tuple(losses.items()) if phased else (), signals=tuple(signals.items()))
 
     # --- previews and checkpoints ---------------------------------------------------------
     def preview(self, at: int) -> Preview:
