@@ -158,3 +158,28 @@ def test_describe_file_explains_folders(tmp_path):
     text = describe_file(t["comfy"] / "models" / "diffusers" / "my-sd2")
     assert "Stable Diffusion 2.x" in text and "768 px" in text and "v_prediction" in text
     assert "Not a model folder" in describe_file(tmp_path)
+
+
+def test_vae_and_gan_folders_are_listed_whole(tmp_path):
+    """A VAE folder and a GAN folder are one model each: listed as such, not their files."""
+    from tests.test_gan import make_tiny_gan
+    from tests.test_vae import make_tiny_vae
+    from transferstudio.library.discovery import discover
+
+    root = tmp_path / "models"
+    make_tiny_vae(root / "my-vae")
+    make_tiny_gan(root / "gans" / "my-gan")
+    entries = {e.path.name: e for e in discover([root])}
+    assert set(entries) == {"my-vae", "my-gan"}
+    assert entries["my-vae"].family == "vae" and entries["my-gan"].family == "gan"
+    assert all(e.usable for e in entries.values())
+
+
+def test_every_starter_is_offered(tmp_path):
+    from tests.test_gan import make_tiny_gan
+    from transferstudio.library.discovery import discover
+
+    gan = make_tiny_gan(tmp_path / "starter-gan")
+    entries = discover(starters=[("Starter GAN", gan)])
+    assert [(e.name, e.kind, e.family) for e in entries] == [("Starter GAN", "starter", "gan")]
+    assert entries[0].label.startswith("Starter GAN (")

@@ -107,11 +107,16 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
+# Folders that are one model as a whole (the walk lists them and does not look inside): a bare
+# UNet, a VAE, a TransferStudio GAN (generator + discriminator files in one folder).
+MODEL_FOLDER_CLASSES = ("UNet2DModel", "AutoencoderKL", "TransferStudioGAN")
+
+
 def is_diffusers_folder(folder: Path) -> bool:
     if (folder / "model_index.json").is_file():
         return True
     cfg = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
-    return bool(cfg and cfg.get("_class_name") == "UNet2DModel")
+    return bool(cfg and cfg.get("_class_name") in MODEL_FOLDER_CLASSES)
 
 
 def describe(path: Path, *, kind: str, source: str = "folder", name: str | None = None) -> LibraryEntry:
@@ -187,6 +192,7 @@ def _hf_entries(hf_cache: Path) -> Iterable[LibraryEntry]:
 
 def discover(roots: Sequence[Path] = (), *, a1111: Path | None = None, comfyui: Path | None = None,
              hf_cache: Path | None = None, starter: Path | None = None,
+             starters: Sequence[tuple[str, Path]] = (),
              cache_dir: Path | None = None) -> list[LibraryEntry]:
     """List every model found. Unusable ones are included with their problems, so the UI can explain."""
     entries: list[LibraryEntry] = []
@@ -207,11 +213,13 @@ def discover(roots: Sequence[Path] = (), *, a1111: Path | None = None, comfyui: 
             else:
                 add(describe_single_file(found, source=source))
 
-    if starter is not None and Path(starter).exists():
-        s = Path(starter)
+    for title, path in ([("Starter model", Path(starter))] if starter is not None else []) + list(starters):
+        s = Path(path)
+        if not s.exists():
+            continue
         if s.is_dir():
-            entry = describe_diffusers_folder(s, kind="starter", source="starter", name="Starter model")
-            entry.label = "Starter model (" + entry.label.replace(" (diffusers folder)", "") + ")"
+            entry = describe_diffusers_folder(s, kind="starter", source="starter", name=title)
+            entry.label = f"{title} (" + entry.label.replace(" (diffusers folder)", "") + ")"
         else:
             entry = describe_single_file(s, source="starter")
             entry.kind = "starter"

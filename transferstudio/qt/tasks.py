@@ -210,14 +210,14 @@ def discover_models(settings: dict[str, Any]) -> list[dict[str, Any]]:
         value = settings.get(key)
         return Path(str(value)).expanduser() if value else None
 
-    starter = None
-    if settings.get("include_starter", True):
-        from transferstudio.starter.sample import starter_model
+    starters: list[tuple[str, Path]] = []
+    if settings.get("include_starter", True):  # the starter models that ship: diffusion, VAE, GAN
+        from transferstudio.starter.sample import starter_gan, starter_model, starter_vae
 
-        starter = starter_model()
+        starters = [("Starter model", starter_model()), ("Starter VAE", starter_vae()), ("Starter GAN", starter_gan())]
     entries = discover([Path(str(f)).expanduser() for f in settings.get("folders") or [] if f],
                        a1111=path_or_none("a1111"), comfyui=path_or_none("comfyui"),
-                       hf_cache=path_or_none("hf_cache"), starter=starter, cache_dir=user_cache_dir())
+                       hf_cache=path_or_none("hf_cache"), starters=starters, cache_dir=user_cache_dir())
     return [{"path": str(e.path), "name": e.name, "kind": e.kind, "family": e.family, "label": e.label,
              "native_resolution": e.native_resolution, "size_bytes": e.size_bytes, "usable": e.usable,
              "problems": list(e.problems), "advice": e.advice, "prediction_type": e.prediction_type,
