@@ -237,7 +237,7 @@ class TrainView(QWidget):
         item.setLabel("bottom", "step")
         item.setLabel("left", "loss")
         item.showGrid(x=True, y=True, alpha=0.2)
-        item.addLegend(offset=(-10, 10))
+        item.addLegend(offset=(-10, 10), brush=self._legend_brush())
         # Thousands of points stay smooth: draw only what is visible, peak-downsampled.
         item.setDownsampling(auto=True, mode="peak")
         item.setClipToView(True)
@@ -258,7 +258,7 @@ class TrainView(QWidget):
         signal_item = self.signal_plot.getPlotItem()
         signal_item.setLabel("left", "0 – 1")
         signal_item.showGrid(x=True, y=True, alpha=0.2)
-        signal_item.addLegend(offset=(-10, 5))
+        signal_item.addLegend(offset=(-10, 5), brush=self._legend_brush())
         signal_item.setYRange(0, 1, padding=0.05)
         signal_item.setXLink(self.plot.getPlotItem())
         self.signal_plot.setToolTip("Discriminator accuracy: how often it tells your pictures from generated ones. "
@@ -601,6 +601,12 @@ class TrainView(QWidget):
 
     def _log(self, text: str) -> None:
         self.log.appendPlainText(text)
+
+    def _legend_brush(self) -> Any:
+        """The chart's background, nearly opaque, behind the legend (curves pass under it)."""
+        colour = self.palette().color(QPalette.ColorRole.Base)
+        colour.setAlpha(220)
+        return pg.mkBrush(colour)
 
     def _style_plot(self, plot: Any = None) -> None:
         # Follow the system palette (light or dark) instead of pyqtgraph's black default.
