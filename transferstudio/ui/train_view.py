@@ -549,7 +549,15 @@ class TrainView(QWidget):
         self.smooth_curve.setData(self.loss.steps, self.loss.smoothed)
         for name, curve in self.series_curves.items():
             curve.setData(self.series[name].steps, self.series[name].smoothed)
+        self.plot.getPlotItem().setLogMode(y=self._losses_of_different_scales())
         self.signal_plot.setVisible(any(not name.startswith("loss: ") for name in self.series_curves))
+
+    def _losses_of_different_scales(self) -> bool:
+        """Phases whose losses differ tenfold or more (a VAE's reconstruction beside its
+        discriminator) share the chart on a log scale, so both stay readable."""
+        levels = [float(np.median(b.smoothed)) for n, b in self.series.items() if n.startswith("loss: ") and b.n]
+        levels = [v for v in levels if v > 0 and math.isfinite(v)]
+        return len(levels) > 1 and max(levels) / min(levels) >= 10
 
     def _series_buffer(self, name: str, total_steps: int | None) -> "LossBuffer":
         buffer = self.series.get(name)
