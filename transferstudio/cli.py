@@ -135,7 +135,8 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "freeze_discriminator_blocks": "--freeze-discriminator-blocks",
                 "consistency_weight": "--consistency-weight", "r1_gamma": "--r1-gamma",
                 "discriminator_learning_rate": "--discriminator-lr", "caption_dropout": "--caption-dropout",
-                "shuffle_tags": "--shuffle-tags", "keep_tags": "--keep-tags", "tag_dropout": "--tag-dropout"}
+                "shuffle_tags": "--shuffle-tags", "keep_tags": "--keep-tags", "tag_dropout": "--tag-dropout",
+                "masked_loss": "--masked-loss"}
 
 
 def _arg_help(name: str) -> str:

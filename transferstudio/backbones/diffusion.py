@@ -18,8 +18,11 @@ def noise_scheduler(config: dict[str, Any]) -> Any:
 
 def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond: Conditioning, *,
                    generator: torch.Generator, noise_offset: float = 0.0,
-                   min_snr_gamma: float = 0.0) -> torch.Tensor:
-    """Noise `clean` at random timesteps and score the denoiser against the right target."""
+                   min_snr_gamma: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise `clean` at random timesteps and score the denoiser against the right target.
+    `mask` (B, 1, H, W) in [0, 1] at picture size weights each position (masked loss): it is
+    averaged down to the denoiser's resolution (latents are 8× smaller for SD), and each picture's
+    loss is the weighted mean over its masked-in area."""
     b = clean.shape[0]
     device = clean.device
     noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
@@ -40,7 +43,13 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
     else:
         raise ValueError(f"unknown prediction type {prediction_type}")
     pred = backbone.predict(noisy, timesteps, cond).float()
-    per_sample = F.mse_loss(pred, target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    errors = F.mse_loss(pred, target.float(), reduction="none")
+    dims = tuple(range(1, pred.ndim))
+    if mask is None:
+        per_sample = errors.mean(dim=dims)
+    else:
+        weight = F.adaptive_avg_pool2d(mask.to(errors), errors.shape[-2:])
+        per_sample = (errors * weight).sum(dim=dims) / (weight.sum(dim=dims) * errors.shape[1]).clamp_min(1e-6)
     if min_snr_gamma > 0:
         snr = _snr(scheduler, timesteps).to(per_sample.device)
         clipped = torch.clamp(snr, max=min_snr_gamma)
@@ -74,8 +83,10 @@ class DiffusionObjective(Objective):
                                                 crop_top_left=batch.crop_top_left,
                                                 target_size=batch.target_size,
                                                 train_text_encoder=config.train_text_encoder)
+            masks = getattr(batch, "masks", None)
             return diffusion_loss(backbone, self.scheduler, clean, cond, generator=ctx.generator,
-                                  noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma)
+                                  noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma,
+                                  mask=masks.to(ctx.device) if masks is not None else None)
 
 
 class DiffusionBackbone(Backbone):

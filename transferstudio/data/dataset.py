@@ -14,7 +14,7 @@ from PIL import Image
 from transferstudio.core.errors import DatasetError
 from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.buckets import make_buckets, native_size, nearest_bucket
-from transferstudio.data.images import ImageProblem, open_rgb
+from transferstudio.data.images import ImageProblem, open_mask, open_rgb, open_rgb_and_alpha
 from transferstudio.data.scan import ImageRecord, SkippedFile
 
 _MASK64 = (1 << 64) - 1
@@ -28,6 +28,7 @@ class Batch:
     original_sizes: list[tuple[int, int]]  # (h, w) of the source, EXIF-upright
     crop_top_left: list[tuple[int, int]]  # (top, left) in the resized (and flipped) image
     target_size: tuple[int, int]  # (h, w)
+    masks: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1]: how much each pixel counts (masked loss)
 
 
 class _SplitMix64:
@@ -78,6 +79,7 @@ class TrainingImages:
         crop: str = "center",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         captions: CaptionVariation | None = None,
+        masked: bool = False,
     ) -> None:
         if crop not in ("center", "random"):
             raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
@@ -90,6 +92,7 @@ class TrainingImages:
         self.crop = crop
         self.cache_bytes = cache_bytes
         self.captions = captions or CaptionVariation()
+        self.masked = masked  # batches carry masks: a picture's alpha channel or its `name.mask.png`
         self.late_skips: list[SkippedFile] = []
         self._reported = 0  # late_skips[:_reported] were handed out by take_problems()
 
@@ -191,9 +194,11 @@ class TrainingImages:
             captions.append(self.captions.apply(caption, rng) if rng is not None else caption)
             originals.append(original)
             crops.append((top, left))
-        stacked = np.ascontiguousarray(np.stack(arrays))  # (B, H, W, 3) uint8
-        pixels = torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        return Batch(pixels.contiguous(), captions, originals, crops, (bh, bw))
+        stacked = np.ascontiguousarray(np.stack(arrays))  # (B, H, W, 3) uint8, or 4 with the mask
+        channels = torch.from_numpy(stacked).permute(0, 3, 1, 2).float()
+        pixels = channels[:, :3].div(127.5).sub_(1.0)
+        masks = channels[:, 3:].div(255.0).contiguous() if self.masked else None
+        return Batch(pixels.contiguous(), captions, originals, crops, (bh, bw), masks)
 
     def _usable(self, ri: int) -> tuple[int, np.ndarray, tuple[int, int]]:
         """The record's pixels, or a same-bucket stand-in when its file went bad."""
@@ -225,7 +230,14 @@ class TrainingImages:
         if cached is not None:
             self._cache.move_to_end(ri)
             return cached, self._original[ri]
-        im = open_rgb(self.records[ri].path)
+        record = self.records[ri]
+        mask = None
+        if not self.masked:
+            im = open_rgb(record.path)
+        elif record.mask is not None:
+            im, mask = open_rgb(record.path), open_mask(record.mask)
+        else:
+            im, mask = open_rgb_and_alpha(record.path)
         w, h = im.size
         bw, bh = self._record_bucket[ri]
         scale = max(bw / w, bh / h)
@@ -233,6 +245,10 @@ class TrainingImages:
         if size != (w, h):
             im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         arr = np.asarray(im, dtype=np.uint8)
+        if self.masked:  # the mask travels with the picture as a fourth channel: same crop, same flip
+            mask = mask.resize(size, Image.Resampling.BILINEAR) if mask is not None else None
+            plane = np.asarray(mask, dtype=np.uint8) if mask is not None else np.full(arr.shape[:2], 255, np.uint8)
+            arr = np.dstack([arr, plane])
         self._original[ri] = (h, w)
         self._store(ri, arr)
         return arr, (h, w)

@@ -10,6 +10,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -243,6 +244,33 @@ def open_rgb(path: str | Path) -> Image.Image:
 
     Raises ImageProblem with a readable reason.
     """
+    return _load_upright(path, _to_rgb)
+
+
+def open_rgb_and_alpha(path: str | Path) -> tuple[Image.Image, Image.Image | None]:
+    """For masked training: the picture's own colours (no white compositing: transparent areas
+    are masked out instead) and its alpha channel as an 8-bit mask, or None without transparency."""
+    def split(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+        if not _has_alpha(im) or im.mode.startswith("I") or im.mode == "F":
+            return _to_rgb(im), None
+        rgba = im.convert("RGBA")
+        return rgba.convert("RGB"), rgba.getchannel("A")
+
+    return _load_upright(path, split)
+
+
+def open_mask(path: str | Path) -> Image.Image:
+    """A mask picture (`name.mask.png`) as 8-bit grey: white trains, black is left out, grey between."""
+    def grey(im: Image.Image) -> Image.Image:
+        if im.mode.startswith("I") or im.mode == "F":
+            return _gray16_to_8bit(im)
+        return _to_rgb(im).convert("L")
+
+    return _load_upright(path, grey)
+
+
+def _load_upright(path: str | Path, convert: Any) -> Any:
+    """Open, decode and turn upright (EXIF) a picture, then `convert` it; ImageProblem with a reason."""
     path = Path(path)
     im = _open(path)
     with im:
@@ -254,10 +282,12 @@ def open_rgb(path: str | Path) -> Image.Image:
         if upright is None:
             upright = im
         try:
-            rgb = _to_rgb(upright)
+            out = convert(upright)
         except MemoryError:
             raise _too_large(*im.size) from None
         except (OSError, ValueError) as exc:
             raise ImageProblem(f"unsupported colour format ({im.mode}): {exc}") from None
         # Detach from the file so it can close.
-        return rgb.copy() if rgb is im else rgb
+        if isinstance(out, tuple):
+            return tuple(part.copy() if part is im else part for part in out)
+        return out.copy() if out is im else out

@@ -22,6 +22,7 @@ _REPEATS_DIR = re.compile(r"^(\d+)_(.+)$")
 _MAX_REPEATS = 1000
 
 _SUPPORTED_TEXT = ", ".join(sorted(SUPPORTED_SUFFIXES))
+MASK_SUFFIX = ".mask"  # `city.mask.png` is the mask of `city.png`
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ImageRecord:
     repeats: int
     width: int  # after EXIF orientation
     height: int
+    mask: Path | None = None  # `name.mask.png` beside it: which parts train (masked loss)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ def scan_images(folder: str | Path, trigger: str = "") -> ScanResult:
     skipped: list[SkippedFile] = []
     candidates: list[tuple[Path, Path]] = []  # (relative path, absolute path)
     captions: dict[tuple[Path, str], Path] = {}  # (dir, stem) -> caption file
+    masks: dict[tuple[Path, str], Path] = {}  # (dir, stem) -> mask picture
 
     def walk_error(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else root
@@ -142,6 +145,8 @@ def scan_images(folder: str | Path, trigger: str = "") -> ScanResult:
             suffix = path.suffix.lower()
             if suffix == ".txt":
                 captions[(here, path.stem)] = path
+            elif suffix in SUPPORTED_SUFFIXES and path.stem.lower().endswith(MASK_SUFFIX):
+                masks[(here, path.stem[: -len(MASK_SUFFIX)])] = path  # a mask, not a picture to train on
             elif suffix in SUPPORTED_SUFFIXES:
                 candidates.append((path.relative_to(root), path))
             elif suffix in _UNSUPPORTED_IMAGE_SUFFIXES:
@@ -166,6 +171,7 @@ def scan_images(folder: str | Path, trigger: str = "") -> ScanResult:
             repeats=repeats_for(rel.parent.parts, root.name),
             width=width,
             height=height,
+            mask=masks.get((path.parent, path.stem)),
         ))
 
     skipped.sort(key=lambda s: _rel_key(s.path, root))

@@ -183,6 +183,7 @@ def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, reso
         "ss_shuffle_caption": str(bool(getattr(config, "shuffle_tags", False))),
         "ss_keep_tokens": str(getattr(config, "keep_tags", 0)),
         "ss_caption_tag_dropout_rate": str(getattr(config, "tag_dropout", 0.0)),
+        "ss_masked_loss": str(bool(getattr(config, "masked_loss", False))),
         "ss_enable_bucket": str(bool(getattr(config, "buckets", False))),
         "ss_training_comment": f"TransferStudio {__version__}",
     }

@@ -82,6 +82,10 @@ class TrainConfig:
                         choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "Recompute activations instead of storing them: less "
                                       "memory, about 30% slower.")
+    masked_loss: bool = _f(False, "Train only where a mask says: the transparent parts of a PNG (they are "
+                           "then not turned white), or a black-and-white `name.mask.png` beside a picture (white "
+                           "trains, black is left out). Pictures without either train everywhere. For a subject "
+                           "without its background.", objective="diffusion")
     noise_offset: float = _f(0.0, "Adds a little offset noise so the model can learn very dark or "
                              "bright images. 0.05–0.1 if you need it.", min=0.0, max=1.0, objective="diffusion")
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting (5 is common); 0 turns it off.",

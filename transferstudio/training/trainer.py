@@ -280,7 +280,8 @@ class Trainer:
             captions = CaptionVariation(dropout=config.caption_dropout, shuffle=config.shuffle_tags,
                                         keep=config.keep_tags, tag_dropout=config.tag_dropout)
         self.images = TrainingImages(records, resolution, backbone.caps.resolution_multiple,
-                                     buckets=config.buckets, flip=config.flip, crop=config.crop, captions=captions)
+                                     buckets=config.buckets, flip=config.flip, crop=config.crop, captions=captions,
+                                     masked=bool(config.masked_loss) and backbone.caps.objective == "diffusion")
         self.objective = backbone.objective(config)
         self.phases = [self._phase_state(phase) for phase in self.objective.phases]
         self.ema = self._ema()

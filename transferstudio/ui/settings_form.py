@@ -66,6 +66,7 @@ LABELS = {
     "warmup_steps": "Warm-up steps",
     "precision": "Precision",
     "gradient_checkpointing": "Gradient checkpointing",
+    "masked_loss": "Masked loss",
     "noise_offset": "Noise offset",
     "min_snr_gamma": "Min-SNR gamma",
     "seed": "Seed",
