@@ -83,3 +83,20 @@ def test_a_new_gan_project_from_the_dialog_takes_the_family_settings(qtbot, wind
     config = load_project(tmp_path / "cities").config
     assert (config.method, config.batch_size, config.learning_rate, config.ema) == ("full", 16, 2e-3, True)
     assert window.settings_form.config().batch_size == 16
+
+
+def test_a_gan_trains_from_the_window_and_exports_its_generator(qtbot, window, tmp_path):
+    """Start in the window trains both networks to the end (the chart fills live), and the export
+    dialog's formats for it are the generator ones."""
+    from transferstudio.qt import tasks
+
+    project = new_project(tmp_path, "project", "--preview-every", "3", steps=6)
+    with qtbot.waitSignal(window.inspected, timeout=LONG):
+        assert window.open_project(project, offer_continue=False)
+    view = window.train_view
+    with qtbot.waitSignal(view.run_finished, timeout=LONG) as ended:
+        window.start_training()
+    assert type(ended.args[0]).__name__ == "Finished"
+    assert view.series["loss: discriminator"].n == 6 and view.preview_steps() == [0, 3, 6]
+    assert [key for key, _, _ in tasks.export_formats("gan", "full")] == ["generator", "onnx", "gan-folder"]
+    assert not window.problems
