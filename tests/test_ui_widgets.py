@@ -418,3 +418,11 @@ def test_ui_modules_do_not_import_torch():
                          timeout=120, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_export_names_keep_brackets_and_drop_what_file_systems_refuse():
+    from transferstudio.ui.export_dialog import safe_name
+
+    assert safe_name("Landscapes → cities (GAN)") == "Landscapes - cities (GAN)"
+    assert safe_name('my/style: v2*?"') == "my-style- v2"
+    assert safe_name(" .. ") == "export"

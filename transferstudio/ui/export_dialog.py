@@ -16,7 +16,8 @@ from transferstudio.ui.preferences_dialog import library_settings
 
 
 def safe_name(text: str) -> str:
-    name = re.sub(r"[^\w\- .]+", "-", text).strip(" .-")
+    """A file name every system accepts, from a project name (brackets kept: "Cities (GAN)")."""
+    name = re.sub(r"[^\w\- .()\[\]]+", "-", text).strip(" .-")
     return name or "export"
 
 
