@@ -136,7 +136,9 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "consistency_weight": "--consistency-weight", "r1_gamma": "--r1-gamma",
                 "discriminator_learning_rate": "--discriminator-lr", "caption_dropout": "--caption-dropout",
                 "shuffle_tags": "--shuffle-tags", "keep_tags": "--keep-tags", "tag_dropout": "--tag-dropout",
-                "masked_loss": "--masked-loss"}
+                "masked_loss": "--masked-loss", "timestep_sampling": "--timestep-sampling",
+                "timestep_low": "--timestep-low", "timestep_high": "--timestep-high",
+                "debiased_estimation": "--debiased-estimation"}
 
 
 def _arg_help(name: str) -> str:

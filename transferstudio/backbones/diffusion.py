@@ -16,9 +16,24 @@ def noise_scheduler(config: dict[str, Any]) -> Any:
     return DDPMScheduler.from_config(config)
 
 
+def sample_timesteps(count: int, total: int, *, generator: torch.Generator, device: torch.device,
+                     sampling: str = "uniform", low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Training timesteps: uniform over the schedule (the default, drawn exactly as before these
+    settings existed), or logit-normal (most in the middle of the schedule, where a fine-tune
+    learns composition and style, as SD3 trains), within [low, high] of the schedule."""
+    first = min(total - 1, max(0, int(round(low * (total - 1)))))
+    last = min(total - 1, max(first, int(round(high * (total - 1)))))
+    if sampling == "logit-normal":
+        u = torch.sigmoid(torch.randn((count,), generator=generator, device=device))
+        return (first + u * (last - first)).round().long()
+    return torch.randint(first, last + 1, (count,), generator=generator, device=device).long()
+
+
 def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond: Conditioning, *,
                    generator: torch.Generator, noise_offset: float = 0.0,
-                   min_snr_gamma: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+                   min_snr_gamma: float = 0.0, mask: torch.Tensor | None = None,
+                   timestep_sampling: str = "uniform", timestep_low: float = 0.0, timestep_high: float = 1.0,
+                   debiased: bool = False) -> torch.Tensor:
     """Noise `clean` at random timesteps and score the denoiser against the right target.
     `mask` (B, 1, H, W) in [0, 1] at picture size weights each position (masked loss): it is
     averaged down to the denoiser's resolution (latents are 8× smaller for SD), and each picture's
@@ -30,8 +45,8 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
         # Offset noise lets the model shift the mean brightness of a whole image.
         noise = noise + noise_offset * torch.randn((b, clean.shape[1], 1, 1), generator=generator,
                                                    device=device, dtype=clean.dtype)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator,
-                              device=device).long()
+    timesteps = sample_timesteps(b, scheduler.config.num_train_timesteps, generator=generator, device=device,
+                                 sampling=timestep_sampling, low=timestep_low, high=timestep_high)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -55,6 +70,9 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
         clipped = torch.clamp(snr, max=min_snr_gamma)
         weight = clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
         per_sample = per_sample * weight
+    if debiased:  # debiased estimation: 1/√SNR evens out how much each noise level counts
+        snr = _snr(scheduler, timesteps).to(per_sample.device)
+        per_sample = per_sample / torch.sqrt(snr.clamp(min=1e-3, max=1000.0))
     return per_sample.mean()
 
 
@@ -86,7 +104,9 @@ class DiffusionObjective(Objective):
             masks = getattr(batch, "masks", None)
             return diffusion_loss(backbone, self.scheduler, clean, cond, generator=ctx.generator,
                                   noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma,
-                                  mask=masks.to(ctx.device) if masks is not None else None)
+                                  mask=masks.to(ctx.device) if masks is not None else None,
+                                  timestep_sampling=config.timestep_sampling, timestep_low=config.timestep_low,
+                                  timestep_high=config.timestep_high, debiased=config.debiased_estimation)
 
 
 class DiffusionBackbone(Backbone):

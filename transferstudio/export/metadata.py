@@ -184,6 +184,10 @@ def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, reso
         "ss_keep_tokens": str(getattr(config, "keep_tags", 0)),
         "ss_caption_tag_dropout_rate": str(getattr(config, "tag_dropout", 0.0)),
         "ss_masked_loss": str(bool(getattr(config, "masked_loss", False))),
+        "ss_debiased_estimation": str(bool(getattr(config, "debiased_estimation", False))),
+        "ss_timestep_sampling": str(getattr(config, "timestep_sampling", "uniform")),
+        "ss_min_timestep": str(int(round(float(getattr(config, "timestep_low", 0.0)) * 1000))),
+        "ss_max_timestep": str(int(round(float(getattr(config, "timestep_high", 1.0)) * 1000))),
         "ss_enable_bucket": str(bool(getattr(config, "buckets", False))),
         "ss_training_comment": f"TransferStudio {__version__}",
     }

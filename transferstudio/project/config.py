@@ -17,6 +17,7 @@ CROPS = ("center", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENTS = ("adaptive", "fixed", "off")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -90,6 +91,18 @@ class TrainConfig:
                              "bright images. 0.05–0.1 if you need it.", min=0.0, max=1.0, objective="diffusion")
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting (5 is common); 0 turns it off.",
                               min=0.0, max=100.0, objective="diffusion")
+    timestep_sampling: str = _f("uniform", "Which noise levels training practises. Uniform: all alike (the usual). "
+                                "Logit-normal: mostly the middle ones, where composition and style are decided "
+                                "(how SD3 trains; often faster for styles).", choices=TIMESTEP_SAMPLINGS,
+                                objective="diffusion")
+    timestep_low: float = _f(0.0, "Lowest noise level trained, as a share of the schedule (0–1). Raise it to leave "
+                             "fine detail alone and teach composition.", min=0.0, max=1.0, objective="diffusion")
+    timestep_high: float = _f(1.0, "Highest noise level trained, as a share of the schedule (0–1). Lower it to leave "
+                              "composition alone and teach texture and detail.", min=0.0, max=1.0,
+                              objective="diffusion")
+    debiased_estimation: bool = _f(False, "Debiased estimation: weigh each noise level by 1/√SNR so the nearly clean "
+                                   "ones do not dominate (kohya's option; an alternative to Min-SNR).",
+                                   objective="diffusion")
     seed: int = _f(42, "Makes runs repeatable: the same seed and settings give the same result.",
                    min=0, max=2**31 - 1)
     preview_every: int = _f(100, "Make preview samples every this many steps (0: only at start and end).",
@@ -230,6 +243,10 @@ class TrainConfig:
         if self.dora is True and self.method == "decoder":
             out.append("dora: DoRA is a kind of LoRA and does nothing with decoder fine-tuning; "
                        "turn DoRA off or choose the LoRA method")
+        low, high = self.timestep_low, self.timestep_high
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not isinstance(low, bool) \
+                and not isinstance(high, bool) and low >= high:
+            out.append(f"timestep_low: {low} is not below timestep_high ({high}); nothing would be left to train")
         if self.ema is True and self.method == "lora":
             out.append("ema: the weight average (EMA) is kept for full fine-tuning only; "
                        "turn EMA off or choose full fine-tuning")
