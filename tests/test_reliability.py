@@ -518,3 +518,17 @@ def test_kill_campaign_resumes_every_run_from_its_last_complete_checkpoint(tmp_p
     out = capsys.readouterr().out
     print(out)
     assert "4 trials" in out and "4 resumed ok" in out and "0 orphans" in out
+
+
+def test_optimizer_bytes_that_trip_the_unpickler_are_damage_not_a_crash(tmp_path):
+    """Damaged bytes can make torch's weights-only unpickler raise IndexError and the like, not only
+    UnpicklingError (a random garbage test once hit it): still one sentence."""
+    from transferstudio.adapt import checkpoints as ck
+    from transferstudio.core.errors import UserError
+
+    (tmp_path / "optimizer.pt").write_bytes(b"\x80\x02Q.")  # BINPERSID on an empty stack
+    with pytest.raises(UserError, match="its data is not what TransferStudio writes"):
+        ck.read_torch(tmp_path, "optimizer.pt")
+    (tmp_path / ck.WEIGHTS).write_bytes(b"")
+    assert ck._problem_without_manifest(tmp_path) == \
+        "optimizer.pt cannot be read: its data is not what TransferStudio writes"

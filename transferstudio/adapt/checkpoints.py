@@ -243,10 +243,8 @@ def problem(checkpoint: Path) -> str | None:
 
 
 def _problem_without_manifest(checkpoint: Path) -> str | None:
-    import pickle
-
     import torch
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     if not (checkpoint / WEIGHTS).is_file():
         return f"{WEIGHTS} is missing"
@@ -257,8 +255,7 @@ def _problem_without_manifest(checkpoint: Path) -> str | None:
                     fh.keys()
             elif path.suffix == ".pt":
                 torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, OSError,
-                SafetensorError) as exc:
+        except Exception as exc:  # damaged bytes reach the unpickler's internals (IndexError, struct.error…)
             return f"{path.name} cannot be read: {_reason(exc)}"
     return None
 
@@ -314,13 +311,11 @@ def read_weights(checkpoint: Path, name: str = WEIGHTS) -> dict[str, torch.Tenso
 
 
 def read_torch(checkpoint: Path, name: str) -> Any:
-    import pickle
-
     import torch
 
     try:
         return torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # whatever damaged bytes make the weights-only unpickler raise
         raise _unreadable(checkpoint, exc) from None
 
 
@@ -335,7 +330,8 @@ def _reason(exc: BaseException) -> str:
     import pickle
 
     text = str(exc).strip()
-    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+    garbled = not isinstance(exc, (OSError, RuntimeError, ValueError))  # the unpickler tripped on its bytes
+    if garbled or isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
         return "its data is not what TransferStudio writes"
     return text.splitlines()[0][:160] if text else type(exc).__name__
 
