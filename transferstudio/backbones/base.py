@@ -254,6 +254,20 @@ class Family(ABC):
         return {}
 
 
+def resized_channels(channels: Any, size: str) -> tuple[list[int], int]:
+    """A diffusers model's block widths for a size preset ("tiny", "starter" = as given, "large")
+    and the largest GroupNorm group count (≤ 32) that divides them all."""
+    channels = list(channels)
+    if size == "tiny":
+        channels = [8 * (i + 1) for i in range(len(channels))]
+    elif size == "large":
+        channels = [2 * c for c in channels]
+    groups = 32
+    while any(c % groups for c in channels):
+        groups //= 2
+    return channels, groups
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 

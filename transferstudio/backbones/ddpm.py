@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from transferstudio.backbones.diffusion import DiffusionBackbone
-from transferstudio.backbones.base import (Backbone, Capabilities, Conditioning, Family, Inspection,
+from transferstudio.backbones.base import (resized_channels, Backbone, Capabilities, Conditioning, Family, Inspection,
                                            count_parameters, folder_size)
 from transferstudio.backbones.diffusers_folder import component_problems, read_json, weight_problems
 from transferstudio.core.errors import BackboneError
@@ -61,14 +61,7 @@ class DDPMFamily(Family):
         if unet_dir is None:
             raise BackboneError(f"{source} is not a DDPM to copy the architecture of.", "Pick a DDPM folder.")
         config = dict(UNet2DModel.load_config(unet_dir))
-        channels = list(config["block_out_channels"])
-        if size == "tiny":
-            channels = [8 * (i + 1) for i in range(len(channels))]
-        elif size == "large":
-            channels = [2 * c for c in channels]
-        groups = 32
-        while any(c % groups for c in channels):
-            groups //= 2
+        channels, groups = resized_channels(config["block_out_channels"], size)
         config.update(block_out_channels=channels, sample_size=int(resolution), norm_num_groups=groups,
                       attention_head_dim=min(int(config.get("attention_head_dim") or 8), channels[-1]))
         if int(resolution) % _downsampling(config):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferstudio.backbones.base import (Backbone, Capabilities, ExportSpec, Family, Inspection, RolePlan,
+from transferstudio.backbones.base import (resized_channels, Backbone, Capabilities, ExportSpec, Family, Inspection, RolePlan,
                                            folder_size)
 from transferstudio.backbones.diffusers_folder import read_json, weight_problems
 from transferstudio.backbones.objective import Objective, Phase, StepContext
@@ -114,14 +114,7 @@ class VAEFamily(Family):
         config = _vae_config(source)
         if config is None:
             raise BackboneError(f"{source} is not a VAE to copy the architecture of.", "Pick an AutoencoderKL folder.")
-        channels = list(config["block_out_channels"])
-        if size == "tiny":
-            channels = [8 * (i + 1) for i in range(len(channels))]
-        elif size == "large":
-            channels = [2 * c for c in channels]
-        groups = 32
-        while any(c % groups for c in channels):
-            groups //= 2
+        channels, groups = resized_channels(config["block_out_channels"], size)
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         config.update(block_out_channels=channels, norm_num_groups=groups, sample_size=int(resolution))
         with torch.random.fork_rng():
