@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run with the settings it was started with even though the project's "
                         "settings have changed since (without it, `train` refuses and names the changes)")
     p.add_argument("--run", metavar="ID", help="continue this run (see `runs`) instead of the latest")
+    p.add_argument("--scratch", action="store_true",
+                   help="train a from-scratch baseline: the same model with random weights, every weight "
+                        "trained, for the same steps, so the report can show what starting pretrained bought "
+                        "(small models only: the starters, DDPMs, VAEs, GANs); continue it with --run ID")
 
     p = sub.add_parser("pretrain", help="make your own pretrained backbone from a large folder of pictures "
                                         "(then adapt it to a small set with `new`/`train`)")
@@ -262,6 +266,12 @@ class _TrainPrinter:
                 _end_progress_line()
                 print(f"{event.level}: {event.text}", file=sys.stderr)
 
+            def on_validation(self, event: Any) -> None:
+                _end_progress_line()
+                best = "" if event.best_step == event.step else \
+                    f" (best {event.best_loss:.4f} at step {event.best_step})"
+                print(f"validation loss at step {event.step}: {event.loss:.4f}{best}")
+
             def on_finished(self, event: Any) -> None:
                 _end_progress_line()
                 print(f"finished at step {event.step}, loss {event.final_loss:.4f}; weights: {event.weights}")
@@ -293,7 +303,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     project = load_project(args.project)
     return _run_training(lambda commands: train(TrainJob(project, steps=args.steps, fresh=args.fresh,
-                                                         run_id=args.run, keep_run_settings=args.keep_run_settings),
+                                                         run_id=args.run, keep_run_settings=args.keep_run_settings,
+                                                         scratch=args.scratch),
                                                 commands))
 
 

@@ -45,10 +45,12 @@ MANIFEST = "manifest.json"  # every other file's size and SHA-256, written befor
 def write_checkpoint(run_dir: Path, step: int, *, weights: dict[str, torch.Tensor],
                      optimizer: dict[str, Any] | None, rng: dict[str, Any], state: dict[str, Any],
                      ema: dict[str, torch.Tensor] | None = None, keep: int = 3,
-                     metadata: dict[str, str] | None = None, notes: list[str] | None = None) -> Path:
+                     metadata: dict[str, str] | None = None, notes: list[str] | None = None,
+                     protect: int | None = None) -> Path:
     """Write checkpoint `step`; CheckpointError (one sentence) when the disk is full or the
     folder may not be written. What a user should know (older checkpoints removed to make
-    room) is appended to `notes`."""
+    room) is appended to `notes`. The checkpoint of step `protect` (the best by validation)
+    is kept besides the newest `keep`."""
     folder = Path(run_dir) / CHECKPOINTS
     needed = estimate_bytes(run_dir, weights, ema, optimizer, rng)
     try:
@@ -67,7 +69,7 @@ def write_checkpoint(run_dir: Path, step: int, *, weights: dict[str, torch.Tenso
                                               "you can write to), then run `train` again.",
                                        cls=CheckpointError) from None
         raise
-    prune(run_dir, keep=keep)
+    prune(run_dir, keep=keep, protect=protect)
     return final
 
 
@@ -288,13 +290,15 @@ def set_aside(info: CheckpointInfo) -> Path | None:
     return target
 
 
-def prune(run_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; remove leftovers of interrupted writes."""
+def prune(run_dir: Path, keep: int, protect: int | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints (and the one of step `protect`); remove
+    leftovers of interrupted writes."""
     folder = Path(run_dir) / CHECKPOINTS
     good = complete_checkpoints(run_dir)
     for info in good[:-keep] if keep > 0 else []:
-        shutil.rmtree(info.path, ignore_errors=True)
-    kept = {c.path.name for c in good[-keep:]}
+        if info.step != protect:
+            shutil.rmtree(info.path, ignore_errors=True)
+    kept = {c.path.name for c in good[-keep:]} | {c.path.name for c in good if c.step == protect}
     for path in folder.iterdir():
         if path.name.startswith((".tmp-", ".old-")) or (path.name.startswith("step-") and path.name not in kept):
             shutil.rmtree(path, ignore_errors=True)

@@ -49,14 +49,7 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
                                  sampling=timestep_sampling, low=timestep_low, high=timestep_high)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(clean, noise, timesteps)
-    elif prediction_type == "sample":
-        target = clean
-    else:
-        raise ValueError(f"unknown prediction type {prediction_type}")
+    target = _target(scheduler, clean, noise, timesteps)
     pred = backbone.predict(noisy, timesteps, cond).float()
     errors = F.mse_loss(pred, target.float(), reduction="none")
     dims = tuple(range(1, pred.ndim))
@@ -74,6 +67,39 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
         snr = _snr(scheduler, timesteps).to(per_sample.device)
         per_sample = per_sample / torch.sqrt(snr.clamp(min=1e-3, max=1000.0))
     return per_sample.mean()
+
+
+def _target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if prediction_type == "sample":
+        return clean
+    raise ValueError(f"unknown prediction type {prediction_type}")
+
+
+# The noise levels a validation measure visits: four evenly spread shares of the schedule, the
+# same for every picture, so two measures differ only by the model.
+EVALUATION_LEVELS = (0.125, 0.375, 0.625, 0.875)
+
+
+def diffusion_errors(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond: Conditioning, *,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Each picture's plain (unweighted) denoising error averaged over EVALUATION_LEVELS, with
+    noise drawn from `generator`: (B,)."""
+    total = scheduler.config.num_train_timesteps
+    errors = []
+    for level in EVALUATION_LEVELS:
+        timesteps = torch.full((clean.shape[0],), int(round(level * (total - 1))), device=clean.device,
+                               dtype=torch.long)
+        noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        pred = backbone.predict(noisy, timesteps, cond).float()
+        target = _target(scheduler, clean, noise, timesteps).float()
+        errors.append((pred - target).pow(2).mean(dim=tuple(range(1, pred.ndim))))
+    return torch.stack(errors).mean(dim=0)
 
 
 def _snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
@@ -107,6 +133,17 @@ class DiffusionObjective(Objective):
                                   mask=masks.to(ctx.device) if masks is not None else None,
                                   timestep_sampling=config.timestep_sampling, timestep_low=config.timestep_low,
                                   timestep_high=config.timestep_high, debiased=config.debiased_estimation)
+
+
+    def evaluate(self, batch: Any, ctx: StepContext) -> torch.Tensor:
+        backbone = self.backbone
+        with torch.no_grad():
+            clean = backbone.encode_images(batch.pixels.to(ctx.device)).float()
+            with torch.autocast(ctx.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
+                cond = backbone.encode_conditioning(batch.captions, original_sizes=batch.original_sizes,
+                                                    crop_top_left=batch.crop_top_left,
+                                                    target_size=batch.target_size, train_text_encoder=False)
+                return diffusion_errors(backbone, self.scheduler, clean, cond, generator=ctx.generator)
 
 
 class DiffusionBackbone(Backbone):

@@ -58,6 +58,13 @@ class Objective(ABC):
         """Whether the run keeps an EMA (by default the setting, for full fine-tuning)."""
         return bool(config.ema) and config.method != "lora"
 
+    def evaluate(self, batch: Any, ctx: StepContext) -> torch.Tensor | None:
+        """Each picture's error under fixed conditions (timesteps, noise, latents drawn from
+        `ctx.generator`, which the caller seeds the same way every time), without gradients and
+        with the model in eval mode: the validation loss on held-out pictures and the domain
+        check's measure. Lower is better; comparable between calls. None: no such measure."""
+        return None
+
     def step_signals(self) -> dict[str, float]:
         """Numbers of the last step worth charting besides the losses (e.g. a discriminator's outputs)."""
         return {}

@@ -84,3 +84,18 @@ def load_backbone(path: Path, *, prediction_type: str = "") -> Backbone:
         raise BackboneError(reason, "Pick a diffusers model folder or a Stable Diffusion "
                             ".safetensors file (run `transferstudio inspect PATH` for details).")
     return family(found.family).load(Path(path).expanduser(), prediction_type=prediction_type)
+
+
+def random_copy(path: Path, folder: Path, *, seed: int) -> Path:
+    """The model at `path` with its architecture kept and seeded random weights, written to
+    `folder` (the from-scratch baseline). BackboneError for models whose family cannot do that
+    (Stable Diffusion: far too large to train from scratch on one machine)."""
+    found = inspect_backbone(path)
+    fam = family(found.family) if found.usable and found.family is not None else None
+    init = getattr(fam, "initialize", None)
+    if init is None or found.caps is None or not found.caps.supports_full_finetune:
+        raise BackboneError(f"{found.label} cannot be trained from scratch here: a from-scratch baseline is made "
+                            "only for models small enough for full fine-tuning (the starter models, DDPMs, "
+                            "VAEs and GANs).", "Compare with the base model in the report instead.")
+    return init(Path(folder), resolution=int(found.caps.native_resolution or 32), seed=seed, size="starter",
+                like=Path(path).expanduser())

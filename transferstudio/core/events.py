@@ -48,6 +48,17 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """The loss on the held-out pictures (never trained on), at fixed noise: lower is better."""
+
+    step: int
+    loss: float
+    best_step: int  # the step with the lowest validation loss so far
+    best_loss: float
+    rising: int = 0  # measures in a row, ending here, above the best: the overfitting signal
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     step: int
     path: Path

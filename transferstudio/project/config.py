@@ -111,6 +111,14 @@ class TrainConfig:
                                "trigger word and captions.")
     preview_seeds: list = _f([1, 2, 3, 4], "Seeds for preview samples; fixed so previews are comparable.")
     preview_steps: int = _f(30, "Denoising steps per preview sample.", min=1, max=1000, objective="diffusion")
+    validation: str = _f("auto", "Pictures kept out of training to see how the model does on pictures it has not "
+                         "seen: the validation loss on the chart, the best step, an overfitting warning and the "
+                         "report. auto: one in ten when you have 20 pictures or more (none below that); none; a "
+                         "number of pictures (e.g. 3); or a percent (e.g. 10%). At most one in five is held out, "
+                         "and the same ones for the whole run.")
+    validation_every: int = _f(50, "Measure the validation loss every this many steps (0: only when previews are "
+                               "made). Each measure takes about as long as one training step per 4 held-out "
+                               "pictures.", min=0, max=1_000_000)
     checkpoint_every: int = _f(250, "Save a checkpoint every this many steps (and always when "
                                "stopped or finished).", min=1, max=1_000_000)
     keep_checkpoints: int = _f(3, "How many recent checkpoints to keep on disk.", min=1, max=1000)
@@ -229,6 +237,9 @@ class TrainConfig:
                 out.append("preview_seeds: the list is empty; give at least one seed")
             elif any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**32 - 1 for s in seeds):
                 out.append("preview_seeds: seeds must be whole numbers from 0 to 4294967295")
+        if isinstance(self.validation, str) and validation_request(self.validation) is None:
+            out.append(f"validation: {_show(self.validation)} is not auto, none, a number of pictures or a percent "
+                       "such as 10%")
         prompts = self.preview_prompts
         if isinstance(prompts, list) and any(not isinstance(p, str) for p in prompts):
             out.append("preview_prompts: prompts must be text")
@@ -296,6 +307,22 @@ class TrainConfig:
         elif self.method == "full" and not caps.supports_full_finetune:
             out.append("method: this model is too large for full fine-tuning here; choose LoRA")
         return out
+
+
+def validation_request(text: str) -> tuple[str, float] | None:
+    """The validation setting read: ("auto", 0), ("none", 0), ("count", N) or ("percent", P);
+    None when it is none of those."""
+    value = text.strip().lower()
+    if value in ("auto", "none"):
+        return value, 0.0
+    try:
+        if value.endswith("%"):
+            share = float(value[:-1])
+            return ("percent", share) if 0 <= share <= 100 and math.isfinite(share) else None
+        count = int(value)
+        return ("count", float(count)) if 0 <= count <= 100_000 else None
+    except ValueError:
+        return None
 
 
 def resolution_range(caps: Any) -> tuple[int, int]:

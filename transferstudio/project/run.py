@@ -8,6 +8,10 @@ runs at once):
   previews/step-N/       seed-S.png (+ prompts.txt)
   checkpoints/step-N/    weights.safetensors, optimizer.pt, rng.pt, state.json; COMPLETE last
   exports.jsonl          one line per export made from this run
+  validation.jsonl       one JSON object per validation measure: step, val_loss (+ PSNR/SSIM for VAEs)
+
+config.json may also say `validation_pictures` (the held-out file names, fixed for the run) and
+`baseline: "scratch"` (a from-scratch comparison run: same architecture, random weights).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from transferstudio.project.config import TrainConfig
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 EXPORTS = "exports.jsonl"
+VALIDATION = "validation.jsonl"
 CHECKPOINTS = "checkpoints"
 PREVIEWS = "previews"
 MARKER = "COMPLETE"
@@ -162,6 +167,25 @@ class Run:
     def exports(self) -> list[dict[str, Any]]:
         return read_jsonl(self.folder / EXPORTS)
 
+    @property
+    def baseline(self) -> str | None:
+        """"scratch" for a from-scratch comparison run, None for a normal run."""
+        value = self.data.get("baseline")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def validation_pictures(self) -> list[str]:
+        names = self.data.get("validation_pictures")
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+    def validation(self, step: int | None = None) -> list[dict[str, Any]]:
+        """validation.jsonl rows with a finite val_loss (up to `step`), in step order."""
+        return validation_rows(self.folder, step)
+
+    def best(self) -> tuple[int, float] | None:
+        """(step, validation loss) of the lowest validation loss measured, or None."""
+        return best_validation(self.validation(self.trained_step if self.latest else None))
+
     def describe(self) -> str:
         """One line for `transferstudio runs`."""
         latest = self.latest
@@ -175,6 +199,34 @@ class Run:
         if self.can_continue():
             parts.append("can continue")
         return "  ".join(parts)
+
+
+def validation_rows(run_dir: Path, step: int | None = None) -> list[dict[str, Any]]:
+    rows = [r for r in read_jsonl(Path(run_dir) / VALIDATION)
+            if isinstance(r.get("step"), int) and isinstance(r.get("val_loss"), (int, float))
+            and math.isfinite(r["val_loss"]) and (step is None or r["step"] <= step)]
+    by_step = {r["step"]: r for r in rows}  # a step measured twice (a resumed run) counts once: the last
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def best_validation(rows: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """The step with the lowest validation loss (the earliest of equals)."""
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: (r["val_loss"], r["step"]))
+    return int(best["step"]), float(best["val_loss"])
+
+
+def rising_for(rows: list[dict[str, Any]]) -> int:
+    """How many measures in a row, ending with the last, the validation loss has stayed above its
+    best so far: the overfitting signal."""
+    best, count = math.inf, 0
+    for row in rows:
+        if row["val_loss"] < best:
+            best, count = row["val_loss"], 0
+        else:
+            count += 1
+    return count
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -218,7 +270,9 @@ def continuable_run(project: Any) -> Run | None:
     The engine and the window both ask this, so they never disagree."""
     for folder in reversed(project.runs()):
         if complete_checkpoints(folder):
-            return Run.open(folder)
+            run = Run.open(folder)
+            if run.baseline is None:  # a scratch baseline is continued only when named
+                return run
     return None
 
 
@@ -227,7 +281,7 @@ def find_run(project: Any, run_id: str | None) -> Run | None:
     complete checkpoint when `run_id` is None. ProjectError naming the choices if not found."""
     if run_id is None:
         for run in reversed(project_runs(project)):
-            if run.latest is not None:
+            if run.latest is not None and run.baseline is None:
                 return run
         return None
     folders = [f for f in project.runs() if f.name == run_id] or \

@@ -28,17 +28,19 @@ from transferstudio.core import storage
 from transferstudio.core.atomic import write_json_atomic, write_text_atomic
 from transferstudio.core.commands import Commands
 from transferstudio.core.errors import UserError
-from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed,
+from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed, Validation,
                                         Started, Step, Stopped)
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.lock import ProjectLock
 from transferstudio.project.project import Project
-from transferstudio.project.run import (Run, continuable_run, describe_differences, find_run, remove_orphan_runs,
+from transferstudio.project.run import (VALIDATION, Run, best_validation, continuable_run, rising_for,
+                                        validation_rows, describe_differences, find_run, remove_orphan_runs,
                                         remove_run_folder, settings_differences)
 from transferstudio.adapt.device import autocast_dtype, choose_device, free_device_memory, frozen_dtype
 from transferstudio.data.captions import CaptionVariation
-from transferstudio.data.holdout import reference_picture, split_held_out
+from transferstudio.data.holdout import reference_picture, split_by_names, split_held_out, validation_wanted
 from transferstudio.training.previews import preview_prompts, save_previews
+from transferstudio.training.validation import mean_error
 
 
 @dataclass
@@ -49,6 +51,19 @@ class TrainJob:
     backbone: Backbone | None = None  # an already loaded, untouched backbone (optional)
     run_id: str | None = None  # continue this run (folder name) instead of the latest
     keep_run_settings: bool = False  # continue even when the project's settings now differ from the run's
+    scratch: bool = False  # a from-scratch baseline run: the same architecture with random weights
+
+
+# What a from-scratch baseline changes in the project's settings: every weight trains, and the
+# methods that lean on pretrained weights (FreezeD, keeping the source's variety) have nothing to keep.
+SCRATCH_SETTINGS = {"method": "full", "dora": False, "train_text_encoder": False,
+                    "freeze_discriminator_blocks": 0, "consistency_weight": 0.0}
+SCRATCH_MODEL = "scratch-model"  # the random initial model, inside the baseline run's folder
+OVERFIT_AFTER = 3  # validation measures in a row above the best before the overfitting warning
+
+
+def scratch_config(config: TrainConfig) -> TrainConfig:
+    return TrainConfig.from_dict({**config.to_dict(), **SCRATCH_SETTINGS})
 
 
 def train(job: TrainJob, commands: Commands | None = None) -> Iterator[Any]:
@@ -70,12 +85,13 @@ class SettingsChanged(UserError):
 
 
 def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str | None = None,
-               keep_run_settings: bool = True) -> tuple[Run | None, TrainConfig]:
+               keep_run_settings: bool = True, scratch: bool = False) -> tuple[Run | None, TrainConfig]:
     """Which run a `train` continues (None: a new run) and the settings it will use.
 
     A continued run keeps the settings it was started with (its learning-rate schedule, method
     and adapter shape are part of its checkpoints); only the step total can grow. When the
-    project's settings differ in anything else, SettingsChanged unless `keep_run_settings`."""
+    project's settings differ in anything else, SettingsChanged unless `keep_run_settings`.
+    `scratch`: a new from-scratch baseline run (SCRATCH_SETTINGS over the project's)."""
     run = None
     if not fresh:
         run = find_run(project, run_id) if run_id else continuable_run(project)
@@ -85,14 +101,15 @@ def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str 
         if run.latest.step >= config.steps:
             raise UserError(f"This project has already trained {run.latest.step} of {config.steps} steps.",
                             "Ask for more steps to train further, or start a fresh run.")
-        differences = settings_differences(run.config, project.config)
+        wanted = scratch_config(project.config) if run.baseline == "scratch" else project.config
+        differences = settings_differences(run.config, wanted)
         if differences and not keep_run_settings:
             raise SettingsChanged(run, differences)
         return run, config
     if run_id is not None and run is not None:
         raise UserError(f"The run {run.id} has no complete checkpoint to continue from.",
                         "Start a fresh run instead.")
-    config = TrainConfig.from_dict(project.config.to_dict())
+    config = scratch_config(project.config) if scratch else TrainConfig.from_dict(project.config.to_dict())
     if steps:
         config.steps = steps
     return None, config
@@ -122,6 +139,9 @@ class Trainer:
         self.saving_notes: list[str] = []  # what a save did that a user should know (room made on the disk)
         self.probe_batch: Any = None  # the batch whose output must be finite before a save (loaded once)
         self.new_run = False  # this trainer made run_dir (and removes it if it ends without a checkpoint)
+        self.validations: list[dict[str, Any]] = []  # validation.jsonl rows of this run up to now
+        self.pending: list[Any] = []  # events a save produced (its validation measure), said after it
+        self.warned_overfit = False
 
     # --- the run, start to end ---------------------------------------------------------
     def events(self) -> Iterator[Any]:
@@ -193,14 +213,16 @@ class Trainer:
             yield Message(f"Skipped {skipped.path.name}: {skipped.reason}", "warning")
         if self.held_out:
             names = ", ".join(r.path.name for r in self.held_out)
-            yield Message(f"{len(self.held_out)} pictures are kept out of training for the previews and "
-                          f"their PSNR/SSIM: {names}.", "info")
+            what = "the previews, their PSNR/SSIM and the validation loss" if self.references else \
+                "the validation loss"
+            yield Message(f"{len(self.held_out)} pictures are kept out of training for {what}: {names}.", "info")
         commands = self.commands
         if commands.stop_requested:  # stopped while the model was loading: nothing new to save
             yield Stopped(step=self.step, checkpoint=self.checkpoint)
             return
         if self.step == 0:
             yield self.preview(0)
+            yield from self.validate(0)
         self.trainee.train_mode(True)
         self.started_at = time.perf_counter()
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics:
@@ -222,8 +244,12 @@ class Trainer:
                 if self.step == self.total:
                     break
                 every = self.config.preview_every
-                if commands.take_sample_request() or (every and self.step % every == 0):
+                previewed = commands.take_sample_request() or bool(every and self.step % every == 0)
+                if previewed:
                     yield self.preview(self.step)
+                measure_every = self.config.validation_every
+                if (measure_every and self.step % measure_every == 0) or (not measure_every and previewed):
+                    yield from self.validate(self.step)
                 if commands.take_save_request() or self.step % self.config.checkpoint_every == 0:
                     yield self.save()
                     yield from self.save_notes()
@@ -246,8 +272,9 @@ class Trainer:
         if taken_over:
             self.notes.append(Message(taken_over, "warning"))
         self._set_aside_damaged()  # before the choice: a damaged newest checkpoint is not "the latest"
-        self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh, run_id=job.run_id,
-                                      keep_run_settings=job.keep_run_settings)
+        self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh or job.scratch,
+                                      run_id=None if job.scratch else job.run_id,
+                                      keep_run_settings=job.keep_run_settings, scratch=job.scratch)
         self._note_continuation(config)
         removed = remove_orphan_runs(project, keep=self.run.folder if self.run is not None else None)
         if removed:
@@ -258,7 +285,8 @@ class Trainer:
             raise UserError("Invalid settings: " + "; ".join(problems), "Fix the values and start again.")
         self.config, self.total = config, config.steps
         self.scan = scan_images(project.images, trigger=config.trigger)
-        backbone = job.backbone or load_backbone(project.backbone, prediction_type=project.prediction_type)
+        backbone = self._scratch_backbone() if self._is_baseline() else None
+        backbone = backbone or job.backbone or load_backbone(project.backbone, prediction_type=project.prediction_type)
         self.backbone = backbone
         self.device = choose_device(config.device)
         self.amp = autocast_dtype(self.device, config.precision)
@@ -271,10 +299,15 @@ class Trainer:
         if config.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
         resolution = config.resolution or backbone.caps.native_resolution
-        records, self.held_out = self.scan.images, []
+        records, self.held_out = self._validation_split(config, backbone)
         if backbone.caps.preview == "reconstruction":  # previews show pictures it never trains on
-            records, self.held_out = split_held_out(self.scan.images, len(config.preview_seeds))
-        self.references = [reference_picture(r.path, resolution) for r in self.held_out]
+            self.references = [reference_picture(r.path, resolution)
+                               for r in self.held_out[:len(config.preview_seeds)]]
+        else:
+            self.references = []
+        self.validation_images = TrainingImages(self.held_out, resolution, backbone.caps.resolution_multiple,
+                                                buckets=config.buckets, flip=False, crop="center") \
+            if self.held_out else None
         captions = None
         if backbone.caps.conditioning == "text":
             captions = CaptionVariation(dropout=config.caption_dropout, shuffle=config.shuffle_tags,
@@ -288,8 +321,38 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         self.data_rng = torch.Generator("cpu").manual_seed(config.seed)
         self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
-        self.run_dir = self.run.folder if self.run is not None else self._new_run_dir()
+        self.run_dir = self.run.folder if self.run is not None else (self.run_dir or self._new_run_dir())
+        if self.new_run:  # now with the held-out pictures
+            self._write_run_settings()
         self.prompts = preview_prompts(config, [r.caption for r in self.scan.images], backbone.caps.conditioning)
+
+    def _is_baseline(self) -> bool:
+        return self.job.scratch or (self.run is not None and self.run.baseline == "scratch")
+
+    def _scratch_backbone(self) -> Backbone:
+        """A baseline run trains the project's architecture from seeded random weights, kept in
+        the run's folder so that continuing it starts from the same ones."""
+        from transferstudio.backbones.registry import load_backbone, random_copy
+
+        if self.run is None:
+            self._new_run_dir()
+        folder = self.run_dir / SCRATCH_MODEL if self.run is None else self.run.folder / SCRATCH_MODEL
+        if not folder.exists():
+            random_copy(self.project.backbone, folder, seed=self.config.seed)
+        return load_backbone(folder)
+
+    def _validation_split(self, config: TrainConfig, backbone: Backbone) -> tuple[list[Any], list[Any]]:
+        """(training pictures, held-out pictures). A run keeps the pictures it first held out
+        (recorded in its config.json), so a continued run never trains on them."""
+        images = self.scan.images
+        if self.run is not None and "validation_pictures" in self.run.data:
+            return split_by_names(images, self.run.validation_pictures)
+        reconstruction = backbone.caps.preview == "reconstruction"
+        if self.run is not None and not reconstruction:  # a run from before validation existed trains on all
+            return list(images), []
+        wanted = validation_wanted(config.validation, len(images),
+                                   family_default=len(config.preview_seeds) if reconstruction else 0)
+        return split_held_out(images, wanted)
 
     def _set_aside_damaged(self) -> None:
         """Verify the checkpoints of the run `train` would continue, newest first, until one is
@@ -357,10 +420,18 @@ class Trainer:
     def _new_run_dir(self) -> Path:
         run_dir = self.project.new_run_dir()
         self.run_dir, self.new_run = run_dir, True  # removed again if the run ends before a checkpoint
-        write_json_atomic(run_dir / "config.json", {
-            "app_version": __version__, "backbone": str(self.project.backbone), "images": str(self.project.images),
-            "prediction_type": self.project.prediction_type, "config": self.config.to_dict()})
+        self._write_run_settings()
         return run_dir
+
+    def _write_run_settings(self) -> None:
+        data: dict[str, Any] = {
+            "app_version": __version__, "backbone": str(self.project.backbone), "images": str(self.project.images),
+            "prediction_type": self.project.prediction_type, "config": self.config.to_dict()}
+        if self._is_baseline():
+            data["baseline"] = "scratch"
+        if hasattr(self, "held_out"):
+            data["validation_pictures"] = [r.path.name for r in self.held_out]
+        write_json_atomic(self.run_dir / "config.json", data)
 
     def resume(self) -> None:
         """Put the weights, optimizers, RNGs and data position back as the last checkpoint left them."""
@@ -391,6 +462,9 @@ class Trainer:
             self.last_loss = state.get("loss", float("nan"))
             self.checkpoint = found.path
             _truncate_metrics(self.run_dir, self.step)
+            _truncate_metrics(self.run_dir, self.step, VALIDATION)
+            self.validations = validation_rows(self.run_dir, self.step)
+            self.warned_overfit = rising_for(self.validations) >= OVERFIT_AFTER
         self.batches = self.images.epoch_batches(self.epoch, self.config.seed, self.config.batch_size)
         for skipped in self.scan.skipped:
             self.log(f"skipped {skipped.path}: {skipped.reason}")
@@ -492,14 +566,75 @@ class Trainer:
                 pics = self.backbone.sample(seeds=seeds, prompts=self.prompts, steps=config.preview_steps)
         self.trainee.train_mode(True)
         paths = save_previews(self.run_dir, at, pics, seeds, labels)
-        if metrics:
-            with (self.run_dir / "validation.jsonl").open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": at, **metrics}) + "\n")
         return Preview(step=at, images=tuple(pics), prompts=tuple(labels or ()),
                        seeds=tuple(seeds), paths=tuple(paths), metrics=metrics)
 
+    # --- validation -------------------------------------------------------------------------
+    def validate(self, at: int) -> Iterator[Any]:
+        """Measure the validation loss at step `at` (once per step) and say what it means."""
+        measured = self.measure_validation(at)
+        if measured is None:
+            return
+        yield measured
+        if measured.rising >= OVERFIT_AFTER and not self.warned_overfit:
+            self.warned_overfit = True
+            text = (f"The validation loss has not improved for {measured.rising} measures: it was lowest at step "
+                    f"{measured.best_step} ({measured.best_loss:.4f}) and is {measured.loss:.4f} now. The model may be "
+                    "starting to learn your training pictures by heart (overfitting); the checkpoint nearest to step "
+                    f"{measured.best_step} is kept, and Export offers it.")
+            self.log(text)
+            yield Message(text, "warning")
+        elif measured.rising == 0:
+            self.warned_overfit = False
+
+    def measure_validation(self, at: int) -> Validation | None:
+        """The objective's error on the held-out pictures at fixed noise (the same every time), with
+        the EMA weights when there are some; written to validation.jsonl. None without held-out
+        pictures or a family measure, or when this step was measured already."""
+        if self.validation_images is None or (self.validations and self.validations[-1]["step"] == at):
+            return None
+        self.check_run_dir()
+        generator = torch.Generator(self.device).manual_seed(self.config.seed + 3)
+        ctx = StepContext(step=max(1, at), device=self.device, amp=self.amp, generator=generator, config=self.config)
+        with _EMAWeights(self.ema, getattr(self, "ema_params", [])), torch.no_grad():
+            self.trainee.train_mode(False)
+            try:
+                measured = mean_error(self.objective, self.validation_images, ctx, seed=self.config.seed)
+                # a reconstruction family's PSNR/SSIM of the held-out pictures go in the same row
+                quality = self.backbone.reconstruction_metrics(self.references) if self.references else {}
+            finally:
+                self.trainee.train_mode(True)
+        if measured is None:
+            self.validation_images = None  # this family has no measure: never try again
+            return None
+        loss = measured[0]
+        if not math.isfinite(loss):
+            return None
+        row = {"step": at, "val_loss": loss, **quality}
+        with (self.run_dir / VALIDATION).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.validations.append(row)
+        best_step, best_loss = best_validation(self.validations)
+        return Validation(step=at, loss=loss, best_step=best_step, best_loss=best_loss,
+                          rising=rising_for(self.validations))
+
+    def _validation_loss_at(self, step: int) -> float | None:
+        found = [r["val_loss"] for r in self.validations if r["step"] == step]
+        return found[-1] if found else None
+
+    def _best_checkpoint_step(self, current: float | None) -> int | None:
+        """The saved step with the lowest validation loss (this one included): kept from pruning."""
+        scored = [(c.state["val_loss"], c.step) for c in ckpt.complete_checkpoints(self.run_dir)
+                  if isinstance(c.state.get("val_loss"), (int, float))]
+        if current is not None:
+            scored.append((current, self.step))
+        return min(scored)[1] if scored else None
+
     def save(self) -> Checkpoint:
         self.check_run_dir()
+        measured = self.measure_validation(self.step)  # every checkpoint keeps its validation loss
+        if measured is not None:
+            self.pending.append(measured)
         first, *others = self.phases
         bundle: dict[str, Any] = {"optimizer": first.optimizer.state_dict(),
                                   "lr_scheduler": first.schedule.state_dict()}
@@ -522,21 +657,26 @@ class Trainer:
             ema_weights = dict(zip(self.ema_names, self.ema.shadow_params))
         weights = ckpt.join_roles(self.trainee.state())
         self.check_finite(weights, ema_weights)
+        val_loss = self._validation_loss_at(self.step)
+        extra = {"val_loss": val_loss} if val_loss is not None else {}
         path = ckpt.write_checkpoint(
             self.run_dir, self.step, weights=weights, optimizer=bundle, rng=rng,
             ema=ema_weights,
             state={"epoch": self.epoch, "batch_index": self.batch_index, "loss": self.last_loss,
                    "total": self.total, "method": self.config.method, "device": self.device.type,
-                   "precision": _precision_name(self.amp)},
-            keep=self.config.keep_checkpoints, metadata={"transferstudio_version": __version__,
+                   "precision": _precision_name(self.amp), **extra},
+            keep=self.config.keep_checkpoints, protect=self._best_checkpoint_step(val_loss), metadata={"transferstudio_version": __version__,
                                                          **self.trainee.lora_metadata()},
             notes=self.saving_notes)
         self.checkpoint = path
         self.log(f"checkpoint {path.name}")
         return Checkpoint(step=self.step, path=path)
 
-    def save_notes(self) -> Iterator[Message]:
-        """What the last save did that a user should know (older checkpoints removed for room)."""
+    def save_notes(self) -> Iterator[Any]:
+        """What the last save did that a user should know (older checkpoints removed for room),
+        and the validation measure it took."""
+        pending, self.pending = self.pending, []
+        yield from pending
         notes, self.saving_notes = self.saving_notes, []
         for text in notes:
             self.log(text)
@@ -664,9 +804,9 @@ def _precision_name(amp: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32") if amp is not None else "fp32"
 
 
-def _truncate_metrics(run_dir: Path, step: int) -> None:
+def _truncate_metrics(run_dir: Path, step: int, name: str = "metrics.jsonl") -> None:
     """Forget metrics written after the checkpoint we resume from (they will be redone)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / name
     if not path.exists():
         return
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
