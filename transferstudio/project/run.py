@@ -217,15 +217,18 @@ def best_validation(rows: list[dict[str, Any]]) -> tuple[int, float] | None:
     return int(best["step"]), float(best["val_loss"])
 
 
+RISE_TOLERANCE = 0.03  # a measure counts as risen when it is 3% above the best (a few pictures are noisy)
+
+
 def rising_for(rows: list[dict[str, Any]]) -> int:
-    """How many measures in a row, ending with the last, the validation loss has stayed above its
-    best so far: the overfitting signal."""
+    """How many measures in a row, ending with the last, the validation loss has stayed clearly
+    (RISE_TOLERANCE) above its best so far: the overfitting signal."""
     best, count = math.inf, 0
     for row in rows:
-        if row["val_loss"] < best:
-            best, count = row["val_loss"], 0
-        else:
-            count += 1
+        value = row["val_loss"]
+        if value < best:
+            best = value
+        count = count + 1 if value > best * (1 + RISE_TOLERANCE) else 0
     return count
 
 

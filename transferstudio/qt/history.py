@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from transferstudio.core.errors import UserError
-from transferstudio.project.run import Run, continuable_run, find_run, latest_checkpoint, project_runs
+from transferstudio.project.run import (Run, best_validation, continuable_run, find_run, latest_checkpoint,
+                                        project_runs, validation_rows)
 from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
 
 
@@ -113,6 +114,13 @@ def read_series(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return {k: (np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)) for k, (xs, ys) in series.items()}
+
+
+def read_validation(run_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, float] | None]:
+    """(steps, validation losses, (best step, best loss) or None) from validation.jsonl."""
+    rows = validation_rows(Path(run_dir))
+    return (np.asarray([r["step"] for r in rows], dtype=np.float64),
+            np.asarray([r["val_loss"] for r in rows], dtype=np.float64), best_validation(rows))
 
 
 def step_series(step: Any) -> dict[str, float]:

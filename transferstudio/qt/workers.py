@@ -66,6 +66,9 @@ class _EventSignals(EventHandler):
     def on_started(self, event: Any) -> None:
         self.worker.started.emit(event)
 
+    def on_validation(self, event: Any) -> None:
+        self.worker.validation.emit(event)
+
     def on_checkpoint(self, event: Any) -> None:
         self.worker.checkpoint.emit(event)
 
@@ -106,6 +109,7 @@ class TrainingWorker(QObject):
     steps = Signal(object)  # list[Step], oldest first
     preview = Signal(object)  # PreviewImages
     checkpoint = Signal(object)  # Checkpoint
+    validation = Signal(object)  # Validation
     message = Signal(str, str)  # text, level
     paused = Signal(int)
     resumed = Signal(int)

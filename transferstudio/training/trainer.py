@@ -580,8 +580,9 @@ class Trainer:
             self.warned_overfit = True
             text = (f"The validation loss has not improved for {measured.rising} measures: it was lowest at step "
                     f"{measured.best_step} ({measured.best_loss:.4f}) and is {measured.loss:.4f} now. The model may be "
-                    "starting to learn your training pictures by heart (overfitting); the checkpoint nearest to step "
-                    f"{measured.best_step} is kept, and Export offers it.")
+                    "starting to learn your training pictures by heart (overfitting). The saved checkpoint with the "
+                    "lowest validation loss is kept, and Export offers it; stop here, or lower the learning rate or "
+                    "steps next time.")
             self.log(text)
             yield Message(text, "warning")
         elif measured.rising == 0:

@@ -46,6 +46,7 @@ _SERIES_NAMES = {"loss: generator": "generator", "loss: discriminator": "discrim
                  "loss: autoencoder": "reconstruction", "d_accuracy": "discriminator accuracy",
                  "augment_p": "augmentation strength"}
 _SERIES_COLOURS = {"loss: discriminator": "#e07b39", "d_accuracy": "#e07b39", "augment_p": "#4c9f70"}
+VALIDATION_COLOUR = "#8e44ad"
 _UNCHARTED = {"d_real", "d_fake"}  # kept in metrics.jsonl; the accuracy says the same to a person
 
 
@@ -228,6 +229,12 @@ class TrainView(QWidget):
         progress_row.addWidget(self.speed_label)
         progress_row.addWidget(self.eta_label)
         progress_row.addWidget(self.loss_label)
+        self.validation_label = QLabel("")
+        self.validation_label.setToolTip("The loss on pictures kept out of training (Settings ▸ validation). It "
+                                         "falls while the model learns what your pictures share; when it rises "
+                                         "for a while the model is learning the training pictures by heart, and "
+                                         "the checkpoint at its best step is the one to export.")
+        progress_row.addWidget(self.validation_label)
 
         # --- loss chart
         self.plot = pg.PlotWidget()
@@ -246,6 +253,17 @@ class TrainView(QWidget):
         raw.setAlpha(70)
         self.raw_curve = self.plot.plot(pen=pg.mkPen(raw, width=1), name="loss")
         self.smooth_curve = self.plot.plot(pen=pg.mkPen(accent, width=2), name="smoothed")
+        # The loss on held-out pictures (never trained on), measured every few steps, and its lowest
+        # point: where it turns up while the training loss keeps falling, the model is overfitting.
+        self.val_steps, self.val_losses = np.zeros(0), np.zeros(0)
+        self.val_curve = self.plot.plot(pen=pg.mkPen(VALIDATION_COLOUR, width=2), symbol="o", symbolSize=5,
+                                        symbolBrush=VALIDATION_COLOUR, symbolPen=None)
+        self.best_marker = pg.InfiniteLine(angle=90, movable=False,
+                                           pen=pg.mkPen(VALIDATION_COLOUR, width=1, style=Qt.PenStyle.DashLine),
+                                           label="best", labelOpts={"position": 0.92, "color": VALIDATION_COLOUR})
+        self.best_marker.hide()
+        self.plot.addItem(self.best_marker)
+        self.best_step: int | None = None
         # Models trained in phases (a GAN's generator and discriminator, a VAE with a discriminator)
         # get one smoothed curve per phase here, and the discriminator's accuracy and the
         # augmentation strength (0–1) on a second chart below.
@@ -341,6 +359,9 @@ class TrainView(QWidget):
         self.loss.clear()
         self.raw_curve.setData([], [])
         self.smooth_curve.setData([], [])
+        self.val_steps, self.val_losses = np.zeros(0), np.zeros(0)
+        self.val_curve.setData([], [])
+        self._show_best(None)
         self._clear_series()
         self._previews.clear()
         self.slider.setRange(0, 0)
@@ -360,6 +381,8 @@ class TrainView(QWidget):
         self._clear_series()
         for name, (xs, ys) in history.read_series(run_dir).items():
             self._series_buffer(name, total_steps).extend(xs, ys)
+        self.val_steps, self.val_losses, best = history.read_validation(run_dir)
+        self._show_best(best)
         self._redraw_loss()
         if self.loss.n:
             self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
@@ -379,6 +402,7 @@ class TrainView(QWidget):
         worker.steps.connect(self._on_steps)
         worker.preview.connect(self._on_preview)
         worker.checkpoint.connect(lambda e: self._log(f"Checkpoint saved at step {e.step}."))
+        worker.validation.connect(self._on_validation)
         worker.message.connect(lambda text, level: self._log(("⚠ " if level == "warning" else "") + text))
         worker.paused.connect(self._on_paused)
         worker.resumed.connect(self._on_resumed)
@@ -451,6 +475,23 @@ class TrainView(QWidget):
         self.eta_label.setText(f"{format_duration(last.eta_s)} left")
         self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
         self.steps_received.emit(last.step)
+
+    def _on_validation(self, event: Any) -> None:
+        keep = self.val_steps < event.step  # a resumed run measures its first step again
+        self.val_steps = np.append(self.val_steps[keep], event.step)
+        self.val_losses = np.append(self.val_losses[keep], event.loss)
+        self._show_best((event.best_step, event.best_loss))
+        self._redraw_loss()
+
+    def _show_best(self, best: tuple[int, float] | None) -> None:
+        self.best_step = best[0] if best is not None else None
+        self.best_marker.setVisible(best is not None and len(self.val_steps) > 1)
+        if best is None:
+            self.validation_label.clear()
+            return
+        self.best_marker.setValue(best[0])
+        last = float(self.val_losses[-1]) if len(self.val_losses) else best[1]
+        self.validation_label.setText(f"validation {last:.4f} · best at step {best[0]}")
 
     def _on_preview(self, preview: PreviewImages) -> None:
         captions = [f"seed {s}" + (f" · {p}" if p else "")
@@ -547,6 +588,11 @@ class TrainView(QWidget):
                     legend.addItem(curve, name)
         self.raw_curve.setData(self.loss.steps, self.loss.losses)
         self.smooth_curve.setData(self.loss.steps, self.loss.smoothed)
+        self.val_curve.setData(self.val_steps, self.val_losses)
+        legend = self.plot.getPlotItem().legend
+        listed = any(getattr(sample, "item", None) is self.val_curve for sample, _ in legend.items)
+        if bool(len(self.val_steps)) != listed:  # named in the legend only when there is a validation split
+            legend.addItem(self.val_curve, "validation") if len(self.val_steps) else legend.removeItem(self.val_curve)
         for name, curve in self.series_curves.items():
             curve.setData(self.series[name].steps, self.series[name].smoothed)
         self.plot.getPlotItem().setLogMode(y=self._losses_of_different_scales())
@@ -556,6 +602,10 @@ class TrainView(QWidget):
         """Phases whose losses differ tenfold or more (a VAE's reconstruction beside its
         discriminator) share the chart on a log scale, so both stay readable."""
         levels = [float(np.median(b.smoothed)) for n, b in self.series.items() if n.startswith("loss: ") and b.n]
+        if not levels and self.loss.n:
+            levels.append(float(np.median(self.loss.smoothed)))
+        if len(self.val_losses):  # the validation measure beside the losses (a GAN's is another kind)
+            levels.append(float(np.median(self.val_losses)))
         levels = [v for v in levels if v > 0 and math.isfinite(v)]
         return len(levels) > 1 and max(levels) / min(levels) >= 10
 
