@@ -69,3 +69,31 @@ def test_compare_shows_the_run_the_user_picks(qtbot, tmp_path, tiny_ddpm, image_
         view.generate()
     assert picked.args[0].step == 2
     qtbot.waitUntil(lambda: view.task is None, timeout=60_000)
+
+
+def test_export_dialog_offers_the_best_step_when_the_run_overfit(qtbot, tmp_path, tiny_ddpm, monkeypatch):
+    from tiny_ddpm import make_images
+
+    config = TrainConfig(method="lora", steps=6, batch_size=2, rank=2, alpha=2, preview_every=0, preview_seeds=[1],
+                         preview_steps=2, checkpoint_every=2, keep_checkpoints=1, validation="2", validation_every=0,
+                         device="cpu", precision="fp32")
+    project = create_project(tmp_path / "project", backbone=tiny_ddpm, images=make_images(tmp_path / "i", n=10),
+                             config=config)
+    scripted = iter([0.5, 0.3, 0.1, 0.4])  # steps 0, 2, 4, 6: best at 4
+
+    def fake(objective, images, ctx, *, seed):
+        value = next(scripted)
+        return value, [value]
+
+    monkeypatch.setattr("transferstudio.training.trainer.mean_error", fake)
+    assert [e for e in train(TrainJob(project)) if isinstance(e, Finished)]
+    dialog = ExportDialog(project, method="lora")
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(dialog.formats_ready, timeout=60_000)
+    assert dialog.checkpoint.count() == 2 and dialog.checkpoint.isVisibleTo(dialog)
+    assert dialog.checkpoint_step() == "best" and "step 4" in dialog.checkpoint.currentText()
+    dialog.name.setText("best")
+    with qtbot.waitSignal(dialog.exported, timeout=120_000) as exported:
+        dialog.start_export()
+    qtbot.waitUntil(lambda: not dialog.is_busy(), timeout=60_000)
+    assert exported.args[0].step == 4

@@ -181,3 +181,26 @@ def test_every_family_measures_validation(tmp_path, family):
     rows = [json.loads(line) for line in (project_runs(project)[0].folder / "validation.jsonl").read_text().splitlines()]
     if family == "vae":
         assert {"psnr", "ssim", "val_loss"} <= set(rows[0])
+
+
+def test_export_offers_the_best_step_and_its_manifest_says_how_it_did(tmp_path, tiny_ddpm, monkeypatch, capsys):
+    images = make_images(tmp_path / "images", n=10)
+    project = _project(tmp_path, tiny_ddpm, images, steps=6, validation="2", validation_every=0,
+                       checkpoint_every=2, keep_checkpoints=1)
+    scripted = iter([0.5, 0.3, 0.1, 0.4])  # steps 0, 2, 4, 6
+
+    def fake(objective, images, ctx, *, seed):
+        value = next(scripted)
+        return value, [value]
+
+    monkeypatch.setattr("transferstudio.training.trainer.mean_error", fake)
+    list(train(TrainJob(project)))
+    out = tmp_path / "best.safetensors"
+    assert cli.main(["export", str(project.folder), "--out", str(out), "--step", "best"]) == 0
+    assert "from step 4" in capsys.readouterr().out
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["run"]["steps"] == 4
+    assert manifest["transfer"]["validation"] == {"held_out_pictures": 2, "val_loss": 0.1, "best_step": 4,
+                                                  "best_val_loss": 0.1, "measures": 3}
+    assert cli.main(["export", str(project.folder), "--out", str(tmp_path / "s2"), "--step", "2"]) != 0
+    assert "no checkpoint at step 2" in capsys.readouterr().err

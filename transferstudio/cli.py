@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="half-precision weights (merged formats)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--run", metavar="ID", help="export this run (see `runs`); default: the latest trained")
+    p.add_argument("--step", type=_checkpoint_step, metavar="N|best",
+                   help="export the checkpoint of this step, or `best`: the one with the lowest validation loss "
+                        "(default: the latest)")
     p.add_argument("--pipeline", type=Path, metavar="PATH",
                    help="pipeline-* formats: the Stable Diffusion model (folder or .safetensors) a trained VAE "
                         "is put into")
@@ -439,6 +442,12 @@ def _sample_checked(backbone: Any, trained: Any, project: Any, **kwargs: Any) ->
     return images
 
 
+def _checkpoint_step(text: str) -> int | str:
+    if text.strip().lower() == "best":
+        return "best"
+    return _step_count(text)
+
+
 def _run_dir(project: Any, run_id: str | None) -> Path | None:
     """The folder of the run the user named with --run (None: the latest trained run)."""
     if run_id is None:
@@ -455,12 +464,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     project = load_project(args.project)
     check_not_training(project.folder)  # its checkpoints are being written and pruned
+    run_dir = _run_dir(project, args.run)
     result = export(project, args.out, args.format, strength=args.strength, fp16=args.fp16,
-                    overwrite=args.overwrite, run_dir=_run_dir(project, args.run), pipeline=args.pipeline)
+                    overwrite=args.overwrite, run_dir=run_dir, pipeline=args.pipeline,
+                    step=args.step, insights=_insights(project, run_dir))
     for warning in getattr(result, "warnings", ()):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.kind} weights from step {result.step} to {result.path}")
     return 0
+
+
+def _insights(project: Any, run_dir: Path | None) -> dict[str, Any]:
+    """What the domain check and the report found, for the export's manifest."""
+    from transferstudio.insight.summary import export_insights
+
+    return export_insights(project, run_dir)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Put a run's trained weights back onto a freshly loaded backbone (sample, export, compare)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from transferstudio.backbones.base import Backbone
 from transferstudio.core.errors import CheckpointError
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import Project
+from transferstudio.project.run import best_checkpoint
 from transferstudio.adapt import checkpoints as ckpt
 from transferstudio.adapt import health
 from transferstudio.adapt.trainee import Trainee, run_config
@@ -25,16 +27,19 @@ class TrainedModel:
 
 
 def find_trained(project: Project, run_dir: Path | None = None, *, problems: list[str] | None = None,
-                 skip: Any = ()) -> tuple[Path, ckpt.CheckpointInfo]:
+                 skip: Any = (), step: int | str | None = None) -> tuple[Path, ckpt.CheckpointInfo]:
     """The newest run (or `run_dir`) and its newest complete checkpoint whose files are whole.
     Damaged checkpoints are passed over; a sentence for each is added to `problems`. `skip`:
-    checkpoint folders not to use (e.g. found to hold weights that are not numbers)."""
-    runs = [Path(run_dir)] if run_dir else list(reversed(project.runs()))
+    checkpoint folders not to use (e.g. found to hold weights that are not numbers). `step`:
+    that checkpoint only (a number, or "best": the lowest validation loss)."""
+    runs = [Path(run_dir)] if run_dir else [r for r in reversed(project.runs()) if not _is_baseline(r)]
     damaged: list[str] = []
     for run in runs:
         if not (run / "config.json").is_file():
             continue
         candidates = [c for c in ckpt.complete_checkpoints(run) if c.path not in set(skip)]
+        if step is not None:
+            candidates = _at_step(run, candidates, step)
         if candidates:
             run_config(run)  # unusable run settings: that sentence first (ProjectError naming the file)
         found, bad = ckpt.newest_good(candidates)
@@ -49,8 +54,31 @@ def find_trained(project: Project, run_dir: Path | None = None, *, problems: lis
     raise CheckpointError("This project has no trained weights yet.", "Train it first.")
 
 
+def _is_baseline(run: Path) -> bool:
+    """A from-scratch baseline run: used when named, never as "the trained model" of a project."""
+    try:
+        return json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("baseline") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _at_step(run: Path, candidates: list[ckpt.CheckpointInfo], step: int | str) -> list[ckpt.CheckpointInfo]:
+    kept = ", ".join(str(c.step) for c in candidates) or "none"
+    if step == "best":
+        best = best_checkpoint(candidates)
+        if best is None:
+            raise CheckpointError(f"The run {Path(run).name} has no checkpoint with a validation loss.",
+                                  "Train with a validation split (Settings ▸ validation), or export the latest step.")
+        return [best]
+    found = [c for c in candidates if c.step == step]
+    if not found:
+        raise CheckpointError(f"The run {Path(run).name} has no checkpoint at step {step}.",
+                              f"Checkpoints kept: {kept}.")
+    return found
+
+
 def load_trained(project: Project, run_dir: Path | None = None, *, use_ema: bool = True,
-                 backbone: Backbone | None = None) -> TrainedModel:
+                 backbone: Backbone | None = None, step: int | str | None = None) -> TrainedModel:
     """The newest usable trained weights on a freshly loaded backbone. Damaged checkpoints and
     ones whose weights are not numbers (a diverged run) are passed over for the one before;
     `warnings` says which, in one sentence each."""
@@ -61,7 +89,7 @@ def load_trained(project: Project, run_dir: Path | None = None, *, use_ema: bool
     skip: set[Path] = set()
     while True:
         try:
-            run, found = find_trained(project, run_dir, problems=notes, skip=skip)
+            run, found = find_trained(project, run_dir, problems=notes, skip=skip, step=step)
         except CheckpointError as exc:
             if diverged:
                 raise CheckpointError(f"No trained weights of this project can be used: {diverged[0]}.",

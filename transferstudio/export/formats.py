@@ -99,19 +99,22 @@ def default_format(model: Any, method: str) -> str:
 
 
 def export(project: Any, out: Path, fmt: str | None, *, strength: float = 1.0, fp16: bool = False,
-           overwrite: bool = False, run_dir: Path | None = None, pipeline: Path | None = None) -> ExportResult:
+           overwrite: bool = False, run_dir: Path | None = None, pipeline: Path | None = None,
+           step: int | str | None = None, insights: dict[str, Any] | None = None) -> ExportResult:
     """Export a project's latest (or `run_dir`'s) trained weights as `fmt`.
 
     `strength` bakes the LoRA in at that scale for the merged formats; LoRA files keep the
-    trained alpha (their strength is set in the tool) and record it as the preferred weight."""
+    trained alpha (their strength is set in the tool) and record it as the preferred weight.
+    `step`: that checkpoint of the run, or "best" (lowest validation loss). `insights`: what the
+    transfer report knows (domain verdict, memorization check), kept in the manifest."""
     from transferstudio.adapt.restore import load_trained
 
     if fmt is not None:
         registry.get(fmt)
-    trained = load_trained(project, run_dir)
+    trained = load_trained(project, run_dir, step=step)
     fmt = fmt or default_format(trained.backbone, trained.config.method)
     result = export_trained(trained, out, fmt, project=project, strength=strength, fp16=fp16, overwrite=overwrite,
-                            pipeline=pipeline)
+                            pipeline=pipeline, insights=insights)
     return dataclasses.replace(result, warnings=tuple(getattr(trained, "warnings", ())))
 
 
@@ -123,7 +126,8 @@ def export_project(project: Any, out: Path, *, fmt: str = "diffusers", run_dir: 
 
 def export_trained(trained: Any, out: Path, fmt: str = "diffusers", *, project: Any | None = None,
                    strength: float = 1.0, fp16: bool = False, overwrite: bool = False,
-                   title: str | None = None, pipeline: Path | None = None) -> ExportResult:
+                   title: str | None = None, pipeline: Path | None = None,
+                   insights: dict[str, Any] | None = None) -> ExportResult:
     """Export an already loaded TrainedModel. Merged formats change its backbone in place."""
     writer = registry.get(fmt)
     backbone, config = trained.backbone, trained.config
@@ -155,7 +159,7 @@ def export_trained(trained: Any, out: Path, fmt: str = "diffusers", *, project: 
     def write(staged: Path) -> None:
         extra = writer.write(trained, staged, ctx)
         data = md.manifest(fmt=fmt, out=out, trained=trained, project=project, strength=strength, fp16=fp16,
-                           base_sha256=ctx.base_sha256, dataset=dataset, date=date, extra=extra)
+                           base_sha256=ctx.base_sha256, dataset=dataset, date=date, extra=extra, insights=insights)
         write_json_atomic(md.manifest_path(staged, folder=folder_out), data)
 
     staged_write(out, write, folder=folder_out, companions=() if folder_out else (manifest_file,),

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from transferstudio import __version__
+from transferstudio.core.errors import ProjectError
 from transferstudio.core.storage import sha256_file
+from transferstudio.project.run import Run, best_validation, validation_rows
 
 if TYPE_CHECKING:
     import torch
@@ -247,8 +249,9 @@ def manifest_path(out: Path, *, folder: bool | None = None) -> Path:
 
 def manifest(*, fmt: str, out: Path, trained: Any, project: Any | None, strength: float, fp16: bool,
              base_sha256: str | None, dataset: Mapping[str, Any], date: str,
-             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Everything needed to tell later what an exported file was made from."""
+             extra: Mapping[str, Any] | None = None, insights: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to tell later what an exported file was made from, and how it did on
+    the pictures it never trained on (validation) with what the report found (`insights`)."""
     backbone, config = trained.backbone, trained.config
     step = trained.checkpoint.step
     source = Path(backbone.source)
@@ -270,6 +273,24 @@ def manifest(*, fmt: str, out: Path, trained: Any, project: Any | None, strength
         "settings": config.to_dict(),
         "dataset": dict(dataset),
     }
+    validation = validation_summary(Path(trained.run_dir), step)
+    if validation or insights:
+        data["transfer"] = {**({"validation": validation} if validation else {}), **dict(insights or {})}
     if extra:
         data.update(extra)
     return data
+
+
+def validation_summary(run_dir: Path, step: int) -> dict[str, Any]:
+    """The exported step's validation loss and the run's best step, from the run's files."""
+    rows = validation_rows(run_dir, step)
+    if not rows:
+        return {}
+    best_step, best_loss = best_validation(rows)
+    try:
+        held_out = len(Run.open(run_dir).validation_pictures)
+    except ProjectError:  # a manifest never fails for want of a figure
+        held_out = None
+    at_step = next((r["val_loss"] for r in rows if r["step"] == step), None)
+    return {"held_out_pictures": held_out, "val_loss": at_step, "best_step": best_step, "best_val_loss": best_loss,
+            "measures": len(rows)}

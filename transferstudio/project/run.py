@@ -182,6 +182,11 @@ class Run:
         """validation.jsonl rows with a finite val_loss (up to `step`), in step order."""
         return validation_rows(self.folder, step)
 
+    @property
+    def best_checkpoint(self) -> CheckpointInfo | None:
+        """The kept checkpoint with the lowest validation loss (the one Export offers as best)."""
+        return best_checkpoint(self.checkpoints)
+
     def best(self) -> tuple[int, float] | None:
         """(step, validation loss) of the lowest validation loss measured, or None."""
         return best_validation(self.validation(self.trained_step if self.latest else None))
@@ -207,6 +212,12 @@ def validation_rows(run_dir: Path, step: int | None = None) -> list[dict[str, An
             and math.isfinite(r["val_loss"]) and (step is None or r["step"] <= step)]
     by_step = {r["step"]: r for r in rows}  # a step measured twice (a resumed run) counts once: the last
     return [by_step[s] for s in sorted(by_step)]
+
+
+def best_checkpoint(checkpoints: Any) -> CheckpointInfo | None:
+    scored = [c for c in checkpoints if isinstance(c.state.get("val_loss"), (int, float))
+              and math.isfinite(c.state["val_loss"])]
+    return min(scored, key=lambda c: (c.state["val_loss"], c.step)) if scored else None
 
 
 def best_validation(rows: list[dict[str, Any]]) -> tuple[int, float] | None:

@@ -41,13 +41,15 @@ def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]
 
 
 def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, strength: float = 1.0,
-                   run_dir: str | Path | None = None) -> Any:
+                   run_dir: str | Path | None = None, step: int | str | None = None) -> Any:
     from transferstudio.export.formats import export
+    from transferstudio.insight.summary import export_insights
     from transferstudio.project.lock import check_not_training
 
     check_not_training(project.folder)  # another process writes and prunes its checkpoints
-    return export(project, Path(out), fmt, strength=strength, overwrite=overwrite,
-                  run_dir=Path(run_dir) if run_dir else None)
+    run = Path(run_dir) if run_dir else None
+    return export(project, Path(out), fmt, strength=strength, overwrite=overwrite, run_dir=run, step=step,
+                  insights=export_insights(project, run))
 
 
 def sample_project_available() -> bool:

@@ -116,13 +116,24 @@ class ExportDialog(QDialog):
         self.run = QComboBox()
         self.run.setToolTip("The training run to export (its last complete checkpoint). "
                             "`transferstudio runs` lists the same runs.")
-        for trained in history.trained_runs(project):
-            self.run.addItem(f"{trained.id} — {trained.method}, {trained.trained_step}/{trained.total} steps",
+        self._runs = history.trained_runs(project)
+        for trained in self._runs:
+            self.run.addItem(f"{trained.id} — {trained.method}, {trained.trained_step}/{trained.total} steps"
+                             + (" (from-scratch baseline)" if trained.baseline else ""),
                              (str(trained.folder), trained.method))
         form.insertRow(0, "Run", self.run)
         form.setRowVisible(self.run, self.run.count() > 1)
+        # Which checkpoint of the run: the latest, or the one with the lowest validation loss
+        # (shown only when they differ: the run began to overfit after its best step).
+        self.checkpoint = QComboBox()
+        self.checkpoint.setToolTip("The latest checkpoint, or the one that did best on the pictures kept out of "
+                                   "training (lowest validation loss): after that step the model was learning "
+                                   "your training pictures by heart.")
+        form.insertRow(1, "Checkpoint", self.checkpoint)
         self._family = family
         self.run.currentIndexChanged.connect(lambda *_: self._load_formats(self.run_method()))
+        self.run.currentIndexChanged.connect(lambda *_: self._load_checkpoints())
+        self._load_checkpoints()
         self._formats_tasks: list[TaskWorker] = []
         self._load_formats(method or self.run_method() or project.config.method)
 
@@ -147,6 +158,23 @@ class ExportDialog(QDialog):
     def run_dir(self) -> str | None:
         data = self.run.currentData()
         return data[0] if data else None
+
+    def _load_checkpoints(self) -> None:
+        self.checkpoint.clear()
+        index = self.run.currentIndex()
+        run = self._runs[index] if 0 <= index < len(self._runs) else None
+        if run is not None and run.latest is not None:
+            self.checkpoint.addItem(f"latest — step {run.latest.step}", None)
+            best = run.best_checkpoint
+            if best is not None and best.step != run.latest.step:
+                self.checkpoint.addItem(f"best on held-out pictures — step {best.step} "
+                                        f"(validation loss {best.state['val_loss']:.4f})", "best")
+                self.checkpoint.setCurrentIndex(1)
+        self._form.setRowVisible(self.checkpoint, self.checkpoint.count() > 1)
+
+    def checkpoint_step(self) -> str | None:
+        """None: the run's latest checkpoint; "best": the lowest validation loss."""
+        return self.checkpoint.currentData()
 
     # --- formats ----------------------------------------------------------------------
     def _set_formats(self, formats: list[tuple[str, str, str]]) -> None:
@@ -258,7 +286,7 @@ class ExportDialog(QDialog):
                 overwrite = True
         out.parent.mkdir(parents=True, exist_ok=True)
         self.task = TaskWorker(tasks.export_project, self.project, out, self.selected_format(), overwrite,
-                               self.strength.value(), self.run_dir(), name="export")
+                               self.strength.value(), self.run_dir(), self.checkpoint_step(), name="export")
         self.task.succeeded.connect(self._on_exported)
         self.task.failed.connect(self._show_error)
         self.task.crashed.connect(lambda _t: self._show_error(
