@@ -118,7 +118,7 @@ class TrainingWorker(QObject):
     done = Signal()  # the thread has ended (after `ended` or `crashed`)
 
     def __init__(self, project: Any, *, fresh: bool = False, steps: int | None = None,
-                 keep_run_settings: bool = False,
+                 keep_run_settings: bool = False, scratch: bool = False,
                  train_fn: Callable[[Any, Commands], Iterable[Any]] | None = None,
                  parent: QObject | None = None) -> None:
         """`train_fn(job, commands)` replaces the engine's `train` (tests feed scripted events).
@@ -129,6 +129,7 @@ class TrainingWorker(QObject):
         self._train_fn = train_fn
         self.fresh = fresh
         self.keep_run_settings = keep_run_settings
+        self.scratch = scratch  # a from-scratch baseline run (same model, random weights)
         self.total_steps = steps
         self.commands = Commands()
         self._pending: list[Step] = []
@@ -180,7 +181,7 @@ class TrainingWorker(QObject):
             from transferstudio.training.trainer import TrainJob, train  # imports torch: worker only
 
             job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh,
-                           keep_run_settings=self.keep_run_settings)
+                           keep_run_settings=self.keep_run_settings, scratch=self.scratch)
             for event in (self._train_fn or train)(job, self.commands):
                 self._dispatch(event)
             if self._end is None:  # the contract says one end event; never leave the GUI waiting

@@ -212,6 +212,11 @@ class MainWindow(QMainWindow):
         self.act_start = self._action(m, "&Start", self.start_training, "Ctrl+Return")
         self.act_pause = self._action(m, "&Pause / Resume", self._toggle_pause, "Ctrl+P")
         self.act_stop = self._action(m, "S&top (saves)", self.train_view.stop, "Ctrl+.")
+        self.act_baseline = self._action(
+            m, "Train a From-Scratch &Baseline", self.train_baseline,
+            tip="Train the same model from random weights, for the same steps on the same pictures (after the "
+                "current run, if one is going), so the report shows what starting from the pretrained model "
+                "bought. Small models only (the starters, DDPMs, VAEs, GANs).")
         m.addSeparator()
         self.act_sample_now = self._action(m, "Sample &Now", self.train_view.sample_button.click)
         self.act_save_now = self._action(m, "Save Checkpoint N&ow", self.train_view.save_button.click)
@@ -602,7 +607,17 @@ class MainWindow(QMainWindow):
             keep = not fresh and bool(changed)
         self._start(fresh=fresh, keep_run_settings=keep)
 
-    def _start(self, *, fresh: bool, keep_run_settings: bool = False) -> bool:
+    def train_baseline(self) -> None:
+        """The from-scratch baseline run: now, or queued behind the run that is going."""
+        if self.project is None:
+            return
+        if self.train_view.is_running():
+            self._after_run = lambda: self._start(fresh=True, scratch=True)
+            self.train_view.note("The from-scratch baseline starts when this run ends.")
+            return
+        self._start(fresh=True, scratch=True)
+
+    def _start(self, *, fresh: bool, keep_run_settings: bool = False, scratch: bool = False) -> bool:
         assert self.project is not None
         cfg = self.settings_form.config()
         problems = cfg.problems()
@@ -623,7 +638,7 @@ class MainWindow(QMainWindow):
         if not self.save_project():
             return False
         self._work_tab(self.train_view)
-        self.train_view.start_run(self.project, fresh=fresh, keep_run_settings=keep_run_settings)
+        self.train_view.start_run(self.project, fresh=fresh, keep_run_settings=keep_run_settings, scratch=scratch)
         return True
 
     def _toggle_pause(self) -> None:
@@ -644,6 +659,7 @@ class MainWindow(QMainWindow):
         running = self.train_view.is_running()
         has = self.project is not None
         self.act_start.setEnabled(has and not running)
+        self.act_baseline.setEnabled(has)
         for action in (self.act_pause, self.act_stop, self.act_sample_now, self.act_save_now):
             action.setEnabled(running)
 

@@ -392,12 +392,13 @@ class TrainView(QWidget):
         self._refresh_slider()
 
     def start_run(self, project: Any, *, fresh: bool, steps: int | None = None,
-                  keep_run_settings: bool = False) -> TrainingWorker:
+                  keep_run_settings: bool = False, scratch: bool = False) -> TrainingWorker:
         """Start training `project` on a worker thread (continue its last run unless `fresh`;
         with the run's own settings even where the project's differ, if `keep_run_settings`)."""
         assert not self.is_running(), "a run is already going"
         self.project = project
-        worker = TrainingWorker(project, fresh=fresh, steps=steps, keep_run_settings=keep_run_settings)
+        worker = TrainingWorker(project, fresh=fresh, steps=steps, keep_run_settings=keep_run_settings,
+                                scratch=scratch)
         worker.started.connect(self._on_started)
         worker.steps.connect(self._on_steps)
         worker.preview.connect(self._on_preview)
@@ -412,7 +413,8 @@ class TrainView(QWidget):
         self.worker = worker
         self._set_state("starting")
         self.status.setText("Loading the model…")
-        self._log("Starting a new run…" if fresh else "Starting (continues the last run if it is unfinished)…")
+        self._log("Starting the from-scratch baseline (the same model with random weights)…" if scratch else
+                  "Starting a new run…" if fresh else "Starting (continues the last run if it is unfinished)…")
         worker.start()
         return worker
 
@@ -659,6 +661,10 @@ class TrainView(QWidget):
 
     def _log(self, text: str) -> None:
         self.log.appendPlainText(text)
+
+    def note(self, text: str) -> None:
+        """A line in the run's message log from the window (e.g. what is queued next)."""
+        self._log(text)
 
     def _legend_brush(self) -> Any:
         """The chart's background, nearly opaque, behind the legend (curves pass under it)."""
