@@ -96,9 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline-* formats: the Stable Diffusion model (folder or .safetensors) a trained VAE "
                         "is put into")
 
+    p = sub.add_parser("report", help="write a transfer report of a run (report.html with its figures, "
+                                      "readable offline): losses, best step, base vs adapted, distances to "
+                                      "held-out pictures, pretrained vs scratch, memorization check")
+    p.add_argument("project", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for report.html, its pictures and report.json")
+    p.add_argument("--run", metavar="ID", help="report this run (see `runs`); default: the latest trained")
+    p.add_argument("--samples", type=_step_count, default=16,
+                   help="how many seeds each model samples (default 16)")
+
     p = sub.add_parser("self-check", help="check that this installation is whole (imports, a short "
                                           "training, export)")
     p.add_argument("--workdir", type=Path, help="keep the sample projects and exports in this folder")
+
+    p = sub.add_parser("check", help="is the project's base model a good starting point for its pictures? "
+                                     "Prints close, related or far with its number, and advice")
+    p.add_argument("project", type=Path)
+    p.add_argument("--pictures", type=int, default=None,
+                   help="how many of your pictures (and of the model's own) to measure (default 8)")
+    p.add_argument("--again", action="store_true",
+                   help="measure again even when the saved check still matches the model and pictures")
 
     p = sub.add_parser("inspect", help="say what a model path is, or why it is not usable")
     p.add_argument("path", type=Path)
@@ -145,7 +162,9 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "shuffle_tags": "--shuffle-tags", "keep_tags": "--keep-tags", "tag_dropout": "--tag-dropout",
                 "masked_loss": "--masked-loss", "timestep_sampling": "--timestep-sampling",
                 "timestep_low": "--timestep-low", "timestep_high": "--timestep-high",
-                "debiased_estimation": "--debiased-estimation"}
+                "debiased_estimation": "--debiased-estimation", "validation": "--validation",
+                "validation_every": "--validation-every", "multires_noise_iterations": "--multires-noise-iterations",
+                "multires_noise_discount": "--multires-noise-discount", "input_perturbation": "--input-perturbation"}
 
 
 def _arg_help(name: str) -> str:
@@ -481,6 +500,24 @@ def _insights(project: Any, run_dir: Path | None) -> dict[str, Any]:
     return export_insights(project, run_dir)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from transferstudio.insight.domain import check_domain, read_saved, save
+    from transferstudio.project.project import load_project
+
+    if args.pictures is not None and args.pictures < 1:
+        raise UserError(f"--pictures {args.pictures}: the check needs at least one picture.", "Give 1 or more.")
+    project = load_project(args.project)
+    check = None if args.again or args.pictures is not None else read_saved(project)
+    if check is None:
+        check = check_domain(project, pictures=args.pictures or 8,
+                             progress=lambda text: print(text, file=sys.stderr, flush=True))
+        save(project, check)
+    print(check.headline())
+    print(check.explanation())
+    print(f"Advice: {check.advice}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -500,6 +537,21 @@ def cmd_convert_pickle(args: argparse.Namespace) -> int:
     if dst.exists():
         raise UserError(f"{dst} already exists.", "Give another destination name.")
     print(f"wrote {convert_pickle_to_safetensors(args.src, dst)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from transferstudio.insight.report import write_report
+    from transferstudio.project.lock import check_not_training
+    from transferstudio.project.project import load_project
+    from transferstudio.project.run import find_run
+
+    project = load_project(args.project)
+    check_not_training(project.folder)  # its checkpoints are being written and pruned
+    run = find_run(project, args.run)  # None: write_report says there is nothing trained yet
+    path = write_report(project, args.out, run, samples=args.samples,
+                        progress=lambda text: print(text, flush=True))
+    print(f"wrote {path}")
     return 0
 
 
@@ -529,6 +581,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"new": cmd_new, "train": cmd_train, "pretrain": cmd_pretrain, "runs": cmd_runs, "sample": cmd_sample, "export": cmd_export,
             "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
             "self-check": cmd_self_check}
+
+COMMANDS["report"] = cmd_report
+COMMANDS["check"] = cmd_check
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -33,7 +33,8 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
                    generator: torch.Generator, noise_offset: float = 0.0,
                    min_snr_gamma: float = 0.0, mask: torch.Tensor | None = None,
                    timestep_sampling: str = "uniform", timestep_low: float = 0.0, timestep_high: float = 1.0,
-                   debiased: bool = False) -> torch.Tensor:
+                   debiased: bool = False, multires_iterations: int = 0, multires_discount: float = 0.3,
+                   input_perturbation: float = 0.0) -> torch.Tensor:
     """Noise `clean` at random timesteps and score the denoiser against the right target.
     `mask` (B, 1, H, W) in [0, 1] at picture size weights each position (masked loss): it is
     averaged down to the denoiser's resolution (latents are 8× smaller for SD), and each picture's
@@ -45,9 +46,15 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
         # Offset noise lets the model shift the mean brightness of a whole image.
         noise = noise + noise_offset * torch.randn((b, clean.shape[1], 1, 1), generator=generator,
                                                    device=device, dtype=clean.dtype)
+    if multires_iterations > 0:
+        noise = multires_noise(noise, multires_iterations, multires_discount, generator)
     timesteps = sample_timesteps(b, scheduler.config.num_train_timesteps, generator=generator, device=device,
                                  sampling=timestep_sampling, low=timestep_low, high=timestep_high)
-    noisy = scheduler.add_noise(clean, noise, timesteps)
+    seen = noise
+    if input_perturbation > 0:  # the input carries a little extra noise; the target stays the drawn noise
+        seen = noise + input_perturbation * torch.randn(noise.shape, generator=generator, device=device,
+                                                        dtype=noise.dtype)
+    noisy = scheduler.add_noise(clean, seen, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = _target(scheduler, clean, noise, timesteps)
     pred = backbone.predict(noisy, timesteps, cond).float()
@@ -67,6 +74,23 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
         snr = _snr(scheduler, timesteps).to(per_sample.device)
         per_sample = per_sample / torch.sqrt(snr.clamp(min=1e-3, max=1000.0))
     return per_sample.mean()
+
+
+def multires_noise(noise: torch.Tensor, iterations: int, discount: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Multi-resolution (pyramid) noise: `noise` plus noise drawn at half, quarter… the resolution
+    and scaled up smoothly, level i weighted discount**i, then each picture's noise brought back to
+    unit variance. The coarse levels shift whole regions, which plain per-pixel noise barely does,
+    so the model learns large areas of light and colour."""
+    b, c, h, w = noise.shape
+    total = noise
+    for level in range(1, iterations + 1):
+        size = (max(1, h >> level), max(1, w >> level))
+        coarse = torch.randn((b, c, *size), generator=generator, device=noise.device, dtype=noise.dtype)
+        total = total + F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * discount ** level
+        if size == (1, 1):
+            break
+    return total / total.flatten(1).std(dim=1).clamp_min(1e-6).view(b, 1, 1, 1)
 
 
 def _target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -132,7 +156,10 @@ class DiffusionObjective(Objective):
                                   noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma,
                                   mask=masks.to(ctx.device) if masks is not None else None,
                                   timestep_sampling=config.timestep_sampling, timestep_low=config.timestep_low,
-                                  timestep_high=config.timestep_high, debiased=config.debiased_estimation)
+                                  timestep_high=config.timestep_high, debiased=config.debiased_estimation,
+                                  multires_iterations=config.multires_noise_iterations,
+                                  multires_discount=config.multires_noise_discount,
+                                  input_perturbation=config.input_perturbation)
 
 
     def evaluate(self, batch: Any, ctx: StepContext) -> torch.Tensor:

@@ -89,6 +89,15 @@ class TrainConfig:
                            "without its background.", objective="diffusion")
     noise_offset: float = _f(0.0, "Adds a little offset noise so the model can learn very dark or "
                              "bright images. 0.05–0.1 if you need it.", min=0.0, max=1.0, objective="diffusion")
+    multires_noise_iterations: int = _f(0, "Multi-resolution (pyramid) noise: adds coarser noise at lower resolutions "
+                                        "so the model also learns large areas of colour and light (very dark or "
+                                        "bright pictures, big flat shapes). 6–10 is typical; 0 turns it off.",
+                                        min=0, max=16, objective="diffusion")
+    multires_noise_discount: float = _f(0.3, "How much each coarser level of multi-resolution noise counts (0.1–0.8; "
+                                        "lower keeps it subtle).", min=0.0, max=1.0, objective="diffusion")
+    input_perturbation: float = _f(0.0, "Input perturbation: the model sees slightly more noise than its target asks "
+                                   "for, which evens out training and sampling (a small regulariser; 0.1 is "
+                                   "typical). 0 turns it off.", min=0.0, max=1.0, objective="diffusion")
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting (5 is common); 0 turns it off.",
                               min=0.0, max=100.0, objective="diffusion")
     timestep_sampling: str = _f("uniform", "Which noise levels training practises. Uniform: all alike (the usual). "

@@ -36,7 +36,7 @@ from transferstudio.ui.widgets import MessageLabel
 BASIC = (
     "method", "steps", "learning_rate", "batch_size", "resolution", "trigger", "rank", "alpha",
     "augment", "freeze_discriminator_blocks",
-    "preview_every", "preview_prompts", "preview_seeds", "checkpoint_every",
+    "preview_every", "preview_prompts", "preview_seeds", "checkpoint_every", "validation",
 )
 
 LABELS = {
@@ -79,6 +79,11 @@ LABELS = {
     "preview_seeds": "Preview seeds",
     "preview_steps": "Preview steps",
     "checkpoint_every": "Checkpoint every",
+    "validation": "Held-out pictures",
+    "validation_every": "Validate every",
+    "multires_noise_iterations": "Multi-resolution noise",
+    "multires_noise_discount": "Multi-res noise discount",
+    "input_perturbation": "Input perturbation",
     "keep_checkpoints": "Keep checkpoints",
     "device": "Device",
     "pyramid_weight": "Structure weight",
@@ -124,6 +129,7 @@ SUFFIXES = {
     "resolution": " px",
     "preview_every": " steps",
     "checkpoint_every": " steps",
+    "validation_every": " steps",
     "warmup_steps": " steps",
     "preview_steps": " steps",
 }
@@ -134,11 +140,14 @@ SPECIAL_MIN_TEXT = {
     "preview_every": "Only at start and end",
     "min_snr_gamma": "Off",
     "noise_offset": "Off",
+    "validation_every": "At previews",
+    "multires_noise_iterations": "Off",
+    "input_perturbation": "Off",
     "warmup_steps": "None",
     "discriminator_start": "No discriminator",
 }
 
-DECIMALS = {"alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1, "pyramid_weight": 2,
+DECIMALS = {"input_perturbation": 3, "multires_noise_discount": 2, "alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1, "pyramid_weight": 2,
             "adversarial_weight": 3}
 SCIENTIFIC = ("learning_rate", "kl_weight")  # tiny values people write as 1e-6
 
