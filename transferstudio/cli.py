@@ -153,6 +153,7 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "preview_every": "--preview-every", "checkpoint_every": "--checkpoint-every",
                 "precision": "--precision", "device": "--device", "schedule": "--schedule",
                 "train_text_encoder": "--train-text-encoder", "ema": "--ema", "dora": "--dora",
+                "adapter": "--adapter", "layers": "--layers", "conv_rank": "--conv-rank", "conv_alpha": "--conv-alpha",
                 "pyramid_weight": "--pyramid-weight", "kl_weight": "--kl-weight",
                 "discriminator_start": "--discriminator-start", "adversarial_weight": "--adversarial-weight",
                 "optimizer": "--optimizer", "augment": "--augment", "augment_strength": "--augment-strength",
@@ -164,7 +165,9 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "timestep_low": "--timestep-low", "timestep_high": "--timestep-high",
                 "debiased_estimation": "--debiased-estimation", "validation": "--validation",
                 "validation_every": "--validation-every", "multires_noise_iterations": "--multires-noise-iterations",
-                "multires_noise_discount": "--multires-noise-discount", "input_perturbation": "--input-perturbation"}
+                "multires_noise_discount": "--multires-noise-discount", "input_perturbation": "--input-perturbation",
+                "class_pictures": "--class-pictures", "class_prompt": "--class-prompt",
+                "prior_loss_weight": "--prior-loss-weight"}
 
 
 def _arg_help(name: str) -> str:

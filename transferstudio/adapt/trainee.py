@@ -45,9 +45,10 @@ class Trainee:
                 for name in plan.frozen:
                     plan.module.get_submodule(name).requires_grad_(False)
             else:
-                self.lora_configs[role] = adapters.add_lora(
-                    plan.module, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
-                    targets=list(plan.targets), dora=config.dora)
+                self.lora_configs[role] = adapters.add_adapter(plan.module, adapters.adapter_config(
+                    kind=config.adapter, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
+                    targets=list(plan.targets), dora=config.dora, conv=plan.conv, conv_rank=config.conv_rank,
+                    conv_alpha=config.conv_alpha))
             self.roles[role] = plan.module
 
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -91,10 +92,14 @@ class Trainee:
                 adapters.load_lora_state_dict(module, weights)
 
     def set_strength(self, strength: float) -> None:
-        """Adapter strength for sampling (LoRA only; 0 = base model)."""
+        """Adapter strength for sampling (adapters only; 0 = base model)."""
         for role, module in self.roles.items():
             if self.plans[role].how == "lora":
                 adapters.set_lora_strength(module, strength)
+
+    def conv_layers(self) -> dict[str, set[str]]:
+        """Per adapted role, the paths of its adapted spatial convolutions (kohya's conv layers)."""
+        return {role: adapters.conv_layers(self.roles[role]) for role in self.lora_configs}
 
     def lora_metadata(self) -> dict[str, str]:
         """The adapters' peft configs as JSON strings, for safetensors metadata."""

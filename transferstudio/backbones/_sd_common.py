@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from transferstudio.backbones.diffusion import DiffusionBackbone
-from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, ExportSpec, Family, Inspection
+from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, DomainScale, ExportSpec, Family, Inspection
 from transferstudio.backbones.diffusers_folder import read_json
 from transferstudio.core.errors import BackboneError
 
@@ -31,6 +31,18 @@ FULL_FINETUNE_MAX_PARAMS = 1_500_000_000
 PIPELINE_MULTIPLE = 8  # diffusers' SD/SDXL pipelines refuse sizes not divisible by 8
 
 PREDICTION_LABELS = {"epsilon": "epsilon", "v_prediction": "v-prediction", "sample": "x0-prediction"}
+
+# Layer presets (TrainConfig.layers) beyond the attention projections (`lora_targets`), as
+# diffusers UNet2DConditionModel module names; every one has a kohya name ComfyUI and A1111 map.
+_FF = ("ff.net.0.proj", "ff.net.2")
+_LINEAR = _FF + ("proj_in", "proj_out", "time_emb_proj")
+SPATIAL_CONVS = ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")  # 3x3: the conv rank
+LAYER_EXTRAS: dict[str, tuple[str, ...]] = {
+    "attention": (),
+    "attention+ff": _FF,
+    "all-linear": _LINEAR,
+    "all+conv": _LINEAR + ("conv_shortcut",) + SPATIAL_CONVS,
+}
 KOHYA_TEXT_PREFIXES = {1: (("text_encoder", "lora_te_"),),
                        2: (("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_"))}
 
@@ -79,6 +91,13 @@ def native_resolution(unet_config: dict[str, Any], vae_config: dict[str, Any]) -
     return int(side) * vae_scale_factor(vae_config)
 
 
+# The domain check: the latent denoising error at 4 fixed noise levels (prompt "") on the user's
+# pictures over that on the model's own unconditional samples. Not calibrated on a real Stable
+# Diffusion model (none can be downloaded here): the pixel-space starter's limits, as a start.
+DOMAIN = DomainScale(measure="how well it takes noise off the pictures (latent denoising error at 4 fixed noise "
+                     "levels)", close=1.3, related=2.5)
+
+
 def inspected_capabilities(found: Any, *, text_encoders: int, supports_full_finetune: bool) -> Any:
     """Capabilities of an inspected SD/SDXL model from its configs (single files: real sizes)."""
     path = Path(found.path)
@@ -91,7 +110,7 @@ def inspected_capabilities(found: Any, *, text_encoders: int, supports_full_fine
                         resolution_multiple=multiple, supports_full_finetune=supports_full_finetune,
                         text_encoders=text_encoders, prediction_type=found.prediction_type or "epsilon",
                         latent=True, methods=("lora", "full") if supports_full_finetune else ("lora",),
-                        kohya_lora=True, single_file=True, label=found.label)
+                        kohya_lora=True, single_file=True, label=found.label, domain=DOMAIN)
 
 
 def scheduler_config(folder: Path) -> dict[str, Any]:
@@ -200,7 +219,8 @@ def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _adapter_metadata(rank: int, alpha: float, targets: Sequence[str], *, dora: bool = False) -> dict[str, Any]:
+def _adapter_metadata(rank: int, alpha: float, targets: Sequence[str], *, dora: bool = False,
+                      patterns: dict[str, Any] | None = None) -> dict[str, Any]:
     """The LoraConfig kwargs diffusers' `load_lora_weights` rebuilds the adapter from. Kept to
     the fields every peft version knows, so alpha != rank survives and older peft still loads it;
     `use_dora` only when it is one (diffusers takes these kwargs as they are, so without it a DoRA
@@ -209,6 +229,32 @@ def _adapter_metadata(rank: int, alpha: float, targets: Sequence[str], *, dora: 
             "lora_dropout": 0.0, "bias": "none"}
     if dora:
         meta["use_dora"] = True
+    meta.update(patterns or {})  # rank_pattern / alpha_pattern: the conv layers' own rank and alpha
+    return meta
+
+
+# LyCORIS kinds (peft LoHaConfig / LoKrConfig): the config fields a loader needs to rebuild the
+# adapter exactly (diffusers' unet.load_lora_adapter builds a LoKrConfig from them as they are).
+_LYCORIS_FIELDS = ("rank_pattern", "alpha_pattern", "use_effective_conv2d", "decompose_both", "decompose_factor")
+
+
+def adapter_kind(state: dict[str, torch.Tensor]) -> str:
+    """"lora", "loha" or "lokr", from peft's weight names."""
+    if any(".hada_" in k for k in state):
+        return "loha"
+    if any(".lokr_" in k for k in state):
+        return "lokr"
+    return "lora"
+
+
+def _lycoris_metadata(kind: str, config: dict[str, Any], targets: Sequence[str], *, patterns: bool) -> dict[str, Any]:
+    rank = config.get("rank", config.get("r"))
+    if not rank:
+        raise ValueError(f"the {kind} adapter's config gives no rank")
+    alpha = config.get("alpha", config.get("lora_alpha"))
+    meta = {"peft_type": kind.upper(), "r": int(rank), "alpha": float(alpha if alpha is not None else rank),
+            "target_modules": sorted(set(targets)), "rank_dropout": 0.0, "module_dropout": 0.0}
+    meta.update({k: config[k] for k in _LYCORIS_FIELDS if k in config and (patterns or "pattern" not in k)})
     return meta
 
 
@@ -223,7 +269,9 @@ def _rank_of(state: dict[str, torch.Tensor]) -> int:
     return ranks.pop()
 
 
-def _checked_rank(state: dict[str, torch.Tensor], said: Any, what: str) -> int:
+def _checked_rank(state: dict[str, torch.Tensor], said: Any, what: str, *, patterned: bool = False) -> int:
+    if patterned and said:  # per-layer ranks (rank_pattern): the config's rank is the main one
+        return int(said)
     rank = _rank_of(state)
     if said and int(said) != rank:
         raise ValueError(f"the config says rank {said} but the {what} adapter weights have rank {rank}")
@@ -268,7 +316,7 @@ class StableDiffusionFamily(Family):
                             supports_full_finetune=self.supports_full_finetune, text_encoders=self.text_encoders,
                             prediction_type="epsilon", latent=True,
                             methods=("lora", "full") if self.supports_full_finetune else ("lora",),
-                            kohya_lora=True, single_file=True, label=self.what)
+                            kohya_lora=True, single_file=True, label=self.what, domain=DOMAIN)
 
     def kohya_unet_names(self, paths: list[str], unet_config: Any) -> dict[str, str]:
         return diffusers_kohya_names(paths)
@@ -330,7 +378,8 @@ class StableDiffusionBase(DiffusionBackbone):
             supports_full_finetune=full,
             text_encoders=len(self._text_encoders),
             prediction_type=str(self.scheduler_config["prediction_type"]),
-            latent=True, methods=("lora", "full") if full else ("lora",), kohya_lora=True, single_file=True)
+            latent=True, methods=("lora", "full") if full else ("lora",), kohya_lora=True, single_file=True,
+            domain=DOMAIN)
 
     # --- modules ---------------------------------------------------------------------------
     @property
@@ -347,6 +396,18 @@ class StableDiffusionBase(DiffusionBackbone):
 
     def text_encoder_lora_targets(self) -> list[str]:
         return ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+    def adapter_targets(self, layers: str) -> tuple[list[str], list[str]]:
+        """Layer presets as UNet module names (peft matches them as name suffixes). "all+conv" is
+        what kohya's LoCon and LyCORIS adapt: the attention blocks' linear layers and 1x1
+        projections, and the ResNet blocks (3x3 convolutions, 1x1 shortcuts, time projections)
+        with the down/upsamplers; only the 3x3 convolutions take the conv rank/alpha (1x1 ones
+        are linear layers in disguise, as kohya treats them)."""
+        if layers not in LAYER_EXTRAS:
+            raise BackboneError(f"Unknown layer choice '{layers}'.",
+                                f"Use one of {', '.join(LAYER_EXTRAS)}.")
+        targets = list(self.lora_targets()) + [t for t in LAYER_EXTRAS[layers] if t not in self.lora_targets()]
+        return targets, [t for t in targets if t in SPATIAL_CONVS]
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "StableDiffusionBase":
         """UNet stays fp32. The VAE and frozen text encoders take `dtype`, except a VAE flagged
@@ -506,7 +567,7 @@ class StableDiffusionBase(DiffusionBackbone):
     def save_full(self, folder: Path) -> None:
         """The whole model as a diffusers folder (safetensors), with its original scheduler."""
         for module in (self.unet, *self._text_encoders):
-            if any("lora_" in name for name, _ in module.named_parameters()):
+            if any(m in name for name, _ in module.named_parameters() for m in ("lora_", "hada_", "lokr_")):
                 # peft layers would be saved under renamed keys and the folder would not load.
                 raise ValueError("save_full is for full fine-tuning; this model carries a LoRA adapter "
                                  "(export it with save_lora_diffusers)")
@@ -522,27 +583,45 @@ class StableDiffusionBase(DiffusionBackbone):
         optional `targets`/`target_modules` (default `lora_targets()`), and for the text encoders
         optional `text_encoder_rank`, `text_encoder_alpha`, `text_encoder_targets` (defaults: the
         denoiser's rank and alpha, `text_encoder_lora_targets()`). The adapter configs go into the
-        file's `lora_adapter_metadata`, so diffusers scales by alpha/rank as in training."""
+        file's `lora_adapter_metadata`, so diffusers scales by alpha/rank as in training.
+
+        LoHa/LoKr weights (peft's `hada_*` / `lokr_*` keys) are written in the same layout with
+        their peft config as metadata: diffusers' `unet.load_lora_adapter` reads LoKr from it;
+        LoHa loads through peft (`load_lora_weights` refuses both, in diffusers 0.42)."""
         file = Path(file)
         if len(text_encoder_loras) > len(self.text_encoder_names):
             raise ValueError(f"{len(text_encoder_loras)} text-encoder adapters for a model with "
                              f"{len(self.text_encoder_names)} text encoder(s)")
         kwargs: dict[str, Any] = {}
         alpha_cfg = config.get("alpha", config.get("lora_alpha"))
+        patterns = {k: dict(config[k]) for k in ("rank_pattern", "alpha_pattern") if config.get(k)}
         if denoiser_lora:
-            rank = _checked_rank(denoiser_lora, config.get("rank", config.get("r")), "UNet")
-            alpha = float(alpha_cfg if alpha_cfg is not None else rank)
             targets = config.get("targets") or config.get("target_modules") or self.lora_targets()
+            kind = adapter_kind(denoiser_lora)
             kwargs["unet_lora_layers"] = _clean_keys(denoiser_lora)
-            kwargs["unet_lora_adapter_metadata"] = _adapter_metadata(rank, alpha, targets,
-                                                                     dora=_is_dora(denoiser_lora))
+            if kind != "lora":  # LoHa / LoKr: their peft config, for peft (and diffusers' LoKr loader)
+                kwargs["unet_lora_adapter_metadata"] = _lycoris_metadata(kind, config, targets, patterns=True)
+            else:
+                rank = _checked_rank(denoiser_lora, config.get("rank", config.get("r")), "UNet",
+                                     patterned=bool(patterns))
+                alpha = float(alpha_cfg if alpha_cfg is not None else rank)
+                kwargs["unet_lora_adapter_metadata"] = _adapter_metadata(rank, alpha, targets,
+                                                                         dora=_is_dora(denoiser_lora),
+                                                                         patterns=patterns)
         for name, state in zip(self.text_encoder_names, text_encoder_loras):
             if not state:
                 continue
-            rank = _checked_rank(state, config.get("text_encoder_rank"), name)
             te_alpha = config.get("text_encoder_alpha", alpha_cfg)
             te_targets = config.get("text_encoder_targets") or self.text_encoder_lora_targets()
             kwargs[f"{name}_lora_layers"] = _text_encoder_keys(state)
+            kind = adapter_kind(state)
+            if kind != "lora":
+                te_config = {"r": config.get("text_encoder_rank") or config.get("rank", config.get("r")),
+                             "alpha": te_alpha, **{k: config[k] for k in _LYCORIS_FIELDS if k in config}}
+                kwargs[f"{name}_lora_adapter_metadata"] = _lycoris_metadata(kind, te_config, te_targets,
+                                                                            patterns=False)
+                continue
+            rank = _checked_rank(state, config.get("text_encoder_rank"), name)
             kwargs[f"{name}_lora_adapter_metadata"] = _adapter_metadata(
                 rank, float(te_alpha if te_alpha is not None else rank), te_targets, dora=_is_dora(state))
         if not any(k.endswith("_lora_layers") for k in kwargs):

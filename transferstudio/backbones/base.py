@@ -21,6 +21,20 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class DomainScale:
+    """How the domain check ("is this model a good start for my pictures?") reads a family's
+    measure (`Objective.evaluate`): the score is the error on the user's pictures divided by the
+    error on pictures of the model's own domain; up to `close` it says close, up to `related`
+    related, above that far. The limits are calibrated per family on data we control."""
+
+    measure: str = "the model's error on the pictures"  # what evaluate measures, in a few plain words
+    close: float = 1.3
+    related: float = 2.5
+    reference: float = 0.0  # > 0: the family's typical error on its own domain, used instead of
+    #   the model's own samples (models that cannot make pictures of their own)
+
+
+@dataclass(frozen=True)
 class Capabilities:
     conditioning: str  # "text" | "none"
     native_resolution: int
@@ -42,6 +56,7 @@ class Capabilities:
     truncation: bool = False  # sampling takes a truncation ψ (a GAN: closer to the average picture)
     suggested: tuple[tuple[str, Any], ...] = ()  # settings a new project of this model starts from
     prior_samples: bool = False  # a reconstruction model whose prior decodes to pictures worth previewing
+    domain: DomainScale = DomainScale()  # how the domain check reads this family's measure
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class RolePlan:
     how: str  # "full" | "lora"
     targets: tuple[str, ...] = ()
     frozen: tuple[str, ...] = ()  # submodules of a "full" module that stay as they are (e.g. FreezeD)
+    conv: tuple[str, ...] = ()  # of `targets`, the spatial convolutions: they take the conv rank/alpha
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,13 @@ class Backbone(ABC):
 
     def text_encoder_lora_targets(self) -> list[str]:
         return ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+    def adapter_targets(self, layers: str) -> tuple[list[str], list[str]]:
+        """The denoiser's adapter `target_modules` for a layer preset (TrainConfig.layers:
+        "attention", "attention+ff", "all-linear", "all+conv"), and which of them are spatial
+        convolutions (they take the conv rank/alpha). Families without presets adapt their
+        `lora_targets()` whatever the preset."""
+        return list(self.lora_targets()), []
 
     @abstractmethod
     def to(self, device: torch.device, dtype: torch.dtype) -> "Backbone":

@@ -142,6 +142,20 @@ class DiffusionObjective(Objective):
         self.scheduler = noise_scheduler(backbone.scheduler_config)
 
     def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
+        loss = self._loss_of(batch, ctx)
+        prior = getattr(batch, "prior", None)
+        if prior is None:
+            return loss
+        prior_loss = self._loss_of(prior, ctx)  # class pictures: what the base model knew about the class
+        if torch.is_grad_enabled():
+            self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
+        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
+
+    def loss_terms(self) -> dict[str, float]:
+        terms, self.terms = getattr(self, "terms", {}), {}
+        return terms
+
+    def _loss_of(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone, config = self.backbone, self.config
         pixels = batch.pixels.to(ctx.device)
         with torch.no_grad():
@@ -178,10 +192,17 @@ class DiffusionBackbone(Backbone):
     weights under the role "unet" (the checkpoint key prefix), and LoRA on the text encoders
     when asked."""
 
+    layers = "attention"  # the run's layer preset (TrainConfig.layers), set by `configure`
+
+    def configure(self, config: Any) -> None:
+        super().configure(config)
+        self.layers = str(getattr(config, "layers", "") or "attention")
+
     def training_roles(self, method: str, *, train_text_encoder: bool = False) -> dict[str, RolePlan]:
         if method == "full":
             return {"unet": RolePlan(self.denoiser, "full")}
-        roles = {"unet": RolePlan(self.denoiser, "lora", tuple(self.lora_targets()))}
+        targets, conv = self.adapter_targets(self.layers)
+        roles = {"unet": RolePlan(self.denoiser, "lora", tuple(targets), conv=tuple(conv))}
         if train_text_encoder:
             for role, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders()):
                 roles[role] = RolePlan(encoder, "lora", tuple(self.text_encoder_lora_targets()))

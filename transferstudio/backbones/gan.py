@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferstudio.backbones.augment import AdaptiveStrength, augment
-from transferstudio.backbones.base import Backbone, Capabilities, Family, Inspection, RolePlan, folder_size
+from transferstudio.backbones.base import Backbone, Capabilities, DomainScale, Family, Inspection, RolePlan, folder_size
 from transferstudio.backbones.gan_model import Discriminator, GANConfig, Generator, latents
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 from transferstudio.core.errors import BackboneError
@@ -47,12 +47,19 @@ SIZES = {"starter": {4: 128, 8: 128, 16: 64, 32: 32, 64: 16, 128: 16},
          "tiny": {4: 16, 8: 16, 16: 8, 32: 8, 64: 8, 128: 8}}
 
 
+# The domain check: the distance (16 px) from each of the user's pictures to the nearest of 64
+# pictures the generator makes, over the same for pictures it made itself. Calibrated on the
+# starter GAN; see insight/domain.py for what this measure can and cannot tell apart.
+DOMAIN = DomainScale(measure="how near the pictures it makes come to each picture (distance at 16 px to the "
+                     "nearest of 64)", close=1.8, related=2.0)
+
+
 def _caps(resolution: int) -> Capabilities:
     return Capabilities(conditioning="none", native_resolution=resolution, resolution_multiple=resolution,
                         supports_full_finetune=True, text_encoders=0, prediction_type="", latent=False,
                         methods=("full",), preview="image", objective="adversarial",
                         formats=("generator", "onnx", "gan-folder"), label=LABEL, diffusers_layout=False,
-                        fixed_resolution=True, truncation=True, suggested=SUGGESTED)
+                        fixed_resolution=True, truncation=True, suggested=SUGGESTED, domain=DOMAIN)
 
 
 def sized_config(resolution: int, size: str = "starter") -> GANConfig:

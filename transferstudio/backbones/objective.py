@@ -65,6 +65,11 @@ class Objective(ABC):
         check's measure. Lower is better; comparable between calls. None: no such measure."""
         return None
 
+    def loss_terms(self) -> dict[str, float]:
+        """The parts of the last step's loss worth charting apart (e.g. the prior-preservation term
+        beside the loss on the user's pictures); read once per step."""
+        return {}
+
     def step_signals(self) -> dict[str, float]:
         """Numbers of the last step worth charting besides the losses (e.g. a discriminator's outputs)."""
         return {}

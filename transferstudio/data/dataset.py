@@ -29,6 +29,7 @@ class Batch:
     crop_top_left: list[tuple[int, int]]  # (top, left) in the resized (and flipped) image
     target_size: tuple[int, int]  # (h, w)
     masks: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1]: how much each pixel counts (masked loss)
+    prior: "Batch | None" = None  # class pictures trained beside these (prior preservation)
 
 
 class _SplitMix64:

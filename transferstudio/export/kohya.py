@@ -1,4 +1,4 @@
-"""peft LoRA weights -> the kohya layout ComfyUI, A1111/Forge and diffusers' kohya loader read.
+"""peft adapter weights -> the kohya/LyCORIS layout ComfyUI, A1111/Forge and diffusers' kohya loader read.
 
 One module per adapted layer, named `lora_unet_<path>` / `lora_te_<path>` (SD 1.x/2.x) or
 `lora_te1_` / `lora_te2_` (SDXL), the path's dots written as underscores, with
@@ -14,10 +14,20 @@ diffusers -> original mapping, so there is one mapping in the program, not two.
 Conv LoRA keeps its 4-D tensors (down: r x in x k x k, up: out x r x 1 x 1, as LoCon writes
 them). DoRA's magnitude becomes `<name>.dora_scale`, shaped (out, 1[, 1, 1]) — the per-output-
 channel norm LyCORIS writes and ComfyUI recognises by `dora_scale.shape[0] == out`.
+
+LoHa and LoKr (peft's LyCORIS ports) keep peft's tensors under LyCORIS' names, which are peft's
+own: `<name>.hada_w1_a`, `.hada_w1_b`, `.hada_w2_a`, `.hada_w2_b` (ΔW = (w1_a @ w1_b) ⊙
+(w2_a @ w2_b) · alpha / rank, rank = w1_b.shape[0]) and `<name>.lokr_w1` or `.lokr_w1_a/_b`,
+`.lokr_w2` or `.lokr_w2_a/_b` (ΔW = kron(w1, w2), times alpha / rank only when a factor is
+split, rank = the split factor's inner size; unsplit, the loaders apply no alpha, so peft's
+alpha / r is folded into lokr_w1 and alpha is written as the rank, as LyCORIS writes it). Conv
+layers are as LyCORIS stores them without Tucker: the b factors flattened to rank x (in·k·k),
+an unsplit lokr_w2 4-D (out2 x in2 x k x k); loaders reshape ΔW to the layer's weight.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -27,6 +37,14 @@ from transferstudio.core.errors import ExportError
 
 UNET_PREFIX = "lora_unet_"
 _A, _B, _MAG = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
+# peft key suffix -> (kind, part); LoHa/LoKr parts are written under their own (LyCORIS) names.
+_SUFFIXES = {_A: ("lora", "A"), _B: ("lora", "B"), _MAG: ("lora", "M"),
+             **{f".{p}": ("loha", p) for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1",
+                                                "hada_t2")},
+             **{f".{p}": ("lokr", p) for p in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a",
+                                                "lokr_w2_b", "lokr_t2")}}
+_NEEDED = {"lora": (("A",), ("B",)), "loha": (("hada_w1_a",), ("hada_w1_b",), ("hada_w2_a",), ("hada_w2_b",)),
+           "lokr": (("lokr_w1", "lokr_w1_a"), ("lokr_w2", "lokr_w2_a"))}
 
 
 @dataclass(frozen=True)
@@ -38,25 +56,32 @@ class KohyaModule:
     source: str  # the diffusers/transformers module path it came from
     rank: int
     alpha: float
-    conv: bool
+    conv: bool  # a spatial convolution (kohya's conv_dim layers)
     dora: bool
+    kind: str = "lora"  # lora | loha | lokr
 
 
-def _modules(state: Mapping[str, torch.Tensor], role: str) -> dict[str, dict[str, torch.Tensor]]:
-    """peft keys grouped by module path: {path: {"A": .., "B": .., "M": ..}}; anything else refused."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
+def _modules(state: Mapping[str, torch.Tensor], role: str) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
+    """peft keys grouped by module path: {path: (kind, {part: tensor})} with parts "A", "B", "M"
+    (LoRA) or LyCORIS names (`hada_w1_a`, `lokr_w1`, …); anything else refused."""
+    out: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
     for key, value in state.items():
         key = key.removeprefix("base_model.model.")
-        for suffix, part in ((_A, "A"), (_B, "B"), (_MAG, "M")):
+        for suffix, (kind, part) in _SUFFIXES.items():
             if key.endswith(suffix):
-                out.setdefault(key[: -len(suffix)], {})[part] = value
+                path = key[: -len(suffix)]
+                found, parts = out.setdefault(path, (kind, {}))
+                if found != kind:
+                    raise ExportError(f"The {role} adapter mixes {found} and {kind} weights at {path}.",
+                                      "The checkpoint may be damaged; export an earlier one.")
+                parts[part] = value
                 break
         else:
             # lora_bias, embedding LoRA, trainable tokens…: no loader reads these in kohya files.
             raise ExportError(f"The {role} adapter has a weight the kohya format cannot hold ({key}).",
                               "Export in the diffusers format instead.")
-    for path, parts in out.items():
-        if "A" not in parts or "B" not in parts:
+    for path, (kind, parts) in out.items():
+        if any(not any(p in parts for p in choice) for choice in _NEEDED[kind]):
             raise ExportError(f"The {role} adapter is incomplete at {path}.",
                               "The checkpoint may be damaged; export an earlier one.")
     return out
@@ -81,31 +106,77 @@ def text_module_name(path: str, prefix: str) -> str:
     return prefix + path.replace(".", "_")
 
 
+def _pattern(patterns: Mapping[str, Any] | None, path: str) -> Any:
+    """The value of the first pattern that matches `path` as peft matches rank/alpha patterns (a
+    regular expression for the end of the module path), None if none does."""
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", path):
+            return value
+    return None
+
+
+def peft_scale(config: Any, path: str, rank: int | None = None) -> float:
+    """The scale peft applies to this module's adapter: alpha / r (or / sqrt(r) with rsLoRA),
+    with per-module overrides from rank_pattern and alpha_pattern. `rank`: the module's rank as
+    its weights show it (default: the config's)."""
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    if rank is None:
+        said = _pattern(cfg.get("rank_pattern"), path)
+        rank = int(said if said is not None else cfg.get("r", cfg.get("rank", 1)))
+    said = _pattern(cfg.get("alpha_pattern"), path)
+    alpha = float(said if said is not None else cfg.get("lora_alpha", cfg.get("alpha", rank)))
+    return alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
+
+
 def kohya_alpha(config: Any, path: str, rank: int) -> float:
     """The alpha a kohya loader needs for this module to scale like peft did in training.
 
     kohya scales by alpha / rank. peft scales by lora_alpha / r (or / sqrt(r) with rsLoRA), with
     per-module overrides in alpha_pattern; the effective scale times the rank is kohya's alpha."""
-    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-    alpha = float(cfg.get("lora_alpha", cfg.get("alpha", rank)))
-    for pattern, value in (cfg.get("alpha_pattern") or {}).items():
-        if path == pattern or path.endswith("." + pattern):
-            alpha = float(value)
-    scale = alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
-    return scale * rank
+    return peft_scale(config, path, rank) * rank
+
+
+def _lycoris(kind: str, parts: dict[str, torch.Tensor], config: Any, path: str,
+             cast: Callable[[torch.Tensor], torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, float]:
+    """A LoHa/LoKr module's tensors (suffix -> tensor), its rank and the alpha to write, so that
+    ComfyUI's and A1111's rules give the delta peft applies."""
+    if kind == "loha":
+        rank = int(parts["hada_w1_b"].shape[0])  # the loaders divide alpha by this
+        out = {f".{k}": cast(v.detach().cpu().contiguous()) for k, v in parts.items()}
+        return out, rank, peft_scale(config, path, rank) * rank
+    scale = peft_scale(config, path)  # LoKr: the rank is not in every module's weights
+    split = "lokr_w2_b" if "lokr_w2_b" in parts else "lokr_w1_b" if "lokr_w1_b" in parts else None
+    out = {}
+    for k, v in parts.items():
+        v = v.detach().cpu().float() if (k == "lokr_w1" and split is None) else v.detach().cpu()
+        out[f".{k}"] = v
+    if split is None:
+        # Both factors whole: loaders apply no alpha, so the scale goes into w1; alpha = rank as LyCORIS writes.
+        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+        said = _pattern(cfg.get("rank_pattern"), path)
+        rank = int(said if said is not None else cfg.get("r", cfg.get("rank", 1)))
+        out[".lokr_w1"] = (out[".lokr_w1"] * scale).to(parts["lokr_w1"].dtype)
+        alpha = float(rank)
+    else:
+        rank = int(parts[split].shape[0])
+        alpha = scale * rank
+    return {k: cast(v.contiguous()) for k, v in out.items()}, rank, alpha
 
 
 def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[str, Any], *,
              unet_names: Callable[[list[str]], dict[str, str]] | None = None,
              text_prefixes: Mapping[str, str] | None = None, family: str | None = None,
              unet_config: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None,
+             conv_paths: Mapping[str, Any] | None = None,
              ) -> tuple[dict[str, torch.Tensor], list[KohyaModule]]:
     """peft state dicts by role ("unet", "text_encoder", "text_encoder_2") -> kohya tensors.
 
     Names come from the model's spec: `unet_names` (its `kohya_unet_names`) and `text_prefixes`
     (role -> prefix), or from the registered family with key `family`. `configs[role]` is the
-    role's peft LoraConfig (or its dict). Raises ExportError for weights the format cannot hold
-    and for two layers that would get the same name."""
+    role's peft config (LoraConfig, LoHaConfig, LoKrConfig, or its dict). `conv_paths[role]`:
+    the adapted spatial convolutions (for the metadata; default: LoRA layers with 4-D kernels
+    larger than 1x1). Raises ExportError for weights the format cannot hold and for two layers
+    that would get the same name."""
     if unet_names is None:
         key = family or ""
         unet_names = lambda paths: unet_module_names(paths, key, unet_config)  # noqa: E731
@@ -129,14 +200,24 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
                                   "Export in the diffusers format instead.")
             names = {p: text_module_name(p, prefix) for p in groups}
         for path in sorted(groups):
-            parts, name = groups[path], names[path]
-            if name + ".lora_down.weight" in tensors:
+            (kind, parts), name = groups[path], names[path]
+            if name + ".alpha" in tensors:
                 raise ExportError(f"Two adapted layers map to the same kohya name {name}.",
                                   "Export in the diffusers format instead.")
+            cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+            conv = path in conv_paths.get(role, ()) if conv_paths is not None else None
+            if kind != "lora":
+                written, rank, alpha = _lycoris(kind, parts, configs.get(role), path, cast)
+                tensors.update({name + suffix: t for suffix, t in written.items()})
+                tensors[name + ".alpha"] = torch.tensor(alpha, dtype=torch.float32)
+                modules.append(KohyaModule(name=name, role=role, source=path, rank=rank, alpha=alpha,
+                                           conv=bool(conv), dora=False, kind=kind))
+                continue
             down, up = parts["A"], parts["B"]
             rank = int(down.shape[0])
             alpha = kohya_alpha(configs.get(role), path, rank)
-            cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+            if conv is None:
+                conv = down.ndim == 4 and tuple(down.shape[-2:]) != (1, 1)
             tensors[name + ".lora_down.weight"] = cast(down.detach().cpu().contiguous())
             tensors[name + ".lora_up.weight"] = cast(up.detach().cpu().contiguous())
             tensors[name + ".alpha"] = torch.tensor(alpha, dtype=torch.float32)
@@ -145,7 +226,7 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
                 shape = (out_features,) + (1,) * (up.ndim - 1)
                 tensors[name + ".dora_scale"] = cast(parts["M"].detach().cpu().reshape(shape).contiguous())
             modules.append(KohyaModule(name=name, role=role, source=path, rank=rank, alpha=alpha,
-                                       conv=down.ndim == 4, dora="M" in parts))
+                                       conv=bool(conv), dora="M" in parts))
     if not tensors:
         raise ExportError("There are no adapter weights to export.", "Train the LoRA first.")
     return tensors, modules

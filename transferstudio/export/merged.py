@@ -14,14 +14,14 @@ from transferstudio.adapt.adapters import ADAPTER
 
 
 def merge_and_unload(module: nn.Module, strength: float = 1.0) -> int:
-    """Fold every LoRA layer of `module` into its base weight at `strength` and put the plain
-    base layer back in its place (what peft's `merge_and_unload` does for a PeftModel; our
-    adapters are injected without that wrapper). Returns how many layers were merged."""
-    from peft.tuners.lora import LoraLayer
+    """Fold every adapter layer of `module` (LoRA, LoHa, LoKr) into its base weight at `strength`
+    and put the plain base layer back in its place (what peft's `merge_and_unload` does for a
+    PeftModel; our adapters are injected without that wrapper). Returns how many layers were merged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, LoraLayer)]
+    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
     for name, layer in layers:
-        if ADAPTER not in layer.scaling:
+        if ADAPTER not in getattr(layer, "scaling", {}):
             continue
         layer.set_scale(ADAPTER, strength)  # scaling = strength * alpha / r, as in sampling
         # safe_merge refuses NaN/inf instead of writing a broken checkpoint.

@@ -151,9 +151,11 @@ _OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes.optim.Ad
 def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, resolution: int,
                    dataset: Mapping[str, Any], config: Any, base_name: str, base_sha256: str | None,
                    step: int, network_args: Mapping[str, Any] | None = None,
-                   precision: str | None = None) -> dict[str, str]:
+                   precision: str | None = None, network_module: str = "networks.lora") -> dict[str, str]:
     """The `ss_*` keys A1111's and others' LoRA browsers show (hashes added by `with_hashes`).
-    `precision`: the number format the run really trained in (its checkpoint says), when known."""
+    `precision`: the number format the run really trained in (its checkpoint says), when known.
+    `network_module`: what sd-scripts would have trained it with ("lycoris.kohya" for LoHa/LoKr,
+    whose `network_args` then say the `algo`)."""
     base_version = spec.kohya_base_version
     folder_name = Path(str(dataset.get("folder", "images"))).name or "images"
     meta = {
@@ -161,7 +163,7 @@ def kohya_metadata(*, spec: Any, output_name: str, rank: int, alpha: float, reso
         "ss_v2": str(bool(spec.is_v2)),
         "ss_v_parameterization": str(bool(spec.v_parameterization)),
         "ss_output_name": output_name,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module,
         "ss_network_dim": str(int(rank)),
         "ss_network_alpha": _num(alpha),
         "ss_resolution": f"({resolution}, {resolution})",

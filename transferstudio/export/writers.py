@@ -48,21 +48,31 @@ def write_kohya(trained: Any, file: Path, ctx: ExportContext) -> dict:
     spec = backbone.export_spec()
     tensors, modules = to_kohya(trainee.state(), trainee.lora_configs, unet_names=backbone.kohya_unet_names,
                                 text_prefixes=dict(spec.kohya_text_prefixes),
-                                dtype=torch.float16 if ctx.fp16 else None)
+                                dtype=torch.float16 if ctx.fp16 else None, conv_paths=trainee.conv_layers())
     ranks = sorted({m.rank for m in modules})
     alphas = sorted({m.alpha for m in modules})
+    linear = [m for m in modules if not m.conv] or modules
+    rank, alpha = max(m.rank for m in linear), sorted({m.alpha for m in linear})
+    alpha = alpha[0] if len(alpha) == 1 else float(config.alpha)
     args: dict[str, Any] = {}
-    if any(m.conv for m in modules):
-        conv = [m for m in modules if m.conv]
-        args.update(conv_dim=conv[0].rank, conv_alpha=md._num(conv[0].alpha))
+    kinds = sorted({m.kind for m in modules} - {"lora"})
+    if kinds:  # LoHa / LoKr: as LyCORIS' kohya module records them; its dims are the settings
+        args["algo"] = kinds[0]
+        rank, alpha = int(config.rank), float(config.alpha)
+        if kinds[0] == "lokr":
+            args["factor"] = -1
+    conv = [m for m in modules if m.conv]
+    if conv:
+        conv_alpha = float(config.conv_alpha or config.alpha) if kinds else conv[0].alpha
+        args.update(conv_dim=conv[0].rank, conv_alpha=md._num(conv_alpha))
     if any(m.dora for m in modules):
         args["dora_wd"] = True
-    meta = md.kohya_metadata(spec=spec, output_name=file.stem, rank=ranks[-1],
-                             alpha=alphas[-1] if len(alphas) == 1 else float(config.alpha),
+    meta = md.kohya_metadata(spec=spec, output_name=file.stem, rank=rank, alpha=alpha,
                              resolution=md.resolution_of(backbone, config), dataset=ctx.dataset, config=config,
                              base_name=Path(backbone.source).name, base_sha256=ctx.base_sha256,
                              step=trained.checkpoint.step, network_args=args,
-                             precision=trained.checkpoint.state.get("precision"))
+                             precision=trained.checkpoint.state.get("precision"),
+                             network_module="lycoris.kohya" if kinds else "networks.lora")
     meta.update(_modelspec(trained, ctx, adapter=True,
                            implementation=md.IMPL_SGM if spec.kohya_original_layout else md.IMPL_DIFFUSERS))
     meta = md.with_hashes(tensors, meta)
@@ -90,7 +100,19 @@ def write_diffusers(trained: Any, out: Path, ctx: ExportContext) -> dict:
                 "step": str(trained.checkpoint.step)}
     backbone.save_lora(out, trained.trainee.state(), _lora_configs(trained), metadata)
     _add_metadata(out, _modelspec(trained, ctx, adapter=True, implementation=md.IMPL_DIFFUSERS), fp16=ctx.fp16)
-    return {}
+    return {"loading": LYCORIS_LOADING[trained.config.adapter]} if trained.config.adapter in LYCORIS_LOADING else {}
+
+
+# How Python users load LoHa/LoKr files in this layout (diffusers 0.42's pipelines refuse them in
+# `load_lora_weights`; its UNet loader reads LoKr with the adapter config stored in the file).
+LYCORIS_LOADING = {
+    "lokr": "UNet: pipe.unet.load_lora_adapter(folder, weight_name=file_name, prefix='unet'); text encoders: "
+            "peft (LoKrConfig from the file's lora_adapter_metadata, inject_adapter_in_model, "
+            "set_peft_model_state_dict). pipe.load_lora_weights does not read LoKr.",
+    "loha": "peft: LoHaConfig(**config) from the file's lora_adapter_metadata (keys 'unet.*', 'text_encoder.*'; "
+            "lora_config for unconditional models), inject_adapter_in_model(config, pipe.unet), "
+            "set_peft_model_state_dict(pipe.unet, weights without 'unet.'). diffusers has no LoHa loader.",
+}
 
 
 def _add_metadata(file: Path, extra: dict[str, str], *, fp16: bool) -> None:

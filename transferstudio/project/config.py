@@ -18,6 +18,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENTS = ("adaptive", "fixed", "off")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
+ADAPTERS = ("lora", "loha", "lokr")
+ADAPTER_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+LAYERS = ("attention", "attention+ff", "all-linear", "all+conv")  # presets; the family spec names the layers
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -55,6 +58,22 @@ class TrainConfig:
                     "separately; often closer to full fine-tuning at the same rank. Steps take longer "
                     "(about 20% on the starter). Kohya exports carry it as dora_scale (ComfyUI, Forge "
                     "and recent A1111 load it).")
+    adapter: str = _f("lora", "The kind of adapter. LoRA: the usual one; every tool loads it. LoHa (LyCORIS): "
+                      "two small factors multiplied element by element; holds more detail per file size, good for "
+                      "styles and textures. LoKr (LyCORIS): a Kronecker product of a tiny and a larger factor; the "
+                      "smallest files, good for characters and a strong style. LoHa and LoKr load in ComfyUI, "
+                      "Forge and current A1111; in Python, diffusers loads LoKr and peft loads both. Dropout "
+                      "becomes module dropout for them; DoRA is for LoRA only.", choices=ADAPTERS)
+    layers: str = _f("attention", "Which layers of Stable Diffusion's UNet the adapter changes. Attention: how the "
+                     "picture relates to the prompt and itself (the usual LoRA; smallest). + feed-forward: also the "
+                     "layers after attention (more style). All linear: every layer of the attention blocks and the "
+                     "time projections. All + conv: also the convolutions of the ResNet blocks, which hold texture, "
+                     "brush strokes and fine detail (LoCon; larger files). The small pixel models always adapt "
+                     "attention and convolutions.", choices=LAYERS)
+    conv_rank: int = _f(0, "Rank of the adapter on the convolutions (when the layers include them); 0 uses the "
+                        "rank above. Convolutions usually need less: 4–16.", min=0, max=1024)
+    conv_alpha: float = _f(0.0, "Alpha of the adapter on the convolutions (effective scale = conv alpha / conv "
+                           "rank); 0 uses the alpha above.", min=0.0, max=4096.0)
     dropout: float = _f(0.0, "LoRA dropout: randomly drops adapter inputs to reduce overfitting.",
                         min=0.0, max=0.9)
     caption_dropout: float = _f(0.0, "Train this share of samples with an empty caption (0.05–0.1 is common): "
@@ -89,6 +108,15 @@ class TrainConfig:
                            "without its background.", objective="diffusion")
     noise_offset: float = _f(0.0, "Adds a little offset noise so the model can learn very dark or "
                              "bright images. 0.05–0.1 if you need it.", min=0.0, max=1.0, objective="diffusion")
+    class_pictures: int = _f(0, "Prior preservation (DreamBooth): the base model makes this many pictures of the "
+                             "general class once (kept in the project, shown under Pictures) and trains on them beside "
+                             "yours, so it keeps what it knew about the class while it learns your subject. 0 turns it "
+                             "off; 50–200 is typical.", min=0, max=10_000, objective="diffusion")
+    class_prompt: str = _f("", "What the class is, for prior preservation, e.g. 'a photo of a dog' (your captions then "
+                           "say 'a photo of sks dog'). Leave empty for models without prompts.", objective="diffusion")
+    prior_loss_weight: float = _f(1.0, "How much the class pictures count against yours (1 is the usual DreamBooth "
+                                  "weight; lower lets your pictures change more).", min=0.0, max=100.0,
+                                  objective="diffusion")
     multires_noise_iterations: int = _f(0, "Multi-resolution (pyramid) noise: adds coarser noise at lower resolutions "
                                         "so the model also learns large areas of colour and light (very dark or "
                                         "bright pictures, big flat shapes). 6–10 is typical; 0 turns it off.",
@@ -263,6 +291,9 @@ class TrainConfig:
         if self.dora is True and self.method == "decoder":
             out.append("dora: DoRA is a kind of LoRA and does nothing with decoder fine-tuning; "
                        "turn DoRA off or choose the LoRA method")
+        if self.dora is True and self.adapter in ("loha", "lokr"):
+            out.append(f"dora: DoRA is an option of LoRA adapters, not of {ADAPTER_NAMES[self.adapter]}; "
+                       "turn DoRA off or choose the LoRA adapter")
         low, high = self.timestep_low, self.timestep_high
         if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not isinstance(low, bool) \
                 and not isinstance(high, bool) and low >= high:

@@ -130,6 +130,25 @@ def step_series(step: Any) -> dict[str, float]:
     return values
 
 
+def class_pictures(project: Any) -> tuple[list[str], str]:
+    """(paths, class prompt) of the project's prior-preservation set for its current settings, or
+    ([], "") when it has none (yet)."""
+    from transferstudio.training.prior import CLASS_FOLDER, MARKER  # torch-free
+
+    root = Path(project.folder) / CLASS_FOLDER
+    if not project.config.class_pictures or not root.is_dir():
+        return [], ""
+    sets = [f for f in root.iterdir() if (f / MARKER).is_file()]
+    if not sets:
+        return [], ""
+    newest = max(sets, key=lambda f: (f / MARKER).stat().st_mtime)
+    try:
+        prompt = str(json.loads((newest / MARKER).read_text(encoding="utf-8")).get("prompt", ""))
+    except (OSError, ValueError, AttributeError):
+        prompt = ""
+    return [str(p) for p in sorted(newest.glob("class_*.png"))], prompt
+
+
 def preview_files(run_dir: Path) -> list[tuple[int, list[Path]]]:
     """[(step, [seed-*.png, …])] oldest first."""
     out = []

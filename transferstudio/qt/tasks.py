@@ -239,3 +239,35 @@ def unique_path(path: str | Path) -> Path:
     from transferstudio.export.formats import unique_path as _unique
 
     return _unique(Path(path))
+
+
+# --- the domain check ------------------------------------------------------------------------------
+
+def saved_domain_check(project: Any) -> dict[str, Any] | None:
+    """The project's last domain check, as a plain dict for the model panel, when it still matches
+    the project's model and pictures; else None. Cheap (lists files, imports no torch): the
+    window may call it on its own thread."""
+    from transferstudio.insight.domain import read_saved
+
+    check = read_saved(project)
+    return None if check is None else _domain_dict(check)
+
+
+def check_domain(project: Any) -> dict[str, Any]:
+    """Is the project's model a good starting point for its pictures? Reuses the saved check when it
+    still matches, else measures (seconds for the starters) and saves the result in the project."""
+    from transferstudio.insight.domain import check_domain as _check
+    from transferstudio.insight.domain import read_saved, save
+
+    check = read_saved(project)
+    if check is None:
+        check = _check(project)
+        try:
+            save(project, check)
+        except OSError:  # a read-only project folder: the verdict still shows, it is measured again next time
+            pass
+    return _domain_dict(check)
+
+
+def _domain_dict(check: Any) -> dict[str, Any]:
+    return {**check.to_dict(), "headline": check.headline(), "explanation": check.explanation()}

@@ -8,6 +8,7 @@ the backbone's spec for everything family-specific (which modules train, the los
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -57,7 +58,7 @@ class TrainJob:
 # What a from-scratch baseline changes in the project's settings: every weight trains, and the
 # methods that lean on pretrained weights (FreezeD, keeping the source's variety) have nothing to keep.
 SCRATCH_SETTINGS = {"method": "full", "dora": False, "train_text_encoder": False,
-                    "freeze_discriminator_blocks": 0, "consistency_weight": 0.0}
+                    "freeze_discriminator_blocks": 0, "consistency_weight": 0.0, "class_pictures": 0}
 SCRATCH_MODEL = "scratch-model"  # the random initial model, inside the baseline run's folder
 OVERFIT_AFTER = 3  # validation measures in a row above the best before the overfitting warning
 
@@ -293,6 +294,7 @@ class Trainer:
         if config.precision in ("bf16", "fp16") and self.amp is None:
             self.notes.append(Message(f"{config.precision} was asked for, but the {self.device.type.upper()} trains "
                                       "in fp32 (faster there); the run and its exports record fp32.", "info"))
+        self.class_images = self._class_images(backbone, config)  # from the untouched base, before any adapter
         torch.manual_seed(config.seed)
         self.trainee = Trainee(backbone, config)
         backbone.to(self.device, frozen_dtype(self.device, config.precision))
@@ -340,6 +342,47 @@ class Trainer:
         if not folder.exists():
             random_copy(self.project.backbone, folder, seed=self.config.seed)
         return load_backbone(folder)
+
+    def _class_images(self, backbone: Backbone, config: TrainConfig) -> Any:
+        """Prior preservation: the class pictures the base model made for this project (made now,
+        once, if they are not there yet), as training images of their own."""
+        from transferstudio.data.dataset import TrainingImages
+        from transferstudio.data.scan import scan_images
+        from transferstudio.training import prior
+
+        if not config.class_pictures or backbone.caps.objective != "diffusion":
+            return None
+        resolution = config.resolution or backbone.caps.native_resolution
+        key = prior.class_key(self.project.backbone, config, resolution)
+        folder = prior.class_folder(self.project.folder, key)
+        if not prior.ready(folder):
+            backbone.to(self.device, frozen_dtype(self.device, config.precision))
+            self.log(f"making {config.class_pictures} class pictures with the base model")
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                prior.make_class_pictures(folder, key, backbone.sample)
+            self.notes.append(Message(f"The base model made {config.class_pictures} class pictures for prior "
+                                      f"preservation (once; they are kept in {folder} and reused).", "info"))
+        records = scan_images(folder).images
+        return TrainingImages(records, resolution, backbone.caps.resolution_multiple, buckets=False, flip=False,
+                              crop="center")
+
+    def _with_prior(self, batch: Any, index: int) -> Any:
+        """The `index`-th micro-batch of the run gets its class pictures: a fixed order over epochs
+        of the class set, derived from the index alone, so a resumed run draws the same ones."""
+        if self.class_images is None:
+            return batch
+        size = len(batch.captions)
+        per_epoch = self._class_batches(0, size)
+        epoch, position = divmod(index, len(per_epoch))
+        indexes = self._class_batches(epoch, size)[position]
+        return dataclasses.replace(batch, prior=self.class_images.load_batch(indexes, None))
+
+    def _class_batches(self, epoch: int, size: int) -> list[list[int]]:
+        cached = getattr(self, "_class_epoch", None)
+        if cached is None or cached[0] != (epoch, size):
+            cached = self._class_epoch = ((epoch, size), self.class_images.epoch_batches(epoch, self.config.seed + 7,
+                                                                                          size))
+        return cached[1]
 
     def _validation_split(self, config: TrainConfig, backbone: Backbone) -> tuple[list[Any], list[Any]]:
         """(training pictures, held-out pictures). A run keeps the pictures it first held out
@@ -493,7 +536,8 @@ class Trainer:
         self.check_run_dir()
         config = self.config
         t0 = time.perf_counter()
-        micro = [self._next_batch() for _ in range(config.gradient_accumulation)]
+        accumulation = config.gradient_accumulation
+        micro = [self._with_prior(self._next_batch(), self.step * accumulation + i) for i in range(accumulation)]
         ctx = StepContext(step=self.step + 1, device=self.device, amp=self.amp, generator=self.noise_rng,
                           config=config)
         losses: dict[str, float] = {}
@@ -534,7 +578,10 @@ class Trainer:
         lr = self.phases[0].schedule.get_last_lr()[0]
         row: dict[str, Any] = {"step": self.step, "loss": self.last_loss, "lr": lr,
                                "time": round(now - self.started_at, 4)}
-        phased = len(self.phases) > 1  # each phase's curve from step 1, even before a late phase starts
+        terms = self.objective.loss_terms()  # e.g. your pictures vs the class pictures of prior preservation
+        if terms:
+            losses = terms
+        phased = len(self.phases) > 1 or bool(terms)  # each phase's curve from step 1, even before a late one starts
         if phased:
             row["losses"] = losses
         signals = self.objective.step_signals()

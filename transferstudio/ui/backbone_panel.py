@@ -1,7 +1,9 @@
-"""The chosen base model: its path, and what inspecting it found.
+"""The chosen base model: its path, what inspecting it found, and how close it is to the
+project's pictures (the domain check).
 
-Inspection needs torch, so it runs in the Qt bridge; this panel only shows the result
-(`show_busy` while it runs, then `show_inspection(info)`).
+Inspection and the check need torch, so they run in the Qt bridge; this panel only shows the
+results (`show_busy` while inspecting, then `show_inspection(info)`; `show_domain_busy`, then
+`show_domain(info)` or `show_domain_error(message)`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ from PySide6.QtWidgets import (
 )
 
 from transferstudio.ui.widgets import MessageLabel, PathPicker, human_bytes
+
+# verdict -> (how the panel says it, its colour level)
+_VERDICTS = {"close": ("Close to your pictures", "ok"), "related": ("Related to your pictures", "warning"),
+             "far": ("Far from your pictures", "error")}
 
 _PREDICTION_LABELS = {
     "epsilon": "noise (epsilon)",
@@ -95,9 +101,34 @@ class BackbonePanel(QWidget):
         inner.addWidget(self.problems)
         inner.addWidget(self.details_box)
 
+        # --- the domain check: is this model a good starting point for the pictures? ---
+        self._domain: dict[str, Any] | None = None
+        self.domain_bar = QProgressBar()
+        self.domain_bar.setRange(0, 0)
+        self.domain_bar.setTextVisible(False)
+        self.domain_bar.setMaximumHeight(6)
+        self.domain_verdict = MessageLabel()
+        verdict_font = self.domain_verdict.font()
+        verdict_font.setBold(True)
+        verdict_font.setPointSizeF(verdict_font.pointSizeF() * 1.1)
+        self.domain_verdict.setFont(verdict_font)
+        self.domain_advice = MessageLabel()
+        self.domain_detail = MessageLabel()
+        self.domain_box = QGroupBox("Is it a good start for your pictures?")
+        self.domain_box.setToolTip(
+            "Transfer learning helps most when the pretrained model already knows pictures like yours. "
+            "This check measures how well the model handles a few of your pictures compared with pictures "
+            "of its own, and says close, related or far.")
+        domain_layout = QVBoxLayout(self.domain_box)
+        domain_layout.addWidget(self.domain_bar)
+        domain_layout.addWidget(self.domain_verdict)
+        domain_layout.addWidget(self.domain_advice)
+        domain_layout.addWidget(self.domain_detail)
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(box)
+        layout.addWidget(self.domain_box)
         layout.addStretch(1)
         self.clear()
 
@@ -132,9 +163,54 @@ class BackbonePanel(QWidget):
             "No model chosen yet." if not self.picker.path() else "", "muted")
         self.problems.show_message("")
         self._set_details([])
+        self.clear_domain()
+
+    # --- the domain check ------------------------------------------------------------------
+    def domain(self) -> dict[str, Any] | None:
+        """The domain check shown now (None: none, or still checking)."""
+        return self._domain
+
+    def clear_domain(self) -> None:
+        self._domain = None
+        self.domain_bar.hide()
+        for label in (self.domain_verdict, self.domain_advice, self.domain_detail):
+            label.show_message("")
+        self.domain_box.hide()
+
+    def show_domain_busy(self, text: str = "Checking how close this model is to your pictures…") -> None:
+        self.clear_domain()
+        self.domain_box.show()
+        self.domain_bar.show()
+        self.domain_advice.show_message(text, "muted")
+
+    def show_domain(self, info: dict[str, Any]) -> None:
+        """info: verdict ("close" | "related" | "far"), score, advice, explanation (a DomainCheck's
+        dict from the Qt bridge). Missing keys are fine."""
+        self.clear_domain()
+        self._domain = dict(info)
+        verdict = str(info.get("verdict") or "")
+        words, level = _VERDICTS.get(verdict, (verdict.capitalize(), "plain"))
+        try:
+            number = f" · {float(info['score']):.2f}"
+        except (KeyError, TypeError, ValueError):
+            number = ""
+        self.domain_box.show()
+        self.domain_verdict.show_message(f"{words}{number}", level)
+        self.domain_verdict.setToolTip(f"Verdict: {verdict}. The number is how many times the model's error on "
+                                       "your pictures is its error on its own kind of pictures (1 = the same).")
+        self.domain_advice.show_message(str(info.get("advice") or ""))
+        self.domain_detail.show_message(str(info.get("explanation") or ""), "muted")
+
+    def show_domain_error(self, message: str) -> None:
+        """The check could not run: one line, the rest of the panel stays as it is."""
+        self.clear_domain()
+        self.domain_box.show()
+        self.domain_advice.show_message(f"Could not check how close this model is to your pictures: {message}",
+                                        "warning")
 
     def show_busy(self, text: str = "Inspecting the model…") -> None:
         self._info = None
+        self.clear_domain()  # a verdict about the model shown before is no longer the model's
         self.busy_bar.show()
         self.title.hide()
         self.status.show_message(text, "muted")

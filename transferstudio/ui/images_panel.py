@@ -33,6 +33,7 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QFocusEvent,
+    QIcon,
     QImage,
     QImageReader,
     QKeyEvent,
@@ -49,6 +50,8 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QListView,
+    QListWidget,
+    QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
     QSplitter,
@@ -65,6 +68,8 @@ from transferstudio.data.scan import ImageRecord, ScanResult, apply_trigger, rea
 from transferstudio.ui.widgets import MessageLabel, nearest_existing_dir
 
 THUMB_SIZE = 128
+CLASS_THUMB = 64  # the class pictures' strip
+CLASS_SHOWN = 48  # at most this many of them are shown
 ThumbReadyRole = Qt.ItemDataRole.UserRole + 1  # True once the real thumbnail is in the cache
 PathRole = Qt.ItemDataRole.UserRole + 2
 
@@ -595,6 +600,41 @@ class ImagesPanel(QWidget):
         layout.addWidget(self.splitter, 1)
         layout.addWidget(self.skipped_title)
         layout.addWidget(self.skipped_list)
+
+        # Prior preservation: the class pictures the base model made for this project (read-only).
+        self.class_title = QLabel()
+        self.class_title.setToolTip("Made once by the base model for prior preservation (Settings ▸ Class "
+                                    "pictures) and trained on beside yours; made again when the base model or "
+                                    "those settings change.")
+        self.class_strip = QListWidget()
+        self.class_strip.setViewMode(QListView.ViewMode.IconMode)
+        self.class_strip.setFlow(QListView.Flow.LeftToRight)
+        self.class_strip.setWrapping(False)
+        self.class_strip.setIconSize(QSize(CLASS_THUMB, CLASS_THUMB))
+        self.class_strip.setFixedHeight(CLASS_THUMB + 34)
+        self.class_strip.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.class_strip.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.class_strip.setMovement(QListView.Movement.Static)
+        layout.addWidget(self.class_title)
+        layout.addWidget(self.class_strip)
+        self.set_class_pictures([], "")
+
+    def set_class_pictures(self, paths: list[str], prompt: str) -> None:
+        """Show the project's class pictures (prior preservation); hidden when there are none."""
+        self.class_strip.clear()
+        for path in paths[:CLASS_SHOWN]:
+            pixmap = QPixmap(path)
+            if not pixmap.isNull():
+                pixmap = pixmap.scaled(CLASS_THUMB, CLASS_THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                       Qt.TransformationMode.SmoothTransformation)
+            item = QListWidgetItem(QIcon(pixmap), "")
+            item.setToolTip(path)
+            self.class_strip.addItem(item)
+        what = f" of “{prompt}”" if prompt else ""
+        more = f" (showing {CLASS_SHOWN})" if len(paths) > CLASS_SHOWN else ""
+        self.class_title.setText(f"Class pictures{what}: {len(paths)} made by the base model{more}")
+        self.class_title.setVisible(bool(paths))
+        self.class_strip.setVisible(bool(paths))
 
     def _make_placeholder(self) -> QPixmap:
         pix = QPixmap(THUMB_SIZE, THUMB_SIZE)

@@ -5,6 +5,7 @@ this module never imports torch (a test checks it).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "TransferStudio"
 MAX_RECENT = 10
 STOP_TIMEOUT_S = 120  # how long closing waits for a stopping run before offering to quit anyway
+DOMAIN_CHECK_DELAY_MS = 1000  # the model and pictures stay chosen this long before the domain check starts
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 Btn = QMessageBox.StandardButton
@@ -46,6 +48,7 @@ class MainWindow(QMainWindow):
     project_opened = Signal(object)
     project_closed = Signal()
     inspected = Signal(object)  # the backbone inspection dict
+    domain_checked = Signal(object)  # the domain check's dict shown in the model panel (None: it failed)
 
     def __init__(self, settings: QSettings | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -54,6 +57,12 @@ class MainWindow(QMainWindow):
         self.dirty = False
         self.inspection: dict[str, Any] | None = None
         self._inspect_task: TaskWorker | None = None
+        self._domain_task: TaskWorker | None = None
+        self._domain_again = False  # the model or pictures changed during a check: check again after it
+        self._domain_timer = QTimer(self)  # a model picked and at once replaced is not worth loading
+        self._domain_timer.setSingleShot(True)
+        self._domain_timer.setInterval(DOMAIN_CHECK_DELAY_MS)
+        self._domain_timer.timeout.connect(self._start_domain_check)
         self._sample_task: TaskWorker | None = None
         self._after_run: Callable[[], None] | None = None  # e.g. close the window once stopped
         self._close_ready = False
@@ -420,6 +429,7 @@ class MainWindow(QMainWindow):
         self._discard_ok = False
         if project is None:
             self.images_panel.set_folder(None)
+            self.images_panel.set_class_pictures([], "")
             self.backbone_panel.set_path(None)
             self.backbone_panel.clear()
             self.settings_form.set_config(TrainConfig())
@@ -432,6 +442,7 @@ class MainWindow(QMainWindow):
         self.settings_form.set_config(project.config)
         self.backbone_panel.set_path(str(project.backbone))
         self.images_panel.set_folder(str(project.images), trigger=project.config.trigger)
+        self.images_panel.set_class_pictures(*history.class_pictures(project))
         self.train_view.set_project(project)
         self.compare_view.set_project(project, trained=history.has_trained_weights(project))
         self._inspect(str(project.backbone))
@@ -518,6 +529,7 @@ class MainWindow(QMainWindow):
             return
         self.project.images = Path(path).expanduser()
         self._set_dirty(True)
+        self._check_domain()
 
     def reset_settings(self) -> None:
         if self.project is None or self.train_view.is_running():
@@ -559,7 +571,62 @@ class MainWindow(QMainWindow):
             self.compare_view.set_sampling_controls(truncation=bool(info.get("truncation")),
                                                     denoising=info.get("objective") == "diffusion")
         self._update_buckets(self.settings_form.config())
+        self._check_domain()
         self.inspected.emit(info)
+
+    # ================================================================== domain check
+    def _check_domain(self) -> None:
+        """Show how close the model is to the project's pictures in the model panel: the saved check
+        at once when it still matches, else "checking…" and a check in the background once the
+        choice has stayed put for a moment. One check at a time; asked again during one, it checks
+        again after it."""
+        self._domain_timer.stop()
+        project = self.project
+        if project is None or not (self.inspection or {}).get("usable"):
+            self.backbone_panel.clear_domain()
+            return
+        saved = tasks.saved_domain_check(project)
+        if saved is not None:
+            self.backbone_panel.show_domain(saved)
+            self.domain_checked.emit(saved)
+            return
+        self.backbone_panel.show_domain_busy()
+        self._domain_timer.start()
+
+    def _start_domain_check(self) -> None:
+        project = self.project
+        if project is None or not (self.inspection or {}).get("usable"):
+            return
+        if self._domain_task is not None:
+            self._domain_again = True
+            return
+        snapshot = replace(project)  # the worker reads this copy while the window may change the project
+        task = TaskWorker(tasks.check_domain, snapshot, name="domain-check")
+        task.succeeded.connect(lambda info, s=snapshot: self._domain_checked(s, info))
+        task.failed.connect(lambda m, a, s=snapshot: self._domain_checked(s, None, m))
+        task.crashed.connect(lambda _t, s=snapshot: self._domain_checked(
+            s, None, "an unexpected error (details in the log file)."))
+        task.done.connect(lambda t=task: self._domain_done(t))
+        self._domain_task = task.start()
+
+    def _domain_checked(self, snapshot: Project, info: dict[str, Any] | None, problem: str = "") -> None:
+        project = self.project
+        if project is None or (project.folder, project.backbone, project.images) != \
+                (snapshot.folder, snapshot.backbone, snapshot.images):
+            return  # about a model or pictures no longer chosen
+        if info is None:
+            self.backbone_panel.show_domain_error(problem)
+        else:
+            self.backbone_panel.show_domain(info)
+        self.domain_checked.emit(info)
+
+    def _domain_done(self, task: TaskWorker) -> None:
+        task.wait(5)
+        if self._domain_task is task:
+            self._domain_task = None
+        if self._domain_again:
+            self._domain_again = False
+            self._check_domain()
 
     def _apply_suggested_settings(self, info: dict[str, Any]) -> None:
         """A project just made in the New Project dialog starts from the settings its model's family
@@ -666,6 +733,7 @@ class MainWindow(QMainWindow):
     def _run_finished(self, end: Any) -> None:
         self._stop_timer.stop()
         if self.project is not None:
+            self.images_panel.set_class_pictures(*history.class_pictures(self.project))
             self.compare_view.set_trained_available(history.has_trained_weights(self.project))
         self._update_run_actions()
         after, self._after_run = self._after_run, None
@@ -809,6 +877,7 @@ class MainWindow(QMainWindow):
     def _shutdown(self) -> None:
         """Last steps before the window goes: remember state, let short jobs finish."""
         self._close_ready = True
+        self._domain_timer.stop()  # no domain check starts in a closing window
         self._save_state()
         self.images_panel.shutdown(3000)
         for thread in live_threads():  # inspection/compare/export jobs are short; never kill them

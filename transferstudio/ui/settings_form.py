@@ -53,6 +53,10 @@ LABELS = {
     "rank": "LoRA rank",
     "alpha": "LoRA alpha",
     "dora": "DoRA",
+    "adapter": "Adapter",
+    "layers": "Layers",
+    "conv_rank": "Conv rank",
+    "conv_alpha": "Conv alpha",
     "dropout": "LoRA dropout",
     "train_text_encoder": "Train text encoder",
     "caption_dropout": "Caption dropout",
@@ -81,6 +85,9 @@ LABELS = {
     "checkpoint_every": "Checkpoint every",
     "validation": "Held-out pictures",
     "validation_every": "Validate every",
+    "class_pictures": "Class pictures",
+    "class_prompt": "Class prompt",
+    "prior_loss_weight": "Class picture weight",
     "multires_noise_iterations": "Multi-resolution noise",
     "multires_noise_discount": "Multi-res noise discount",
     "input_perturbation": "Input perturbation",
@@ -123,6 +130,12 @@ CHOICE_LABELS = {
     "prodigy": "Prodigy (learning rate 1.0)",
     "fixed": "Fixed strength",
     "off": "Off",
+    "loha": "LoHa (LyCORIS, Hadamard)",
+    "lokr": "LoKr (LyCORIS, Kronecker)",
+    "attention": "Attention only",
+    "attention+ff": "Attention + feed-forward",
+    "all-linear": "All linear layers",
+    "all+conv": "All layers + convolutions",
 }
 
 SUFFIXES = {
@@ -142,18 +155,21 @@ SPECIAL_MIN_TEXT = {
     "noise_offset": "Off",
     "validation_every": "At previews",
     "multires_noise_iterations": "Off",
+    "class_pictures": "Off",
     "input_perturbation": "Off",
     "warmup_steps": "None",
     "discriminator_start": "No discriminator",
+    "conv_rank": "Same as rank",
+    "conv_alpha": "Same as alpha",
 }
 
-DECIMALS = {"input_perturbation": 3, "multires_noise_discount": 2, "alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1, "pyramid_weight": 2,
+DECIMALS = {"conv_alpha": 1, "input_perturbation": 3, "multires_noise_discount": 2, "alpha": 1, "dropout": 2, "ema_decay": 5, "noise_offset": 3, "min_snr_gamma": 1, "pyramid_weight": 2,
             "adversarial_weight": 3}
 SCIENTIFIC = ("learning_rate", "kl_weight")  # tiny values people write as 1e-6
 
 TEXT_ONLY = ("trigger", "preview_prompts", "train_text_encoder", "caption_dropout", "shuffle_tags", "keep_tags",
-             "tag_dropout")  # hidden for unconditional models
-LORA_ONLY = ("rank", "alpha", "dora", "dropout", "train_text_encoder")
+             "tag_dropout", "class_prompt")  # hidden for unconditional models
+LORA_ONLY = ("rank", "alpha", "dora", "dropout", "train_text_encoder", "adapter", "layers", "conv_rank", "conv_alpha")
 FULL_ONLY = ("ema", "ema_decay")
 
 _SEED_MAX = 2**31 - 1

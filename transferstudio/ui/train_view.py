@@ -44,8 +44,10 @@ def format_duration(seconds: float) -> str:
 
 _SERIES_NAMES = {"loss: generator": "generator", "loss: discriminator": "discriminator",
                  "loss: autoencoder": "reconstruction", "d_accuracy": "discriminator accuracy",
-                 "augment_p": "augmentation strength"}
-_SERIES_COLOURS = {"loss: discriminator": "#e07b39", "d_accuracy": "#e07b39", "augment_p": "#4c9f70"}
+                 "augment_p": "augmentation strength", "loss: your pictures": "your pictures",
+                 "loss: class pictures": "class pictures (prior)"}
+_SERIES_COLOURS = {"loss: discriminator": "#e07b39", "d_accuracy": "#e07b39", "augment_p": "#4c9f70",
+                   "loss: class pictures": "#e07b39"}
 VALIDATION_COLOUR = "#8e44ad"
 _UNCHARTED = {"d_real", "d_fake"}  # kept in metrics.jsonl; the accuracy says the same to a person
 
