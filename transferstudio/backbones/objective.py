@@ -65,6 +65,11 @@ class Objective(ABC):
         check's measure. Lower is better; comparable between calls. None: no such measure."""
         return None
 
+    def domain_error(self, batch: Any, ctx: StepContext) -> torch.Tensor | None:
+        """The domain check's per-picture measure (lower: more like what the model knows); by
+        default the validation measure (`evaluate`)."""
+        return self.evaluate(batch, ctx)
+
     def loss_terms(self) -> dict[str, float]:
         """The parts of the last step's loss worth charting apart (e.g. the prior-preservation term
         beside the loss on the user's pictures); read once per step."""
