@@ -64,8 +64,14 @@ def test_short_demo_run_reports_both_distances_and_exports_a_loadable_model(tmp_
     from transferstudio.adapt.restore import load_trained
 
     lines: list[str] = []
-    assert run_demo(tmp_path, steps=4, samples=6, sample_steps=4, log=lines.append) == 0
+    from transferstudio.insight.report import write_report
+
+    assert run_demo(tmp_path, steps=4, samples=6, sample_steps=4, log=lines.append, report_writer=write_report) == 0
     report = json.loads((tmp_path / "report.json").read_text())
+    # the project's transfer report, with the from-scratch baseline run of the same project beside it
+    assert (tmp_path / "report" / "report.html").is_file()
+    figures = json.loads((tmp_path / "report" / "report.json").read_text())["key_figures"]
+    assert figures["scratch"]["run"] and figures["best_step"] is not None, figures
     assert report["swd_finetuned"] > 0 and report["swd_scratch"] > 0
     assert report["swd_colour_finetuned"] > 0 and report["swd_colour_base"] > 0
     for name in ("comparison.png", "preview-step-0.png", "preview-final.png"):

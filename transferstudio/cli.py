@@ -577,16 +577,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from transferstudio.starter.demo_gan import run_gan_demo
 
         return run_gan_demo(args.out or Path("demo-output-gan"), steps=args.steps, learning_rate=args.lr)
+    from transferstudio.insight.report import write_report
+
     return run_demo(args.out or Path("demo-output"), steps=args.steps, method=args.method or "full",
-                    learning_rate=args.lr)
+                    learning_rate=args.lr, report_writer=write_report)
 
 
-COMMANDS = {"new": cmd_new, "train": cmd_train, "pretrain": cmd_pretrain, "runs": cmd_runs, "sample": cmd_sample, "export": cmd_export,
-            "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
-            "self-check": cmd_self_check}
-
-COMMANDS["report"] = cmd_report
-COMMANDS["check"] = cmd_check
+COMMANDS = {"new": cmd_new, "train": cmd_train, "pretrain": cmd_pretrain, "runs": cmd_runs, "sample": cmd_sample,
+            "export": cmd_export, "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
+            "self-check": cmd_self_check, "report": cmd_report, "check": cmd_check}
 
 if __name__ == "__main__":
     raise SystemExit(main())

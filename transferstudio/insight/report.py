@@ -58,7 +58,25 @@ def write_report(project: Any, out_dir: Path, run: Any = None, *, samples: int =
     # plain writes (a report is made again in seconds), readable by anyone the folder is shared with
     (out / JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     (out / HTML).write_text(render_html(summary), encoding="utf-8")
+    _remember(run, summary)
     return out / HTML
+
+
+def _remember(run: Any, summary: dict[str, Any]) -> None:
+    """The key figures in the run folder, for the export's manifest (insight.summary reads them)."""
+    from transferstudio.core.atomic import write_json_atomic
+    from transferstudio.insight.summary import RUN_SUMMARY
+
+    memo = summary.get("memorization") or {}
+    kept = {"made": summary["made"], "step": summary["trained_step"], "key_figures": summary["key_figures"]}
+    if memo.get("checked"):
+        kept["memorization"] = {"any_flagged": memo["any_flagged"], "flagged": memo["flagged"],
+                                "samples": memo["samples"], "step": summary["trained_step"],
+                                "score_threshold": memo["thresholds"]["score"]}
+    try:
+        write_json_atomic(Path(run.folder) / RUN_SUMMARY, kept)
+    except OSError:
+        pass  # a run folder it may not write to (e.g. read-only): the report itself is written
 
 
 def _project(project: Any) -> Any:
@@ -121,7 +139,7 @@ def build_report(project: Any, run: Any, out: Path, *, samples: int = 16, progre
     say("sampling the base model and the adapted one at the same seeds…")
     refs, ref_kind = reference_pictures(project, run)
     seeds = list(range(SEED_BASE, SEED_BASE + max(1, int(samples))))
-    made = (_fake_pictures(pictures, seeds) if pictures is not None
+    made = (_given_pictures(pictures) if pictures is not None
             else sample_models(project, run, scratch, seeds, references=refs, steps=sample_steps, progress=say))
     summary["sampling"] = {"seeds": [seeds[0], seeds[-1]], "count": len(made.adapted), "kind": made.kind,
                            "step": run.trained_step, "scratch_step": scratch.trained_step if scratch else None}
@@ -149,7 +167,15 @@ def build_report(project: Any, run: Any, out: Path, *, samples: int = 16, progre
     if summary["memorization"].get("figure"):
         summary["figures"]["memorization"] = FIG_MEMORIZATION
     summary["key_figures"] = key_figures(summary)
+    summary["figure_sizes"] = {name: list(_png_size(out / name)) for name in summary["figures"].values()}
     return summary
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 def key_figures(summary: dict[str, Any]) -> dict[str, Any]:
@@ -209,10 +235,7 @@ def training_pictures(project: Any, run: Any) -> list[Path]:
 
 
 def _captions(project: Any) -> list[str]:
-    try:
-        return [r.caption for r in _records(project)]
-    except Exception:  # noqa: BLE001 - prompts only: a model without captions samples its trigger
-        return []
+    return [r.caption for r in _records(project)]
 
 
 # --- sampling the models ---------------------------------------------------------------------------
@@ -288,7 +311,8 @@ def _sample(backbone: Any, config: Any, seeds: Sequence[int], steps: int | None,
     return list(backbone.sample(seeds=list(seeds), prompts=prompts, steps=steps or config.preview_steps))
 
 
-def _fake_pictures(pictures: Callable[[str], Any], seeds: Sequence[int]) -> ReportPictures:
+def _given_pictures(pictures: Callable[[str], Any]) -> ReportPictures:
+    """The pictures a caller gave instead of sampling the models (tests; pictures made elsewhere)."""
     adapted = list(pictures("adapted") or [])
     scratch = pictures("scratch")
     return ReportPictures(kind="samples", base=list(pictures("base") or []), adapted=adapted,
@@ -329,6 +353,16 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib figure drawn by Agg into a file: no window, no pyplot, no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def curves_figure(run: Any, path: Path) -> dict[str, Any]:
     """The training loss (each phase's, for a model with several) and the validation loss, the
     best step marked; numbers for the page. Writes `path` when there is anything to draw."""
@@ -362,20 +396,25 @@ def curves_figure(run: Any, path: Path) -> dict[str, Any]:
             info[f"best_{key}"] = float(at_best[0])
     if not phases and not validation:
         return info
-    from matplotlib.figure import Figure
-
     panels = 2 if validation else 1
-    fig = Figure(figsize=(8.5, 3.2 * panels + 0.4), dpi=100, layout="constrained")
+    fig = _figure(8.5, 3.2 * panels + 0.4)
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
     colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
     for (phase, points), colour in zip(phases.items(), colours * 4):
         steps, values = [s for s, _ in points], [v for _, v in points]
         ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
-        ax.plot(steps, _smooth(values), color=colour, linewidth=1.8, label=f"{phase} (smoothed)")
+        smooth = _smooth(values)
+        ax.plot(steps, smooth, color=colour, linewidth=1.8,
+                label=f"{phase} (smoothed)" if smooth is not values else phase)
     positive = [v for points in phases.values() for _, v in points if v > 0]
     if positive and len(positive) == sum(len(p) for p in phases.values()) and max(positive) > 10 * min(positive):
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("training loss")
     ax.set_title("Training loss, step by step")
     if phases:
@@ -423,8 +462,8 @@ def scratch_comparison(pretrained: list[dict[str, Any]], scratch: list[dict[str,
     steps_p, steps_s = _first_at_or_below(pretrained, level), _first_at_or_below(scratch, level)
     out.update(level=float(level), steps_pretrained=steps_p, steps_scratch=steps_s,
                best_pretrained=float(best_p), best_scratch=float(best_s))
-    if steps_p is not None and steps_s is not None:
-        out["speedup"] = steps_s / steps_p if steps_p > 0 else None
+    if steps_p is not None and steps_s is not None and steps_p > 0:
+        out["speedup"] = steps_s / steps_p  # (at step 0 the pretrained model was there before training)
     p_by_step = {r["step"]: r["val_loss"] for r in pretrained}
     s_by_step = {r["step"]: r["val_loss"] for r in scratch}
     common = sorted(set(p_by_step) & set(s_by_step))
@@ -448,9 +487,7 @@ def scratch_section(run: Any, scratch: Any, out: Path, distances: dict[str, Any]
                 swd_colour_pretrained=(distances.get("adapted") or {}).get("swd_colour"),
                 swd_colour_scratch=(distances.get("scratch") or {}).get("swd_colour"), figure=None)
     if pre or base:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(8.5, 3.6), dpi=100, layout="constrained")
+        fig = _figure(8.5, 3.6)
         ax = fig.subplots()
         for rows, label, colour in ((pre, "pretrained, adapted", "#1f77b4"), (base, "from scratch", "#d62728")):
             if rows:
@@ -489,6 +526,8 @@ def domain_section(project: Any) -> dict[str, Any]:
     data = dict(found.to_dict()) if hasattr(found, "to_dict") else {}
     for key in ("verdict", "score", "advice"):
         data.setdefault(key, getattr(found, key, None))
+    if callable(getattr(found, "explanation", None)):
+        data["explanation"] = str(found.explanation())
     return data
 
 
@@ -526,7 +565,7 @@ def rows_figure(rows: Sequence[tuple[str, Sequence[Any] | None]], path: Path, *,
     cell = side * max(1, round(88 / side)) if side < 88 else 96
     font = _font(14)
     label_w, pad = 170, 4
-    width = label_w + per_row * (cell + pad) + pad
+    width = label_w + max(len(images) for _, images in rows) * (cell + pad) + pad
     sheet = Image.new("RGB", (width, len(rows) * (cell + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for r, (label, images) in enumerate(rows):
@@ -569,6 +608,7 @@ table { border-collapse: collapse; margin: .8em 0; }
 th, td { padding: .3em .8em; border-bottom: 1px solid #e2e2e2; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.figure { line-height: 100%; }  /* the window's viewer (Qt) would space an image's line by 1.5 too */
 code { background: #f2f2f2; padding: 0 .3em; border-radius: 3px; }
 ul.glance li { margin: .2em 0; }
 """
@@ -584,8 +624,12 @@ def _n(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _img(name: str | None, alt: str) -> str:
-    return f'<p><img src="{_e(name)}" alt="{_e(alt)}"></p>' if name else ""
+def _img(name: str | None, alt: str, sizes: dict[str, Any] | None = None) -> str:
+    if not name:
+        return ""
+    size = (sizes or {}).get(name)
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    return f'<p class="figure"><img src="{_e(name)}" alt="{_e(alt)}"{dims}></p>\n'
 
 
 def render_html(summary: dict[str, Any]) -> str:
@@ -613,7 +657,9 @@ def _glance(s: dict[str, Any]) -> str:
     k = s["key_figures"]
     items = []
     if k["domain_verdict"]:
-        items.append(f"The base model is <b>{_e(k['domain_verdict'])}</b> to your pictures.")
+        words = {"close": "close to", "related": "related to", "far": "far from"}.get(str(k["domain_verdict"]),
+                                                                                   str(k["domain_verdict"]))
+        items.append(f"The base model is <b>{_e(words)}</b> your pictures.")
     if k["best_step"] is not None:
         items.append(f"Best step by validation loss: <b>{k['best_step']}</b> (validation loss "
                      f"{_n(k['best_val_loss'])}).")
@@ -626,6 +672,9 @@ def _glance(s: dict[str, Any]) -> str:
     if sc and sc.get("speedup"):
         items.append(f"Starting pretrained reached the same validation loss <b>{sc['speedup']:.1f}× sooner</b> "
                      f"than training from scratch.")
+    elif sc and sc.get("steps_pretrained") == 0 and sc.get("steps_scratch"):
+        items.append(f"Before any training, the pretrained model was already as good on held-out pictures as the "
+                     f"from-scratch run after <b>{sc['steps_scratch']} steps</b>.")
     memo = s.get("memorization", {})
     if memo.get("checked"):
         items.append("<b>Near-copies of training pictures found.</b>" if memo["any_flagged"]
@@ -644,8 +693,11 @@ def _domain_html(s: dict[str, Any]) -> str:
         return head + (f"<div class=\"verdict\">Not checked yet — run <code>transferstudio check "
                        f"{_e(s['project_folder'])}</code>, then make this report again.</div>\n")
     css = {"close": "good", "related": "fair", "far": "bad"}.get(str(d["verdict"]), "")
-    return head + (f"<div class=\"verdict {css}\"><b>{_e(d['verdict'])}</b> (score {_n(d.get('score'), 3)})"
-                   f"{' — ' + _e(d['advice']) if d.get('advice') else ''}</div>\n")
+    out = head + (f"<div class=\"verdict {css}\"><b>{_e(d['verdict'])}</b> (score {_n(d.get('score'), 3)})"
+                  f"{' — ' + _e(d['advice']) if d.get('advice') else ''}</div>\n")
+    if d.get("explanation"):
+        out += f"<p class=\"note\">{_e(d['explanation'])}</p>\n"
+    return out
 
 
 def _curves_html(s: dict[str, Any]) -> str:
@@ -655,7 +707,7 @@ def _curves_html(s: dict[str, Any]) -> str:
            "should fall and then flatten. The validation loss is measured the same way on pictures kept out of "
            "training: it tells whether the model learned your style or only your pictures. Where it is lowest "
            "is the best step (green); if it rises again afterwards, the model is overfitting.</p>\n"]
-    out.append(_img(s["figures"].get("curves"), "training and validation loss by step"))
+    out.append(_img(s["figures"].get("curves"), "training and validation loss by step", s.get("figure_sizes")))
     rows = [("final training loss", _n(c.get("final_loss")))]
     if c.get("best_step") is not None:
         rows += [("best step", str(c["best_step"])), ("best validation loss", _n(c["best_val_loss"])),
@@ -680,10 +732,12 @@ def _samples_html(s: dict[str, Any]) -> str:
         text = ("Each column is one of your held-out pictures, reconstructed by the base model and by the adapted "
                 "one.")
     else:
-        text = (f"Each column is one seed ({smp['seeds'][0]}–{smp['seeds'][1]}): the same starting noise for every "
-                "model, so the difference is what training changed.")
+        shown = min(8, smp["count"])
+        first = f", the first {shown} of the {smp['count']}" if shown < smp["count"] else ""
+        text = (f"Each column is one seed ({smp['seeds'][0]}–{smp['seeds'][0] + shown - 1}{first}): the same "
+                "starting noise for every model, so the difference is what training changed.")
     return ("<h2>Before and after, at the same seeds</h2>\n"
-            f"<p class=\"note\">{_e(text)}</p>\n" + _img(s["figures"].get("samples"), "base vs adapted samples"))
+            f"<p class=\"note\">{_e(text)}</p>\n" + _img(s["figures"].get("samples"), "base vs adapted samples", s.get("figure_sizes")))
 
 
 def _distances_html(s: dict[str, Any]) -> str:
@@ -732,11 +786,11 @@ def _scratch_html(s: dict[str, Any]) -> str:
                    f"{_e(s['project_folder'])} --scratch</code> (it trains the same model from random weights for "
                    f"the same steps), then make this report again.</p>\n")
         return "".join(out)
-    out.append(_img(s["figures"].get("scratch"), "validation loss, pretrained vs from scratch"))
+    out.append(_img(s["figures"].get("scratch"), "validation loss, pretrained vs from scratch", s.get("figure_sizes")))
     rows = [("from-scratch run", f"{sc['run']} (step {sc['scratch_step']})")]
     if sc.get("level") is not None:
         def reached(step: Any) -> str:
-            return f"step {step}" if step is not None else "not reached"
+            return "not reached" if step is None else "already at the start" if step == 0 else f"step {step}"
         rows += [(f"steps to reach validation loss {_n(sc['level'])}: pretrained", reached(sc["steps_pretrained"])),
                  ("… from scratch", reached(sc["steps_scratch"]))]
         if sc.get("speedup"):
@@ -769,7 +823,7 @@ def _memorization_html(s: dict[str, Any]) -> str:
         return "".join(out) + f"<p>{_e(m.get('note', ''))}</p>\n"
     css = "bad" if m["any_flagged"] else "good"
     out.append(f"<div class=\"verdict {css}\">{_e(m['verdict'])}</div>\n")
-    out.append(_img(m.get("figure"), "each sample beside its nearest training picture"))
+    out.append(_img(m.get("figure"), "each sample beside its nearest training picture", s.get("figure_sizes")))
     t = m["thresholds"]
     spacing = ("measured on your training pictures" if t["spacing_from"] == "training" else
                "fixed values (one training picture gives no spacing to measure)")

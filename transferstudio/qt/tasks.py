@@ -52,6 +52,19 @@ def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, str
                   insights=export_insights(project, run))
 
 
+REPORT_FOLDER = "report"  # a run's transfer report, inside its folder
+
+
+def make_report(project: Any, run_folder: str | Path) -> str:
+    """Write the transfer report of the run in `run_folder` into its `report/` folder; the path
+    of report.html."""
+    from transferstudio.insight.report import write_report
+    from transferstudio.project.run import Run
+
+    run = Run.open(Path(run_folder))
+    return str(write_report(project, Path(run_folder) / REPORT_FOLDER, run))
+
+
 def sample_project_available() -> bool:
     import importlib.util
 

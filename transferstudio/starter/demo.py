@@ -4,9 +4,11 @@
 2. fine-tunes the pretrained starter on the cities (previews at step 0 and at the end),
 3. exports the adapted weights (.safetensors in a diffusers folder, or a LoRA file),
 4. trains the same architecture from random initialisation on the same images for the
-   same steps (the from-scratch baseline),
+   same steps (the from-scratch baseline: `train --scratch`, a run of the same project),
 5. samples both, scores them against the target images with the sliced Wasserstein
-   distance over Laplacian-pyramid patches, and writes the grids side by side.
+   distance over Laplacian-pyramid patches, and writes the grids side by side,
+6. writes the project's transfer report (OUT/report/report.html: validation curves of both runs,
+   base vs adapted, distances to the held-out pictures, the memorization check).
 
 `transferstudio demo --family vae` (`run_vae_demo`) does the same for the starter VAE: decoder-only
 fine-tune, the same architecture trained from random weights, and PSNR/SSIM/MS-SSIM of their
@@ -27,14 +29,19 @@ SAMPLE_STEPS = 50
 
 
 def run_demo(out: Path, *, steps: int | None = None, method: str = "full", samples: int = N_SAMPLES,
-             sample_steps: int = SAMPLE_STEPS, learning_rate: float | None = None, log=print) -> int:
-    from transferstudio.project.project import create_project, load_project
+             sample_steps: int = SAMPLE_STEPS, learning_rate: float | None = None, log=print,
+             report_writer: Any = None) -> int:
+    """`report_writer(project, out_dir, run, sample_steps=)`: writes the transfer report (the CLI passes
+    insight.report.write_report, a layer above this one); None: no report."""
+    from transferstudio.project.project import load_project
     from transferstudio.starter.sample import create_sample_project
     from transferstudio.training.trainer import TrainJob, train
 
+    from transferstudio.project.run import find_run
+
     out = Path(out)
     t_start = time.perf_counter()
-    _fresh(out, "project", "scratch")
+    _fresh(out, "project", "scratch", "report")
     overrides: dict[str, Any] = {"method": method}
     if method == "lora":
         overrides.update(learning_rate=2e-3, rank=32, alpha=32)
@@ -48,18 +55,21 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
     finetuned = _train(project, train, TrainJob, log, "pretrained starter → cities")
     if finetuned is None:
         return 2
+    tuned_run = find_run(project, finetuned.checkpoint.parent.parent.name)
     target = out / "export" / ("starter-cities" if project.config.method == "full" else "starter-cities.safetensors")
     export_path = _export(project, target, log)
 
-    scratch_backbone = _random_copy(project.backbone, out / "scratch" / "random-init-model")
-    scratch = create_project(out / "scratch" / "project", backbone=scratch_backbone, images=project.images,
-                             name="From scratch (baseline)", config=project.config)
-    if _train(scratch, train, TrainJob, log, "random init → cities (baseline)") is None:
+    baseline = _train(project, train, TrainJob, log, "random init → cities (baseline)", scratch=True)
+    if baseline is None:
         return 2
+    scratch_run = find_run(project, baseline.checkpoint.parent.parent.name)
 
     log("sampling both models and measuring the distance to the target images…")
-    report = compare(project, scratch, out, samples=samples, sample_steps=sample_steps)
+    report = compare(project, tuned_run, scratch_run, out, samples=samples, sample_steps=sample_steps)
     report["export"] = str(export_path)
+    if report_writer is not None:
+        log("writing the transfer report…")
+        report["report"] = str(report_writer(project, out / "report", tuned_run, sample_steps=sample_steps))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     log("")
@@ -80,11 +90,13 @@ def run_demo(out: Path, *, steps: int | None = None, method: str = "full", sampl
     log(f"side by side: {out / 'comparison.png'}")
     log(f"previews:     {out / 'preview-step-0.png'} and {out / 'preview-final.png'}")
     log(f"exported:     {export_path}")
+    if "report" in report:
+        log(f"report:       {report['report']}")
     log(f"total time:   {report['seconds']:.0f} s")
     return 0
 
 
-def _train(project, train, TrainJob, log, title: str) -> Any:
+def _train(project, train, TrainJob, log, title: str, *, scratch: bool = False) -> Any:
     from transferstudio.core.events import EventHandler, Finished
 
     class Progress(EventHandler):
@@ -104,7 +116,7 @@ def _train(project, train, TrainJob, log, title: str) -> Any:
             log(f"error: {event.message} {event.advice}")
 
     log(f"\n== {title}: {project.config.steps} steps, {project.config.method}")
-    end = Progress().run(train(TrainJob(project, fresh=True)))
+    end = Progress().run(train(TrainJob(project, fresh=True, scratch=scratch)))
     return end if isinstance(end, Finished) else None
 
 
@@ -126,21 +138,7 @@ def _export(project, target: Path, log, fmt: str = "diffusers") -> Path:
     return result.path
 
 
-def _random_copy(backbone_dir: Path, dest: Path) -> Path:
-    """The starter's architecture and scheduler with freshly initialised weights."""
-    import torch
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel.from_config(UNet2DModel.load_config(backbone_dir, subfolder="unet"))
-    scheduler = DDPMScheduler.from_pretrained(backbone_dir, subfolder="scheduler")
-    if dest.exists():
-        shutil.rmtree(dest)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(dest, safe_serialization=True)
-    return dest
-
-
-def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> dict:
+def compare(project, tuned_run, scratch_run, out: Path, *, samples: int, sample_steps: int) -> dict:
     from transferstudio.backbones.registry import load_backbone
     from transferstudio.data.images import open_rgb
     from transferstudio.data.scan import scan_images
@@ -148,9 +146,9 @@ def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> 
     from transferstudio.adapt.restore import load_trained
 
     seeds = list(range(1000, 1000 + samples))
-    tuned = load_trained(project).backbone.sample(seeds=seeds, steps=sample_steps)
+    tuned = load_trained(project, tuned_run.folder).backbone.sample(seeds=seeds, steps=sample_steps)
     base = load_backbone(project.backbone).sample(seeds=seeds, steps=sample_steps)
-    baseline = load_trained(scratch).backbone.sample(seeds=seeds, steps=sample_steps)
+    baseline = load_trained(project, scratch_run.folder).backbone.sample(seeds=seeds, steps=sample_steps)
     size = tuned[0].width
     targets = [open_rgb(r.path) for r in scan_images(project.images).images]
     targets = [t.resize((size, size)) for t in targets]
@@ -166,8 +164,7 @@ def compare(project, scratch, out: Path, *, samples: int, sample_steps: int) -> 
                                            (caption("starter before fine-tuning", "base"), base),
                                            (caption("pretrained + fine-tuned", "finetuned"), tuned),
                                            (caption("from scratch", "scratch"), baseline)])
-    run = project.latest_run()
-    previews = sorted((run / "previews").iterdir())
+    previews = sorted((tuned_run.folder / "previews").iterdir())
     _enlarged_preview(previews[0], out / "preview-step-0.png")
     _enlarged_preview(previews[-1], out / "preview-final.png")
     return {"swd_finetuned": scores["finetuned"], "swd_scratch": scores["scratch"], "swd_base": scores["base"],

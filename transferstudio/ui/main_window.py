@@ -25,6 +25,7 @@ from transferstudio.qt import history, tasks
 from transferstudio.qt.workers import TaskWorker, live_threads
 from transferstudio.ui.backbone_panel import BackbonePanel
 from transferstudio.ui.compare_view import CompareView
+from transferstudio.ui.report_view import ReportView
 from transferstudio.ui.export_dialog import ExportDialog
 from transferstudio.ui.images_panel import ImagesPanel
 from transferstudio.ui.library_dialog import LibraryDialog
@@ -97,6 +98,8 @@ class MainWindow(QMainWindow):
         self.work_tabs.setDocumentMode(True)
         self.work_tabs.addTab(self.train_view, "Train")
         self.work_tabs.addTab(self.compare_view, "Compare")
+        self.report_view = ReportView()
+        self.work_tabs.addTab(self.report_view, "Report")
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.setup_tabs)
@@ -124,6 +127,8 @@ class MainWindow(QMainWindow):
         self.train_view.crashed.connect(self._show_crash)
         self.compare_view.failed.connect(lambda m, a: self.show_problem("Cannot compare", m, a))
         self.compare_view.crashed.connect(self._show_crash)
+        self.report_view.failed.connect(lambda m, a: self.show_problem("Cannot make the report", m, a))
+        self.report_view.crashed.connect(self._show_crash)
 
     def _build_welcome(self) -> QWidget:
         page = QWidget()
@@ -209,7 +214,7 @@ class MainWindow(QMainWindow):
         m = bar.addMenu("&View")
         for i, (text, tabs, index) in enumerate((("&Model", self.setup_tabs, 0), ("&Pictures", self.setup_tabs, 1),
                                                  ("&Settings", self.setup_tabs, 2), ("&Train", self.work_tabs, 0),
-                                                 ("&Compare", self.work_tabs, 1))):
+                                                 ("&Compare", self.work_tabs, 1), ("&Report", self.work_tabs, 2))):
             self._action(m, text, lambda t=tabs, n=index: self._show_tab(t, n), f"Ctrl+{i + 1}")
         m.addSeparator()
         self.act_toggle_setup = QAction("Show Setup &Panel", self, checkable=True, checked=True)
@@ -435,6 +440,7 @@ class MainWindow(QMainWindow):
             self.settings_form.set_config(TrainConfig())
             self.train_view.set_project(None)
             self.compare_view.set_project(None)
+            self.report_view.set_project(None)
             self._set_dirty(False)
             self._show_project(None)
             self.project_closed.emit()
@@ -445,6 +451,7 @@ class MainWindow(QMainWindow):
         self.images_panel.set_class_pictures(*history.class_pictures(project))
         self.train_view.set_project(project)
         self.compare_view.set_project(project, trained=history.has_trained_weights(project))
+        self.report_view.set_project(project)
         self._inspect(str(project.backbone))
         self._add_recent(str(project.folder))
         self._set_dirty(False)
@@ -734,6 +741,7 @@ class MainWindow(QMainWindow):
         self._stop_timer.stop()
         if self.project is not None:
             self.images_panel.set_class_pictures(*history.class_pictures(self.project))
+            self.report_view.refresh_runs()
             self.compare_view.set_trained_available(history.has_trained_weights(self.project))
         self._update_run_actions()
         after, self._after_run = self._after_run, None
