@@ -577,10 +577,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from transferstudio.starter.demo_gan import run_gan_demo
 
         return run_gan_demo(args.out or Path("demo-output-gan"), steps=args.steps, learning_rate=args.lr)
+    return run_demo(args.out or Path("demo-output"), steps=args.steps, method=args.method or "full",
+                    learning_rate=args.lr, report_writer=_checked_report)
+
+
+def _checked_report(project: Any, out_dir: Path, run: Any, **kwargs: Any) -> Path:
+    """The transfer report, with the project's domain check made first if it has none."""
+    from transferstudio.insight.domain import check_domain, read_saved, save
     from transferstudio.insight.report import write_report
 
-    return run_demo(args.out or Path("demo-output"), steps=args.steps, method=args.method or "full",
-                    learning_rate=args.lr, report_writer=write_report)
+    if read_saved(project) is None:
+        save(project, check_domain(project))
+    return write_report(project, out_dir, run, **kwargs)
 
 
 COMMANDS = {"new": cmd_new, "train": cmd_train, "pretrain": cmd_pretrain, "runs": cmd_runs, "sample": cmd_sample,

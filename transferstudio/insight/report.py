@@ -666,8 +666,13 @@ def _glance(s: dict[str, Any]) -> str:
     if _finite(k["swd_base"]) and _finite(k["swd_adapted"]):
         closer = 100 * (1 - k["swd_adapted"] / k["swd_base"]) if k["swd_base"] else 0
         where = "held-out" if k["references"] == "held-out" else "training"
+        colour = ""
+        if _finite(k["swd_colour_base"]) and _finite(k["swd_colour_adapted"]) and k["swd_colour_base"]:
+            colour_closer = 100 * (1 - k["swd_colour_adapted"] / k["swd_colour_base"])
+            colour = (f", <b>{abs(colour_closer):.0f}% {'closer' if colour_closer >= 0 else 'further'}</b> "
+                      "counting colour and brightness")
         items.append(f"After training, samples are <b>{closer:.0f}% {'closer to' if closer >= 0 else 'further from'}"
-                     f"</b> your {where} pictures than the base model's (patterns).")
+                     f"</b> your {where} pictures than the base model's in patterns{colour}.")
     sc = k["scratch"]
     if sc and sc.get("speedup"):
         items.append(f"Starting pretrained reached the same validation loss <b>{sc['speedup']:.1f}× sooner</b> "
