@@ -4,40 +4,12 @@ checked in the background when a project opens and shown again at once while it 
 Offscreen Qt; every wait is on a signal, never a sleep."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
-from PySide6.QtCore import QSettings
 
+from test_ui_app import LONG, make_window, settings, user_home  # noqa: F401  (the window fixtures)
 from transferstudio.project.project import create_project
 
 pytestmark = pytest.mark.usefixtures("no_worker_threads_left")  # tests/conftest.py
-
-LONG = 180_000  # ms: loading a model on a busy 2-core machine
-
-
-@pytest.fixture(autouse=True)
-def user_home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("TRANSFERSTUDIO_HOME", str(home))
-    return home
-
-
-@pytest.fixture()
-def make_window(qtbot, tmp_path):
-    from transferstudio.ui.main_window import MainWindow
-
-    def make() -> Any:
-        window = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-        window.problems = []
-        window.show_problem = lambda *args: window.problems.append(args)
-        window.ask = lambda *args, **kwargs: None
-        qtbot.addWidget(window)
-        window.show()
-        return window
-
-    return make
 
 
 def test_the_model_panel_shows_the_verdict_and_then_the_saved_one_at_once(qtbot, make_window, tmp_path,
@@ -81,5 +53,5 @@ def test_a_check_that_cannot_run_is_one_line_and_the_window_carries_on(qtbot, ma
     assert text.startswith("Could not check how close this model is to your pictures: No images found")
     assert "\n" not in text and panel.domain_advice.level() == "warning"
     assert panel.domain() is None and not panel.domain_bar.isVisible()
-    assert window.inspection["usable"] and not window.problems  # no dialog, the model is still ready
+    assert window.inspection["usable"] and not window.answers.problems  # no dialog, the model is still ready
     qtbot.waitUntil(lambda: window._domain_task is None, timeout=LONG)

@@ -1,16 +1,15 @@
 """Put a run's trained weights back onto a freshly loaded backbone (sample, export, compare)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transferstudio.backbones.base import Backbone
-from transferstudio.core.errors import CheckpointError
+from transferstudio.core.errors import CheckpointError, ProjectError
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.project import Project
-from transferstudio.project.run import best_checkpoint
+from transferstudio.project.run import best_checkpoint, read_run_settings
 from transferstudio.adapt import checkpoints as ckpt
 from transferstudio.adapt import health
 from transferstudio.adapt.trainee import Trainee, run_config
@@ -57,8 +56,8 @@ def find_trained(project: Project, run_dir: Path | None = None, *, problems: lis
 def _is_baseline(run: Path) -> bool:
     """A from-scratch baseline run: used when named, never as "the trained model" of a project."""
     try:
-        return json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("baseline") is not None
-    except (OSError, ValueError, AttributeError):
+        return bool(read_run_settings(run)[0].get("baseline"))
+    except ProjectError:  # unreadable settings: find_trained names the file when it gets to it
         return False
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from transferstudio.core.errors import ProjectError
+from transferstudio.project.run import OVERFIT_AFTER
 
 __all__ = ["ReportPictures", "build_report", "curves_figure", "domain_section", "reference_pictures",
            "render_html", "scratch_comparison", "set_distances", "training_pictures", "write_report"]
@@ -366,11 +367,11 @@ def _figure(width: float, height: float) -> Any:
 def curves_figure(run: Any, path: Path) -> dict[str, Any]:
     """The training loss (each phase's, for a model with several) and the validation loss, the
     best step marked; numbers for the page. Writes `path` when there is anything to draw."""
-    from transferstudio.project.run import rising_for
+    from transferstudio.project.run import best_validation, rising_for
 
     metrics = run.metrics()
     validation = run.validation(run.trained_step or None)
-    best = run.best()
+    best = best_validation(validation)
     phases: dict[str, list[tuple[int, float]]] = {}
     for row in metrics:
         losses = row.get("losses") if isinstance(row.get("losses"), dict) else None
@@ -513,22 +514,12 @@ def scratch_section(run: Any, scratch: Any, out: Path, distances: dict[str, Any]
 
 def domain_section(project: Any) -> dict[str, Any]:
     """The saved domain verdict (`transferstudio check`), or {} when there is none yet."""
-    try:
-        from transferstudio.insight.domain import read_saved
-    except (ImportError, AttributeError):
-        return {}
-    try:
-        found = read_saved(project)
-    except (OSError, ValueError, ProjectError):
-        return {}
+    from transferstudio.insight.domain import read_saved
+
+    found = read_saved(project)  # None when there is none, it no longer matches, or it is damaged
     if found is None:
         return {}
-    data = dict(found.to_dict()) if hasattr(found, "to_dict") else {}
-    for key in ("verdict", "score", "advice"):
-        data.setdefault(key, getattr(found, key, None))
-    if callable(getattr(found, "explanation", None)):
-        data["explanation"] = str(found.explanation())
-    return data
+    return {**found.to_dict(), "explanation": found.explanation()}
 
 
 # --- memorization -------------------------------------------------------------------------------
@@ -724,7 +715,7 @@ def _curves_html(s: dict[str, Any]) -> str:
     if c.get("best_step") is None:
         out.append("<p>No validation loss was measured in this run (it kept no pictures out of training). Set "
                    "<i>validation</i> in the settings (e.g. 10% or 3 pictures) for the next run to see it.</p>\n")
-    elif c.get("rising_for", 0) >= 3:
+    elif c.get("rising_for", 0) >= OVERFIT_AFTER:
         out.append(f"<div class=\"verdict fair\">The validation loss has stayed above its best for the last "
                    f"{c['rising_for']} measures: the model is starting to overfit. Step {c['best_step']} is "
                    f"the one to export.</div>\n")

@@ -11,13 +11,10 @@ RUN_SUMMARY = "report-summary.json"  # written into the run folder by the report
 
 def export_insights(project: Any, run_dir: Path | None = None) -> dict[str, Any]:
     """{"domain": {...}, "memorization": {...}} for what is known; {} when nothing was checked."""
-    out: dict[str, Any] = {}
-    try:
-        from transferstudio.insight.domain import read_saved
+    from transferstudio.insight.domain import read_saved
 
-        check = read_saved(project)
-    except (ImportError, AttributeError, OSError, ValueError):
-        check = None
+    out: dict[str, Any] = {}
+    check = read_saved(project)  # None when there is none, or it no longer matches, or is damaged
     if check is not None:
         out["domain"] = {"verdict": check.verdict, "score": check.score}
     folder = Path(run_dir) if run_dir is not None else _newest_trained_run(project)

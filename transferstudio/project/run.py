@@ -229,6 +229,7 @@ def best_validation(rows: list[dict[str, Any]]) -> tuple[int, float] | None:
 
 
 RISE_TOLERANCE = 0.03  # a measure counts as risen when it is 3% above the best (a few pictures are noisy)
+OVERFIT_AFTER = 3  # measures in a row clearly above the best before a run is said to overfit
 
 
 def rising_for(rows: list[dict[str, Any]]) -> int:

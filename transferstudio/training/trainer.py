@@ -34,9 +34,9 @@ from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, P
 from transferstudio.project.config import TrainConfig
 from transferstudio.project.lock import ProjectLock
 from transferstudio.project.project import Project
-from transferstudio.project.run import (VALIDATION, Run, best_validation, continuable_run, rising_for,
-                                        validation_rows, describe_differences, find_run, remove_orphan_runs,
-                                        remove_run_folder, settings_differences)
+from transferstudio.project.run import (OVERFIT_AFTER, VALIDATION, Run, best_checkpoint, best_validation,
+                                        continuable_run, describe_differences, find_run, remove_orphan_runs,
+                                        remove_run_folder, rising_for, settings_differences, validation_rows)
 from transferstudio.adapt.device import autocast_dtype, choose_device, free_device_memory, frozen_dtype
 from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.holdout import reference_picture, split_by_names, split_held_out, validation_wanted
@@ -60,7 +60,6 @@ class TrainJob:
 SCRATCH_SETTINGS = {"method": "full", "dora": False, "train_text_encoder": False,
                     "freeze_discriminator_blocks": 0, "consistency_weight": 0.0, "class_pictures": 0}
 SCRATCH_MODEL = "scratch-model"  # the random initial model, inside the baseline run's folder
-OVERFIT_AFTER = 3  # validation measures in a row above the best before the overfitting warning
 
 
 def scratch_config(config: TrainConfig) -> TrainConfig:
@@ -372,8 +371,8 @@ class Trainer:
         if self.class_images is None:
             return batch
         size = len(batch.captions)
-        per_epoch = self._class_batches(0, size)
-        epoch, position = divmod(index, len(per_epoch))
+        per_epoch = -(-len(self.class_images) // size)  # one bucket (all the same size): nothing dropped
+        epoch, position = divmod(index, per_epoch)
         indexes = self._class_batches(epoch, size)[position]
         return dataclasses.replace(batch, prior=self.class_images.load_batch(indexes, None))
 
@@ -672,11 +671,10 @@ class Trainer:
 
     def _best_checkpoint_step(self, current: float | None) -> int | None:
         """The saved step with the lowest validation loss (this one included): kept from pruning."""
-        scored = [(c.state["val_loss"], c.step) for c in ckpt.complete_checkpoints(self.run_dir)
-                  if isinstance(c.state.get("val_loss"), (int, float))]
-        if current is not None:
-            scored.append((current, self.step))
-        return min(scored)[1] if scored else None
+        best = best_checkpoint(ckpt.complete_checkpoints(self.run_dir))
+        if current is not None and (best is None or (current, self.step) < (best.state["val_loss"], best.step)):
+            return self.step
+        return best.step if best is not None else None
 
     def save(self) -> Checkpoint:
         self.check_run_dir()
