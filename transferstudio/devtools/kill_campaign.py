@@ -249,6 +249,10 @@ def run_trial(trial: Trial, workdir: Path, model: Path, images: Path, rng: rando
         expected = last_good_step(project)
         trial.kills.append({"at_step": len(metrics_steps(runs[-1])) if runs else 0, "tmp": tmp_seen,
                             "hit": hit, "last_good": expected})
+    if not finished and expected >= trial.steps:
+        # killed after the last checkpoint was complete (while the run was saying it finished):
+        # the run is done, and `train` rightly refuses to train it further; check what it left
+        finished = True
     if not finished:
         log = logs / "final.txt"
         proc = start_train(project, log)
