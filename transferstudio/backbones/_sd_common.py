@@ -428,12 +428,43 @@ class StableDiffusionBase(DiffusionBackbone):
     def encode_images(self, pixels: torch.Tensor, *, sample: bool = True,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels in [-1, 1] -> scaled latents (fp32). `sample=False` takes the distribution's mean."""
+        mean, std = self.latent_distribution(pixels)
+        return self.sample_latents(mean, std, generator=generator) if sample else mean
+
+    @torch.no_grad()
+    def latent_distribution(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dist = self.vae.encode(pixels.to(self.device, _first_dtype(self.vae))).latent_dist
-        latents = dist.sample(generator) if sample else dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift is not None:
-            latents = latents - shift
-        return (latents * self.vae.config.scaling_factor).float()
+        scale = float(self.vae.config.scaling_factor)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (dist.mean.float() - shift) * scale, dist.std.float() * scale
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, *,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw from the latent distribution; the noise comes in the VAE's dtype from the
+        generator (the global one when None), as the VAE's own sampling draws it, so cached and
+        freshly encoded pictures give the same latents."""
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=_first_dtype(self.vae))
+        return mean + std * noise.float()
+
+    def encoder_fingerprint(self) -> str:
+        """What decides the encodings: the VAE encoder's config, dtype and weights (hashed)."""
+        import hashlib
+        import json
+
+        digest = hashlib.blake2b(digest_size=10)
+        digest.update(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
+        digest.update(str(_first_dtype(self.vae)).encode())
+        for module in (self.vae.encoder, getattr(self.vae, "quant_conv", None)):
+            for tensor in (module.state_dict().values() if module is not None else ()):
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def encode_conditioning(self, captions: Sequence[str], *, original_sizes: Sequence[tuple[int, int]] = (),
+                            crop_top_left: Sequence[tuple[int, int]] = (), target_size: tuple[int, int] = (0, 0),
+                            train_text_encoder: bool = False) -> Conditioning:
+        return self.conditioning_from(self.text_features(captions, train_text_encoder=train_text_encoder),
+                                      original_sizes=original_sizes, crop_top_left=crop_top_left,
+                                      target_size=target_size)
 
     def _token_ids(self, tokenizer: Any, text_encoder: nn.Module, captions: Sequence[str]) -> Any:
         # A tokenizer without a config may report a huge model_max_length; the position table decides.

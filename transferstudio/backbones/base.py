@@ -189,6 +189,24 @@ class Backbone(ABC):
         """Captions and size info -> denoiser kwargs. Unconditional families ignore all of it."""
         return Conditioning()
 
+    def latent_distribution(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of the latents pictures encode to, scaled as the denoiser sees them, so a
+        latent is mean + std · noise: what an encoding cache keeps. None for families whose
+        denoiser works on the pixels (nothing worth caching). Called under no_grad."""
+        return None
+
+    def text_features(self, captions: Sequence[str], *, train_text_encoder: bool = False) -> dict[str, torch.Tensor] | None:
+        """The text encoders' outputs for `captions` (each tensor batch first), which
+        `conditioning_from` turns into denoiser kwargs; a text-embedding cache keeps them per
+        caption. None: no text encoders."""
+        return None
+
+    def conditioning_from(self, features: dict[str, torch.Tensor] | None, *, original_sizes: Sequence[tuple[int, int]] = (),
+                          crop_top_left: Sequence[tuple[int, int]] = (),
+                          target_size: tuple[int, int] = (0, 0)) -> Conditioning:
+        """Text features (from `text_features` or a cache) and size info -> denoiser kwargs."""
+        return Conditioning()
+
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Run the denoiser; returns what the scheduler's prediction_type says it predicts."""
         raise NotImplementedError(f"{self.family} is not a denoiser")

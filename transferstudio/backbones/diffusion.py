@@ -1,6 +1,7 @@
 """The denoising training objective, shared by every diffusion family (DDPM, SD, SDXL)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -155,16 +156,84 @@ class DiffusionObjective(Objective):
         terms, self.terms = getattr(self, "terms", {}), {}
         return terms
 
+    # --- encodings, cached when the trainer hands over stores ------------------------------
+    latent_store: Any = None  # data.encoding_cache.EncodingStore of (mean, std) per picture variant
+    text_store: Any = None  # ... of text features per caption
+
+    def use_caches(self, latents: Any, texts: Any) -> bool:
+        self.latent_store, self.text_store = latents, texts
+        return True
+
+    def precompute(self, images: Any, batch_size: int) -> Iterator[tuple[int, int]]:
+        """Encode every picture variant training can meet (centre crop, both flips) into the
+        latent store, a bucket's worth of `batch_size` at a time: (done, total) after each."""
+        if self.latent_store is None:
+            return
+        variants = images.encoding_variants()
+        by_bucket: dict[Any, list] = {}
+        for variant in variants:
+            by_bucket.setdefault(images.variant_bucket(variant), []).append(variant)
+        done = 0
+        for members in by_bucket.values():
+            for k in range(0, len(members), batch_size):
+                chunk = members[k:k + batch_size]
+                self._latent_parts(images.load_variants(chunk))
+                done += len(chunk)
+                yield done, len(variants)
+
+    def _latent_parts(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the batch's latents, from the store where it has them."""
+        store, backbone = self.latent_store, self.backbone
+        found = [store.get(key) for key in batch.keys]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            pixels = batch.pixels[missing] if len(missing) < len(found) else batch.pixels
+            mean, std = backbone.latent_distribution(pixels.to(backbone.device))
+            for row, i in enumerate(missing):
+                found[i] = {"mean": mean[row], "std": std[row]}
+                store.put(batch.keys[i], found[i])
+        device = backbone.device
+        return (torch.stack([f["mean"].to(device) for f in found]),
+                torch.stack([f["std"].to(device) for f in found]))
+
+    def _latents(self, batch: Any, ctx: StepContext, *, sample: bool = True) -> torch.Tensor:
+        backbone = self.backbone
+        with torch.no_grad():
+            if self.latent_store is None or getattr(batch, "keys", None) is None:
+                pixels = batch.pixels.to(ctx.device)
+                return (backbone.encode_images(pixels) if sample else
+                        backbone.encode_images(pixels, sample=False)).float()
+            mean, std = self._latent_parts(batch)
+            return backbone.sample_latents(mean, std) if sample else mean
+
+    def _conditioning(self, batch: Any, *, train_text_encoder: bool) -> Any:
+        backbone = self.backbone
+        sizes = dict(original_sizes=batch.original_sizes, crop_top_left=batch.crop_top_left,
+                     target_size=batch.target_size)
+        if self.text_store is None or train_text_encoder:
+            return backbone.encode_conditioning(batch.captions, train_text_encoder=train_text_encoder, **sizes)
+        from transferstudio.data.encoding_cache import caption_key
+
+        keys = [caption_key(c) for c in batch.captions]
+        missing = sorted({c for c, k in zip(batch.captions, keys) if k not in self.text_store})
+        if missing:
+            with torch.no_grad():
+                features = backbone.text_features(missing)
+            for row, caption in enumerate(missing):
+                self.text_store.put(caption_key(caption), {name: t[row] for name, t in features.items()})
+        rows = [self.text_store.get(k) for k in keys]
+        if any(r is None for r in rows):  # more captions than the store holds: encode this batch
+            return backbone.encode_conditioning(batch.captions, train_text_encoder=False, **sizes)
+        stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+        return backbone.conditioning_from(stacked, **sizes)
+
     def _loss_of(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone, config = self.backbone, self.config
-        pixels = batch.pixels.to(ctx.device)
         with torch.no_grad():
-            clean = backbone.encode_images(pixels).float()
+            clean = self._latents(batch, ctx) if backbone.caps.latent else \
+                backbone.encode_images(batch.pixels.to(ctx.device)).float()
         with torch.autocast(ctx.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
-            cond = backbone.encode_conditioning(batch.captions, original_sizes=batch.original_sizes,
-                                                crop_top_left=batch.crop_top_left,
-                                                target_size=batch.target_size,
-                                                train_text_encoder=config.train_text_encoder)
+            cond = self._conditioning(batch, train_text_encoder=config.train_text_encoder)
             masks = getattr(batch, "masks", None)
             return diffusion_loss(backbone, self.scheduler, clean, cond, generator=ctx.generator,
                                   noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma,
@@ -179,11 +248,11 @@ class DiffusionObjective(Objective):
     def evaluate(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone = self.backbone
         with torch.no_grad():
-            clean = backbone.encode_images(batch.pixels.to(ctx.device)).float()
+            # the mean latent: a measure must not draw from the run's random numbers
+            clean = self._latents(batch, ctx, sample=False) if backbone.caps.latent else \
+                backbone.encode_images(batch.pixels.to(ctx.device)).float()
             with torch.autocast(ctx.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
-                cond = backbone.encode_conditioning(batch.captions, original_sizes=batch.original_sizes,
-                                                    crop_top_left=batch.crop_top_left,
-                                                    target_size=batch.target_size, train_text_encoder=False)
+                cond = self._conditioning(batch, train_text_encoder=False)
                 return diffusion_errors(backbone, self.scheduler, clean, cond, generator=ctx.generator)
 
 

@@ -70,6 +70,17 @@ class Objective(ABC):
         default the validation measure (`evaluate`)."""
         return self.evaluate(batch, ctx)
 
+    def use_caches(self, latents: Any, texts: Any) -> bool:
+        """Take encoding stores (data.encoding_cache.EncodingStore, or None) for the pictures'
+        latents and the captions' text features; False: this objective encodes nothing worth
+        caching."""
+        return False
+
+    def precompute(self, images: Any, batch_size: int) -> Any:
+        """Fill the caches for a picture set (data.dataset.TrainingImages) before training:
+        yields (done, total) as it goes. Nothing by default."""
+        return iter(())
+
     def loss_terms(self) -> dict[str, float]:
         """The parts of the last step's loss worth charting apart (e.g. the prior-preservation term
         beside the loss on the user's pictures); read once per step."""

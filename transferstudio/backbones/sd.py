@@ -127,17 +127,21 @@ class SDBackbone(common.StableDiffusionBase):
                    scheduler_config=dict(parts.scheduler_config), source=source,
                    prediction_type=prediction_type or getattr(parts, "prediction_type", "") or "")
 
-    def encode_conditioning(self, captions: Sequence[str], *, original_sizes: Sequence[tuple[int, int]] = (),
-                            crop_top_left: Sequence[tuple[int, int]] = (), target_size: tuple[int, int] = (0, 0),
-                            train_text_encoder: bool = False) -> Conditioning:
+    def text_features(self, captions: Sequence[str], *, train_text_encoder: bool = False) -> dict[str, torch.Tensor]:
         """Captions -> the text encoder's last hidden state (after its final layer norm), as the
-        StableDiffusionPipeline computes it. Sizes are not used by SD 1.x/2.x."""
+        StableDiffusionPipeline computes it."""
         te = self.text_encoder
         tokens = self._token_ids(self.tokenizer, te, captions)
         mask = tokens.attention_mask.to(self.device) if getattr(te.config, "use_attention_mask", False) else None
         with torch.set_grad_enabled(train_text_encoder and torch.is_grad_enabled()):
             hidden = te(tokens.input_ids.to(self.device), attention_mask=mask)[0]
-        return Conditioning(kwargs={"encoder_hidden_states": hidden.float()})
+        return {"encoder_hidden_states": hidden.float()}
+
+    def conditioning_from(self, features: dict[str, torch.Tensor] | None, *, original_sizes: Sequence[tuple[int, int]] = (),
+                          crop_top_left: Sequence[tuple[int, int]] = (),
+                          target_size: tuple[int, int] = (0, 0)) -> Conditioning:
+        """Sizes are not used by SD 1.x/2.x."""
+        return Conditioning(kwargs={"encoder_hidden_states": features["encoder_hidden_states"]})
 
     def _pipeline(self, scheduler: Any) -> Any:
         from diffusers import StableDiffusionPipeline

@@ -137,21 +137,10 @@ class SDXLBackbone(common.StableDiffusionBase):
     def kohya_unet_names(self, paths: list[str]) -> dict[str, str]:
         return original_kohya_names(paths, dict(self.unet.config))
 
-    def encode_conditioning(self, captions: Sequence[str], *, original_sizes: Sequence[tuple[int, int]] = (),
-                            crop_top_left: Sequence[tuple[int, int]] = (), target_size: tuple[int, int] = (0, 0),
-                            train_text_encoder: bool = False) -> Conditioning:
+    def text_features(self, captions: Sequence[str], *, train_text_encoder: bool = False) -> dict[str, torch.Tensor]:
         """As StableDiffusionXLPipeline.encode_prompt (no clip skip): both encoders' penultimate
-        hidden states concatenated, the second's pooled projection as `text_embeds`, and
-        `time_ids` = original (h, w) + crop (top, left) + target (h, w) per sample."""
+        hidden states concatenated, and the second's pooled projection."""
         captions = list(captions)
-        n = len(captions)
-        target = tuple(int(x) for x in target_size) if any(target_size) else \
-            (self.caps.native_resolution, self.caps.native_resolution)
-        originals = list(original_sizes) or [target] * n
-        crops = list(crop_top_left) or [(0, 0)] * n
-        if len(originals) != n or len(crops) != n:
-            raise ValueError(f"{n} captions but {len(originals)} original sizes and {len(crops)} crops")
-
         hidden, pooled = [], None
         with torch.set_grad_enabled(train_text_encoder and torch.is_grad_enabled()):
             for tokenizer, te in zip(self.tokenizers, self._text_encoders):
@@ -163,11 +152,25 @@ class SDXLBackbone(common.StableDiffusionBase):
         if pooled is None:
             raise BackboneError("The second SDXL text encoder gave no pooled projection.",
                                 "The model's text_encoder_2 must be a CLIPTextModelWithProjection.")
+        return {"encoder_hidden_states": torch.cat(hidden, dim=-1).float(), "text_embeds": pooled.float()}
+
+    def conditioning_from(self, features: dict[str, torch.Tensor] | None, *, original_sizes: Sequence[tuple[int, int]] = (),
+                          crop_top_left: Sequence[tuple[int, int]] = (),
+                          target_size: tuple[int, int] = (0, 0)) -> Conditioning:
+        """The text features, the pooled projection as `text_embeds`, and `time_ids` = original
+        (h, w) + crop (top, left) + target (h, w) per sample."""
+        n = features["encoder_hidden_states"].shape[0]
+        target = tuple(int(x) for x in target_size) if any(target_size) else \
+            (self.caps.native_resolution, self.caps.native_resolution)
+        originals = list(original_sizes) or [target] * n
+        crops = list(crop_top_left) or [(0, 0)] * n
+        if len(originals) != n or len(crops) != n:
+            raise ValueError(f"{n} captions but {len(originals)} original sizes and {len(crops)} crops")
         time_ids = torch.tensor([[*map(int, o), *map(int, c), *target] for o, c in zip(originals, crops)],
                                 dtype=torch.float32, device=self.device)
         return Conditioning(kwargs={
-            "encoder_hidden_states": torch.cat(hidden, dim=-1).float(),
-            "added_cond_kwargs": {"text_embeds": pooled.float(), "time_ids": time_ids}})
+            "encoder_hidden_states": features["encoder_hidden_states"],
+            "added_cond_kwargs": {"text_embeds": features["text_embeds"], "time_ids": time_ids}})
 
     def _pipeline(self, scheduler: Any) -> Any:
         from diffusers import StableDiffusionXLPipeline

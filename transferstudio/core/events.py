@@ -73,6 +73,16 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Work before (or between) steps that takes a while, e.g. encoding the pictures once for the
+    cache: `done` of `total` so far. The first of a task has done 0."""
+
+    task: str  # what is being done, for the user ("Encoding your pictures for the cache")
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Paused:
     """The loop is paused after `step`; it blocks until resumed or stopped."""
 
@@ -120,7 +130,7 @@ def _kind(event: Any) -> str:
 
 class EventHandler:
     """Turns the engine's events into calls of `on_<kind>` (on_started, on_step, on_preview,
-    on_checkpoint, on_message, on_paused, on_resumed, on_finished, on_stopped, on_failed);
+    on_checkpoint, on_message, on_progress, on_paused, on_resumed, on_finished, on_stopped, on_failed);
     kinds without a method go to `on_event`. `run(events)` handles a whole run and returns
     its end event (Finished / Stopped / Failed)."""
 

@@ -1,11 +1,13 @@
 """Training samples: bucketed, resized, cropped, cached; batches reproducible for resume."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,23 @@ class Batch:
     target_size: tuple[int, int]  # (h, w)
     masks: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1]: how much each pixel counts (masked loss)
     prior: "Batch | None" = None  # class pictures trained beside these (prior preservation)
+    # Each sample's identity for the encoding caches: the picture's content, bucket, crop and flip.
+    keys: list[str] | None = None
+
+
+def content_digest(path: Any, mask: Any = None) -> str:
+    """What a picture (and its mask) holds, as 20 hex digits: encodings cached under it are found
+    again after a rename and never reused after an edit."""
+    digest = hashlib.blake2b(digest_size=10)
+    for file in (path, mask):
+        if file is not None:
+            try:
+                with open(file, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError:
+                digest.update(str(file).encode())  # unreadable: opening the picture reports it
+    return digest.hexdigest()
 
 
 class _SplitMix64:
@@ -111,6 +130,7 @@ class TrainingImages:
         self._cached_bytes = 0
         self._bad: set[int] = set()
         self._original: dict[int, tuple[int, int]] = {}  # record -> source (h, w)
+        self._content: dict[int, str] = {}  # record -> digest of its file (and mask) as last read
 
     def __len__(self) -> int:
         return len(self._sample_record)
@@ -176,7 +196,7 @@ class TrainingImages:
         bw, bh = self.bucket_of(indices[0])
         if any(self.bucket_of(i) != (bw, bh) for i in indices):
             raise ValueError("indices of one batch must share a bucket")
-        arrays, captions, originals, crops = [], [], [], []
+        samples = []
         for i in indices:
             ri, resized, original = self._usable(self._sample_record[i])
             rh, rw = resized.shape[:2]
@@ -186,20 +206,54 @@ class TrainingImages:
                 left = int(torch.randint(0, rw - bw + 1, (), generator=rng))
             else:
                 top, left = (rh - bh) // 2, (rw - bw) // 2
+            caption = self.records[ri].caption
+            caption = self.captions.apply(caption, rng) if rng is not None else caption
+            samples.append((ri, resized, original, top, left, flip, caption))
+        return self._batch(samples, (bh, bw))
+
+    def encoding_variants(self) -> list[tuple[int, bool]]:
+        """(record, flipped) for every picture as training can cut it with a centre crop: what an
+        encoding cache holds. Both flips when flipping is on."""
+        flips = (False, True) if self.flip else (False,)
+        return [(ri, flip) for ri in range(len(self.records)) for flip in flips]
+
+    def load_variants(self, variants: list[tuple[int, bool]]) -> Batch:
+        """A batch of the given (record, flipped) pictures, centre-cropped, captions as written;
+        the records must share a bucket."""
+        buckets = {self._record_bucket[ri] for ri, _ in variants}
+        if len(buckets) != 1:
+            raise ValueError("variants of one batch must share a bucket")
+        (bw, bh), = buckets
+        samples = []
+        for record, flip in variants:
+            ri, resized, original = self._usable(record)
+            rh, rw = resized.shape[:2]
+            samples.append((ri, resized, original, (rh - bh) // 2, (rw - bw) // 2, flip, self.records[ri].caption))
+        return self._batch(samples, (bh, bw))
+
+    def variant_bucket(self, variant: tuple[int, bool]) -> tuple[int, int]:
+        return self._record_bucket[variant[0]]
+
+    def _batch(self, samples: list[tuple], size: tuple[int, int]) -> Batch:
+        bh, bw = size
+        arrays, captions, originals, crops, keys = [], [], [], [], []
+        for ri, resized, original, top, left, flip, caption in samples:
+            rw = resized.shape[1]
             patch = resized[top:top + bh, left:left + bw]
+            keys.append(f"{self._content[ri]}-{bw}x{bh}-{top}.{left}-{'flip' if flip else 'as-is'}"
+                        f"{'-masked' if self.masked else ''}")
             if flip:
                 patch = patch[:, ::-1]
                 left = rw - bw - left  # where the crop sits in the flipped image
             arrays.append(patch)
-            caption = self.records[ri].caption
-            captions.append(self.captions.apply(caption, rng) if rng is not None else caption)
+            captions.append(caption)
             originals.append(original)
             crops.append((top, left))
         stacked = np.ascontiguousarray(np.stack(arrays))  # (B, H, W, 3) uint8, or 4 with the mask
         channels = torch.from_numpy(stacked).permute(0, 3, 1, 2).float()
         pixels = channels[:, :3].div(127.5).sub_(1.0)
         masks = channels[:, 3:].div(255.0).contiguous() if self.masked else None
-        return Batch(pixels.contiguous(), captions, originals, crops, (bh, bw), masks)
+        return Batch(pixels.contiguous(), captions, originals, crops, (bh, bw), masks, keys=keys)
 
     def _usable(self, ri: int) -> tuple[int, np.ndarray, tuple[int, int]]:
         """The record's pixels, or a same-bucket stand-in when its file went bad."""
@@ -232,6 +286,7 @@ class TrainingImages:
             self._cache.move_to_end(ri)
             return cached, self._original[ri]
         record = self.records[ri]
+        self._content[ri] = content_digest(record.path, record.mask if self.masked else None)
         mask = None
         if not self.masked:
             im = open_rgb(record.path)

@@ -20,6 +20,10 @@ OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 ADAPTERS = ("lora", "loha", "lokr")
 ADAPTER_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+CACHES = ("auto", "memory", "disk", "off")
+# Settings that change how fast a run goes, never what it learns: a continued run takes the
+# project's current value for them instead of counting them as changed settings.
+SPEED_ONLY_SETTINGS = ("cache", "compile")
 LAYERS = ("attention", "attention+ff", "all-linear", "all+conv")  # presets; the family spec names the layers
 
 
@@ -102,6 +106,15 @@ class TrainConfig:
                         choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "Recompute activations instead of storing them: less "
                                       "memory, about 30% slower.")
+    cache: str = _f("auto", "Encode each picture through the VAE (and each caption through the text encoders, when "
+                    "they are not trained) once instead of at every step: the same training, faster. Auto and "
+                    "memory keep the encodings in memory for this run; disk also keeps them in the project's "
+                    ".cache folder, so later runs on the same pictures skip the encoding (large picture sets). "
+                    "Off encodes at every step. With random crop the pictures are encoded at every step (each "
+                    "step cuts a new piece). Pixel models (the starter) have nothing to encode.",
+                    choices=CACHES, objective="diffusion")
+    compile: bool = _f(False, "Compile the denoiser with torch.compile: the first steps take a minute or more while "
+                       "it compiles, later steps are faster on a GPU. Needs a C++ compiler on the CPU; off is safe.")
     masked_loss: bool = _f(False, "Train only where a mask says: the transparent parts of a PNG (they are "
                            "then not turned white), or a black-and-white `name.mask.png` beside a picture (white "
                            "trains, black is left out). Pictures without either train everywhere. For a subject "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.core.errors import ProjectError
-from transferstudio.project.config import TrainConfig
+from transferstudio.project.config import SPEED_ONLY_SETTINGS, TrainConfig
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -316,7 +316,7 @@ def settings_differences(run_config: TrainConfig, config: TrainConfig) -> list[t
     out = []
     ours, theirs = run_config.to_dict(), config.to_dict()
     for name, value in ours.items():
-        if name != "steps" and theirs.get(name) != value:
+        if name != "steps" and name not in SPEED_ONLY_SETTINGS and theirs.get(name) != value:
             out.append((name, value, theirs.get(name)))
     return out
 

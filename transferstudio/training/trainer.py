@@ -29,9 +29,9 @@ from transferstudio.core import storage
 from transferstudio.core.atomic import write_json_atomic, write_text_atomic
 from transferstudio.core.commands import Commands
 from transferstudio.core.errors import UserError
-from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Resumed, Validation,
-                                        Started, Step, Stopped)
-from transferstudio.project.config import TrainConfig
+from transferstudio.core.events import (Checkpoint, Failed, Finished, Message, Paused, Preview, Progress, Resumed,
+                                        Validation, Started, Step, Stopped)
+from transferstudio.project.config import SPEED_ONLY_SETTINGS, TrainConfig
 from transferstudio.project.lock import ProjectLock
 from transferstudio.project.project import Project
 from transferstudio.project.run import (OVERFIT_AFTER, VALIDATION, Run, best_checkpoint, best_validation,
@@ -40,6 +40,7 @@ from transferstudio.project.run import (OVERFIT_AFTER, VALIDATION, Run, best_che
 from transferstudio.adapt.device import autocast_dtype, choose_device, free_device_memory, frozen_dtype
 from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.holdout import reference_picture, split_by_names, split_held_out, validation_wanted
+from transferstudio.training.caching import use_encoding_caches
 from transferstudio.training.previews import preview_prompts, save_previews
 from transferstudio.training.validation import mean_error
 
@@ -98,6 +99,8 @@ def choose_run(project: Project, *, steps: int | None, fresh: bool, run_id: str 
     if run is not None and run.latest is not None:
         config = TrainConfig.from_dict(run.config.to_dict())
         config.steps = steps or max(project.config.steps, run.total)
+        for name in SPEED_ONLY_SETTINGS:  # how fast, not what: the project's current choice
+            setattr(config, name, getattr(project.config, name))
         if run.latest.step >= config.steps:
             raise UserError(f"This project has already trained {run.latest.step} of {config.steps} steps.",
                             "Ask for more steps to train further, or start a fresh run.")
@@ -220,6 +223,7 @@ class Trainer:
         if commands.stop_requested:  # stopped while the model was loading: nothing new to save
             yield Stopped(step=self.step, checkpoint=self.checkpoint)
             return
+        yield from self.fill_caches()
         if self.step == 0:
             yield self.preview(0)
             yield from self.validate(0)
@@ -262,6 +266,24 @@ class Trainer:
                        weights=final.path / ckpt.WEIGHTS)
 
     # --- setting up ---------------------------------------------------------------------
+    def fill_caches(self) -> Iterator[Any]:
+        """Encode the pictures once before the first step, saying how far it got."""
+        task = "Encoding your pictures once for the cache"
+        started = time.perf_counter()
+        last = None
+        sets = [self.images] + ([self.class_images] if self.class_images is not None else [])
+        total = sum(len(images.encoding_variants()) for images in sets)
+        offset = 0
+        for images in sets:
+            for done, _ in self.objective.precompute(images, max(1, self.config.batch_size)):
+                if last is None:
+                    yield Progress(task, 0, total)
+                last = offset + done
+                yield Progress(task, last, total)
+            offset += len(images.encoding_variants())
+        if last is not None:
+            self.log(f"encoded {last} picture variants for the cache in {time.perf_counter() - started:.1f} s")
+
     def prepare(self) -> None:
         from transferstudio.backbones.registry import load_backbone
         from transferstudio.data.dataset import TrainingImages
@@ -317,6 +339,7 @@ class Trainer:
                                      buckets=config.buckets, flip=config.flip, crop=config.crop, captions=captions,
                                      masked=bool(config.masked_loss) and backbone.caps.objective == "diffusion")
         self.objective = backbone.objective(config)
+        self.notes.extend(use_encoding_caches(self.objective, backbone, config, project.folder))
         self.phases = [self._phase_state(phase) for phase in self.objective.phases]
         self.ema = self._ema()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
