@@ -122,3 +122,29 @@ def test_8bit_adamw_without_a_gpu_says_what_to_do(tmp_path, tiny_ddpm, image_fol
     assert cli.main(["train", str(project)]) != 0
     err = capsys.readouterr().err
     assert "8-bit AdamW optimizer needs a CUDA GPU" in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cached_and_encoded_latents_give_the_same_losses_on_cuda(tmp_path, tiny_sd1_dir, precision):
+    """The cache keeps (mean, std) from the half-precision VAE; each step's draw must equal a fresh
+    encoding's, with the same noise, on the GPU too; and fused AdamW, autocast and the scaler run."""
+    from tiny_ddpm import make_images
+
+    from transferstudio.project.config import TrainConfig
+    from transferstudio.project.project import create_project
+    from transferstudio.training.trainer import TrainJob, train
+
+    images = make_images(tmp_path / "images", n=3, size=64, captions=True)
+    losses = []
+    for cache in ("off", "memory"):
+        config = TrainConfig(steps=4, batch_size=2, preview_every=0, preview_steps=2, preview_seeds=[1],
+                             validation="none", device="cuda", precision=precision, cache=cache, rank=4, alpha=8)
+        project = create_project(tmp_path / cache, backbone=tiny_sd1_dir, images=images, config=config)
+        events = list(train(TrainJob(project)))
+        assert type(events[-1]).__name__ == "Finished", events[-1]
+        run = next((project.folder / "runs").iterdir())
+        losses.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
+    assert all(map(lambda x: x == x, losses[1])), "finite losses"
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)

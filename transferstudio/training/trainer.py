@@ -42,6 +42,7 @@ from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.holdout import reference_picture, split_by_names, split_held_out, validation_wanted
 from transferstudio.training.caching import use_encoding_caches
 from transferstudio.training.previews import preview_prompts, save_previews
+from transferstudio.training.speed import apply_speed_settings, compile_failure, fused_optimizer_options
 from transferstudio.training.validation import mean_error
 
 
@@ -182,6 +183,11 @@ class Trainer:
                          "Lower the batch size or resolution, or close other programs.",
                          step=self.step, checkpoint=self.checkpoint)
         except RuntimeError as exc:  # Apple MPS (and some CUDA paths) report running out as a RuntimeError
+            if compile_failure(exc):
+                yield Failed(f"Compiling the model failed: {str(exc).splitlines()[0][:300]}",
+                             "Turn off Compile in Settings ▸ Advanced and start again (compiling needs a C++ "
+                             "compiler and does not suit every model).", step=self.step, checkpoint=self.checkpoint)
+                return
             if "out of memory" not in str(exc).lower():
                 raise
             yield Failed(f"The {self.device.type.upper() if hasattr(self, 'device') else 'GPU'} ran out of memory.",
@@ -321,6 +327,7 @@ class Trainer:
         backbone.to(self.device, frozen_dtype(self.device, config.precision))
         if config.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
+        self.notes.extend(apply_speed_settings(backbone, config, self.device))
         resolution = config.resolution or backbone.caps.native_resolution
         records, self.held_out = self._validation_split(config, backbone)
         if backbone.caps.preview == "reconstruction":  # previews show pictures it never trains on
@@ -848,7 +855,8 @@ def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: to
         except ImportError:
             raise UserError("The Prodigy optimizer is not installed.", "Choose the AdamW optimizer.") from None
         return Prodigy(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=phase.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=phase.weight_decay,
+                             **fused_optimizer_options(params, device))
 
 
 

@@ -1,0 +1,72 @@
+"""Speed settings: fused attention, fused optimizers on CUDA, opt-in torch.compile."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transferstudio.core.events import Failed, Finished
+from transferstudio.project.config import TrainConfig
+from transferstudio.project.project import create_project
+from transferstudio.training.speed import fused_optimizer_options, use_sdpa
+from transferstudio.training.trainer import TrainJob, train
+
+
+def _project(tmp_path, backbone, images, **settings):
+    config = TrainConfig(**{**dict(steps=2, preview_steps=2, preview_seeds=[1], batch_size=2, preview_every=0,
+                                   validation="none", learning_rate=5e-3, rank=4, alpha=8), **settings})
+    return create_project(tmp_path / "project", backbone=backbone, images=images, config=config)
+
+
+def test_a_model_with_the_slow_attention_trains_on_torch_fused_attention(tiny_sd1_dir):
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_dir / "unet")
+    unet.set_attn_processor(AttnProcessor())
+    assert use_sdpa(unet) == len(unet.attn_processors) > 0
+    assert all(type(p) is AttnProcessor2_0 for p in unet.attn_processors.values())
+    assert use_sdpa(unet) == 0
+
+
+def test_fused_adamw_only_on_cuda():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert fused_optimizer_options(params, torch.device("cpu")) == {}
+
+
+class _FakeCompileError(RuntimeError):
+    pass
+
+
+_FakeCompileError.__module__ = "torch._dynamo.exc"
+
+
+def test_a_failed_compile_ends_the_run_with_advice(tmp_path, tiny_sd1_dir, monkeypatch):
+    from tiny_ddpm import make_images
+
+    def broken_compile(module, *args, **kwargs):
+        def fail(*a, **k):
+            raise _FakeCompileError("backend='inductor' raised: no C++ compiler")
+        module.forward = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    images = make_images(tmp_path / "images", n=2, size=32, captions=True)
+    events = list(train(TrainJob(_project(tmp_path, tiny_sd1_dir, images, compile=True))))
+    assert isinstance(events[-1], Failed), events[-1]
+    assert "Compiling the model failed" in events[-1].message and "Compile" in events[-1].advice
+
+
+@pytest.mark.slow
+def test_compiled_training_gives_the_same_losses(tmp_path, tiny_sd1_dir):
+    from tiny_ddpm import make_images
+
+    images = make_images(tmp_path / "images", n=2, size=32, captions=True)
+    losses = []
+    for compiled in (False, True):
+        project = _project(tmp_path / str(compiled), tiny_sd1_dir, images, compile=compiled, steps=3)
+        events = list(train(TrainJob(project)))
+        assert isinstance(events[-1], Finished), events[-1]
+        run = next((project.folder / "runs").iterdir())
+        losses.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)

@@ -1,0 +1,61 @@
+"""Speed settings applied to a prepared model: how fast, never what it learns.
+
+- Attention: diffusers' processors call torch's scaled_dot_product_attention (flash / memory-
+  efficient kernels on CUDA) when torch has it; a model that came with an older processor is
+  switched to it, so a user never trains on the slow path by accident.
+- Channels-last memory layout for the denoiser's convolutions on CUDA (tensor cores like it).
+- `compile`: torch.compile of the denoiser, in place (its parameter names, and so checkpoints
+  and exports, stay the same). Compiling happens at the first step; if it fails (no C++ compiler,
+  an unsupported layer) the run stops with what to do instead of crashing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from transferstudio.core.events import Message
+
+
+def use_sdpa(denoiser: torch.nn.Module) -> int:
+    """Switch attention processors that do not use torch's fused attention to the one that does;
+    how many were switched."""
+    try:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    except ImportError:
+        return 0
+    processors = getattr(denoiser, "attn_processors", None)
+    if not processors or not hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        return 0
+    slow = {name for name, p in processors.items() if type(p) is AttnProcessor}
+    if slow:
+        denoiser.set_attn_processor({name: AttnProcessor2_0() if name in slow else p
+                                     for name, p in processors.items()})
+    return len(slow)
+
+
+def apply_speed_settings(backbone: Any, config: Any, device: torch.device) -> list[Message]:
+    denoiser = backbone.denoiser
+    notes: list[Message] = []
+    use_sdpa(denoiser)
+    if device.type == "cuda":
+        denoiser.to(memory_format=torch.channels_last)
+    if getattr(config, "compile", False):
+        denoiser.compile()
+        notes.append(Message("The denoiser is compiled at the first step (torch.compile): the first step takes "
+                             "a minute or more, later steps are faster.", "info"))
+    return notes
+
+
+def compile_failure(exc: BaseException) -> bool:
+    """Whether an exception came from torch.compile (Dynamo/Inductor) rather than training."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("torch._dynamo", "torch._inductor"))
+
+
+def fused_optimizer_options(params: list[torch.nn.Parameter], device: torch.device) -> dict[str, Any]:
+    """AdamW's fused CUDA kernel when every parameter is a CUDA float tensor (one kernel per step
+    instead of one per tensor); torch's default (foreach) elsewhere."""
+    if device.type == "cuda" and params and all(p.is_cuda and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
