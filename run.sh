@@ -40,6 +40,7 @@ case "$cmd" in
     "$VENV/bin/python" -m transferstudio.devtools.bench --device cuda --steps 30
     "$VENV/bin/python" -m transferstudio.devtools.bench --device cuda --steps 30 --precision bf16
     "$VENV/bin/python" -m transferstudio.devtools.bench_vae --device cuda || true
+    "$VENV/bin/python" -m transferstudio.devtools.bench_cuda --steps 10 || status=$?
     exit "${status:-0}" ;;
   *) echo "usage: bash run.sh [demo|test|app|setup|gpu-check] [args…]" >&2; exit 2 ;;
 esac
