@@ -70,3 +70,18 @@ def test_compiled_training_gives_the_same_losses(tmp_path, tiny_sd1_dir):
         run = next((project.folder / "runs").iterdir())
         losses.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_previews_on_a_cpu_are_drawn_at_the_training_size(tmp_path, tiny_sd1_dir):
+    """A full-size model trained small on a CPU must not spend half an hour on native-size previews."""
+    from tiny_ddpm import make_images
+
+    from transferstudio.core.events import Preview, Progress
+
+    images = make_images(tmp_path / "images", n=2, size=32, captions=True)
+    events = list(train(TrainJob(_project(tmp_path, tiny_sd1_dir, images, resolution=16, steps=1))))
+    assert isinstance(events[-1], Finished), events[-1]
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert previews and all(im.size == (16, 16) for e in previews for im in e.images)
+    drawing = [e for e in events if isinstance(e, Progress) and "previews" in e.task]
+    assert drawing and events.index(drawing[0]) < events.index(previews[0]), "the wait is announced first"

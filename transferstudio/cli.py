@@ -283,6 +283,12 @@ class _TrainPrinter:
             def on_step(self, event: Any) -> None:
                 _progress_line(event)
 
+            def on_progress(self, event: Any) -> None:
+                if event.done == event.total:
+                    print(f"{event.task}: {event.done} of {event.total}, done")
+                elif event.done == 0:
+                    print(f"{event.task}: {event.total} to do…")
+
             def on_preview(self, event: Any) -> None:
                 _end_progress_line()
                 print(f"preview at step {event.step}: {event.paths[0].parent if event.paths else ''}")
