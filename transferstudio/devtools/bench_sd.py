@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transferstudio.devtools.bench_sd")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2, help="alternate the rows this many times")
+    parser.add_argument("--compile", action="store_true", help="add a row with torch.compile (minutes to compile)")
     args = parser.parse_args(argv)
 
     images = sample_images()
@@ -200,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_bench_sd(Path(tmp) / "tiny-sd1")
         for repeat in range(args.repeats):  # alternate, so a busy moment does not favour one row
-            for name, run in (
+            cases = [
                 ("diffusers example loop", lambda: example_loop(model, pictures, args.steps)),
                 ("TransferStudio, cache off", lambda: engine_run(model, images, Path(tmp) / f"off{repeat}",
                                                                  args.steps, cache="off")),
                 ("TransferStudio (cache on)", lambda: engine_run(model, images, Path(tmp) / f"on{repeat}",
                                                                  args.steps, cache="memory")),
-            ):
+            ]
+            if args.compile:
+                cases.append(("TransferStudio, + compile", lambda: engine_run(
+                    model, images, Path(tmp) / f"compiled{repeat}", args.steps, cache="memory", compile=True)))
+            for name, run in cases:
                 times, setup = run()
                 rows.setdefault(name, []).extend(times)
                 setups.setdefault(name, []).append(setup)
