@@ -345,6 +345,46 @@ class StableDiffusionFamily(Family):
                                        source=path, prediction_type=prediction_type)
         return cls.from_folder(path, prediction_type=prediction_type)
 
+    def skeleton(self, path: Path) -> "StableDiffusionBase":
+        """A pipeline folder's components from their configs (a single file: the bundled configs of
+        the kind the library detects; a folder without weights, such as the bundled ones, will do);
+        tokenizers are read for real (small files), so conditioning runs as in training."""
+        from types import SimpleNamespace
+
+        import diffusers
+        import transformers
+
+        path = Path(path)
+        folder = path
+        if path.is_file():
+            from transferstudio.backbones.sdfiles._paths import loading_root
+            from transferstudio.backbones.sdfiles.detect import detect
+
+            key = detect(path).config_key
+            if key is None:
+                raise BackboneError(f"{path.name} is not a {self.what} checkpoint.", self.pick_hint)
+            folder = loading_root() / key
+        index = read_json(folder / "model_index.json") or {}
+
+        def component(name: str, library: Any, default: str) -> Any:
+            entry = index.get(name) or [None, default]
+            cls = getattr(library, str(entry[1] or default))
+            if library is diffusers:
+                return cls.from_config(cls.load_config(folder / name))
+            return cls(cls.config_class.from_pretrained(folder / name))
+
+        parts = SimpleNamespace(unet=component("unet", diffusers, "UNet2DConditionModel"),
+                                vae=component("vae", diffusers, "AutoencoderKL"),
+                                scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json") or {})
+        for index_name in ("", "_2")[:self.text_encoders]:
+            setattr(parts, f"text_encoder{index_name}", component(f"text_encoder{index_name}", transformers,
+                                                                  "CLIPTextModel"))
+            with torch.device("cpu"):  # a tokenizer makes no weights; its files are read as they are
+                tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / f"tokenizer{index_name}",
+                                                                       local_files_only=True)
+            setattr(parts, f"tokenizer{index_name}", tokenizer)
+        return self.backbone_class().from_components(parts, source=path)
+
 
 class StableDiffusionBase(DiffusionBackbone):
     """UNet2DConditionModel + AutoencoderKL + CLIP text encoders. Subclasses add the text encoding

@@ -72,6 +72,8 @@ class ExportSpec:
     version_label: str | None = None  # A1111's "sd version" (SD1 / SD2 / SDXL)
     v_parameterization: bool = False
     is_v2: bool = False
+    modelspec_implementation: str | None = None  # modelspec.implementation of original-layout files
+    #   (None: Stability's generative-models for original layouts, "diffusers" otherwise)
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,18 @@ class Backbone(ABC):
         """Denoiser module path -> kohya module name; only families with `caps.kohya_lora`."""
         raise NotImplementedError(f"{self.family} has no kohya naming")
 
+    def kohya_fused_layers(self, paths: list[str]) -> dict[str, dict]:
+        """For adapted denoiser `paths`, the kohya layers that hold several of them (an original
+        layer diffusers splits, e.g. SD3/FLUX's fused q/k/v) or whose row halves are swapped:
+        kohya name -> {"parts": ((module path, output rows), ...) in row order, "swap": bool}.
+        Empty for families whose kohya layers are their diffusers modules."""
+        return {}
+
+    def base_row_norms(self, path: str) -> torch.Tensor:
+        """The row norms of the denoiser module's base weight (a DoRA magnitude for a part of a
+        fused kohya layer that was not adapted)."""
+        raise NotImplementedError(f"{self.family} has no fused kohya layers")
+
     def plain_modules(self) -> list[nn.Module]:
         """Every module of the model (for casting a merged export to fp16)."""
         return [self.denoiser, *self.text_encoders()]
@@ -286,6 +300,12 @@ class Family(ABC):
     def typical_capabilities(self) -> Capabilities:
         """What models of this family can do, before a particular one is chosen (format lists)."""
         raise NotImplementedError
+
+    def skeleton(self, path: Path) -> Backbone:
+        """The model at `path` built from its configs alone with every weight on the meta device
+        (shapes, no memory, nothing read but configs): what the memory plan measures. Call it
+        inside `with torch.device("meta"):`, which puts the weights there for this thread only."""
+        raise NotImplementedError(f"{self.key} cannot build its models without their weights")
 
     def kohya_unet_names(self, paths: list[str], unet_config: Any) -> dict[str, str]:
         """Denoiser module path -> kohya module name (families whose LoRAs export for kohya)."""

@@ -16,13 +16,15 @@ from transferstudio.core.errors import BackboneError
 
 
 # (module, class) of the built-in families, asked in this order. Single-file checkpoints are
-# claimed by SD/SDXL through the model library's detection.
+# claimed by SD/SDXL (and SD3/FLUX transformer files) through the model library's detection.
 BUILTIN = (
     ("transferstudio.backbones.ddpm", "DDPMFamily"),
     ("transferstudio.backbones.gan", "GANFamily"),  # before SD: it claims its own .safetensors generators
     ("transferstudio.backbones.vae", "VAEFamily"),  # before SD: it claims VAE-only files
     ("transferstudio.backbones.sd", "SDFamily"),
     ("transferstudio.backbones.sdxl", "SDXLFamily"),
+    ("transferstudio.backbones.sd3", "SD3Family"),
+    ("transferstudio.backbones.flux", "FluxFamily"),
 )
 _extra: list[Family] = []
 

@@ -11,6 +11,13 @@ what A1111/ComfyUI convert for those families); SDXL uses the original `input_bl
 not map diffusers-style SDXL names). The original-layout names come from the model library's
 diffusers -> original mapping, so there is one mapping in the program, not two.
 
+SD3 and FLUX.1 use their transformers' original layout (`lora_unet_joint_blocks_…` /
+`lora_unet_double_blocks_…`, `lora_unet_single_blocks_…`, what ComfyUI maps and sd-scripts trains,
+names from backbones/mmdit_layout.py). That layout fuses layers diffusers keeps apart (q, k and v
+in one `qkv`; FLUX's single blocks also the MLP's input in `linear1`): the family lists those as
+`kohya_fused_layers` and each is written as one LoRA of rank (sum of the parts' ranks) with a
+block-diagonal up (`_fused`), which is exactly the parts' LoRAs side by side.
+
 Conv LoRA keeps its 4-D tensors (down: r x in x k x k, up: out x r x 1 x 1, as LoCon writes
 them). DoRA's magnitude becomes `<name>.dora_scale`, shaped (out, 1[, 1, 1]) — the per-output-
 channel norm LyCORIS writes and ComfyUI recognises by `dora_scale.shape[0] == out`.
@@ -168,6 +175,8 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
              text_prefixes: Mapping[str, str] | None = None, family: str | None = None,
              unet_config: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None,
              conv_paths: Mapping[str, Any] | None = None,
+             fused_layers: Callable[[list[str]], Mapping[str, Mapping[str, Any]]] | None = None,
+             row_norms: Callable[[str], torch.Tensor] | None = None,
              ) -> tuple[dict[str, torch.Tensor], list[KohyaModule]]:
     """peft state dicts by role ("unet", "text_encoder", "text_encoder_2") -> kohya tensors.
 
@@ -175,8 +184,11 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
     (role -> prefix), or from the registered family with key `family`. `configs[role]` is the
     role's peft config (LoraConfig, LoHaConfig, LoKrConfig, or its dict). `conv_paths[role]`:
     the adapted spatial convolutions (for the metadata; default: LoRA layers with 4-D kernels
-    larger than 1x1). Raises ExportError for weights the format cannot hold and for two layers
-    that would get the same name."""
+    larger than 1x1). `fused_layers` (the model's `kohya_fused_layers`): the kohya layers made of
+    several denoiser modules (or with swapped row halves), written as one LoRA each (`_fused`);
+    `row_norms` gives a base weight's row norms for the DoRA magnitude of a part that was not
+    adapted. Raises ExportError for weights the format cannot hold and for two layers that would
+    get the same name."""
     if unet_names is None:
         key = family or ""
         unet_names = lambda paths: unet_module_names(paths, key, unet_config)  # noqa: E731
@@ -191,20 +203,31 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
         if not state:
             continue
         groups = _modules(state, role)
+        fused: Mapping[str, Mapping[str, Any]] = {}
         if role == "unet":
             names = unet_names(sorted(groups))
+            fused = fused_layers(sorted(groups)) if fused_layers is not None else {}
         else:
             prefix = text_prefixes.get(role)
             if prefix is None:
                 raise ExportError(f"The kohya format has no place for a '{role}' adapter on this model.",
                                   "Export in the diffusers format instead.")
             names = {p: text_module_name(p, prefix) for p in groups}
-        for path in sorted(groups):
-            (kind, parts), name = groups[path], names[path]
+        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+        for name, layer in fused.items():
             if name + ".alpha" in tensors:
                 raise ExportError(f"Two adapted layers map to the same kohya name {name}.",
                                   "Export in the diffusers format instead.")
-            cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+            written, module = _fused(name, role, layer, groups, configs.get(role), row_norms, cast)
+            tensors.update(written)
+            modules.append(module)
+        for path in sorted(groups):
+            (kind, parts), name = groups[path], names[path]
+            if name in fused:
+                continue
+            if name + ".alpha" in tensors:
+                raise ExportError(f"Two adapted layers map to the same kohya name {name}.",
+                                  "Export in the diffusers format instead.")
             conv = path in conv_paths.get(role, ()) if conv_paths is not None else None
             if kind != "lora":
                 written, rank, alpha = _lycoris(kind, parts, configs.get(role), path, cast)
@@ -230,3 +253,80 @@ def to_kohya(states: Mapping[str, Mapping[str, torch.Tensor]], configs: Mapping[
     if not tensors:
         raise ExportError("There are no adapter weights to export.", "Train the LoRA first.")
     return tensors, modules
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    first, second = t.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def _fused(name: str, role: str, layer: Mapping[str, Any], groups: Mapping[str, tuple[str, dict[str, torch.Tensor]]],
+           config: Any, row_norms: Callable[[str], torch.Tensor] | None,
+           cast: Callable[[torch.Tensor], torch.Tensor]) -> tuple[dict[str, torch.Tensor], KohyaModule]:
+    """One kohya LoRA for an original layer made of several diffusers modules (rows stacked in
+    `layer["parts"]` order; `layer["swap"]`: the original keeps the row halves the other way round).
+
+    The parts' LoRAs side by side are exactly one LoRA of the fused layer: down = the parts' downs
+    stacked (rank R = the sum of their ranks), up = their ups block-diagonally (zero rows for a part
+    that was not adapted), each up scaled by its own peft scale over the first part's, and alpha =
+    that first scale × R — so a loader's up @ down · alpha / R is each part's delta in its rows.
+    diffusers' kohya FLUX converter recognises this block-diagonal up and splits it back exactly.
+    DoRA: the magnitude is the parts' magnitudes stacked (a part without adapter: its base weight's
+    row norms, which leave it unchanged). The module's record keeps the trained rank and alpha of
+    one part, as the metadata reports them."""
+    parts = [(str(p), int(rows)) for p, rows in layer["parts"]]
+    adapted = [p for p, _ in parts if p in groups]
+    kinds = {groups[p][0] for p in adapted}
+    if kinds != {"lora"}:
+        raise ExportError(f"The kohya layer {name} joins several layers, which only plain LoRA (or DoRA) can be "
+                          f"written for; this adapter is {', '.join(sorted(kinds))}.",
+                          "Export in the diffusers format instead.")
+    downs = {p: groups[p][1]["A"].detach().cpu().float() for p in adapted}
+    ups = {p: groups[p][1]["B"].detach().cpu().float() for p in adapted}
+    if any(d.ndim != 2 for d in downs.values()) or len({d.shape[1] for d in downs.values()}) != 1:
+        raise ExportError(f"The layers joined in the kohya layer {name} do not fit together.",
+                          "Export in the diffusers format instead.")
+    ranks = {p: int(downs[p].shape[0]) for p in adapted}
+    scales = {p: peft_scale(config, p, ranks[p]) for p in adapted}
+    reference = scales[adapted[0]]
+    total_rank = sum(ranks.values())
+    up = torch.zeros(sum(rows for _, rows in parts), total_rank)
+    row = col = 0
+    for path, rows in parts:
+        if path in ups:
+            if ups[path].shape[0] != rows:
+                raise ExportError(f"The layer {path} has {ups[path].shape[0]} outputs where the kohya layer {name} "
+                                  f"expects {rows}.", "Export in the diffusers format instead.")
+            up[row:row + rows, col:col + ranks[path]] = ups[path] * (scales[path] / reference)
+            col += ranks[path]
+        row += rows
+    down = torch.cat([downs[p] for p in adapted], dim=0)
+    dora = [p for p in adapted if "M" in groups[p][1]]
+    magnitude = None
+    if dora:
+        if len(dora) != len(adapted):
+            raise ExportError(f"The kohya layer {name} joins DoRA and plain LoRA layers.",
+                              "Export in the diffusers format instead.")
+        pieces = []
+        for path, rows in parts:
+            if path in groups:
+                pieces.append(groups[path][1]["M"].detach().cpu().float().reshape(-1))
+            elif row_norms is not None:
+                pieces.append(row_norms(path).detach().cpu().float().reshape(-1))
+            else:
+                raise ExportError(f"The DoRA magnitude of {name} needs the base weights of {path}.",
+                                  "Export in the diffusers format instead.")
+        magnitude = torch.cat(pieces).reshape(-1, 1)
+    if layer.get("swap"):
+        up = _swap_halves(up)
+        magnitude = _swap_halves(magnitude) if magnitude is not None else None
+    dtype = groups[adapted[0]][1]["A"].dtype
+    out = {name + ".lora_down.weight": cast(down.to(dtype).contiguous()),
+           name + ".lora_up.weight": cast(up.to(dtype).contiguous()),
+           name + ".alpha": torch.tensor(reference * total_rank, dtype=torch.float32)}
+    if magnitude is not None:
+        out[name + ".dora_scale"] = cast(magnitude.to(dtype).contiguous())
+    rank = ranks[adapted[0]]
+    module = KohyaModule(name=name, role=role, source=",".join(adapted), rank=rank, alpha=reference * rank,
+                         conv=False, dora=magnitude is not None)
+    return out, module

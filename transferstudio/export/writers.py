@@ -48,7 +48,8 @@ def write_kohya(trained: Any, file: Path, ctx: ExportContext) -> dict:
     spec = backbone.export_spec()
     tensors, modules = to_kohya(trainee.state(), trainee.lora_configs, unet_names=backbone.kohya_unet_names,
                                 text_prefixes=dict(spec.kohya_text_prefixes),
-                                dtype=torch.float16 if ctx.fp16 else None, conv_paths=trainee.conv_layers())
+                                dtype=torch.float16 if ctx.fp16 else None, conv_paths=trainee.conv_layers(),
+                                fused_layers=backbone.kohya_fused_layers, row_norms=backbone.base_row_norms)
     ranks = sorted({m.rank for m in modules})
     alphas = sorted({m.alpha for m in modules})
     linear = [m for m in modules if not m.conv] or modules
@@ -73,8 +74,9 @@ def write_kohya(trained: Any, file: Path, ctx: ExportContext) -> dict:
                              step=trained.checkpoint.step, network_args=args,
                              precision=trained.checkpoint.state.get("precision"),
                              network_module="lycoris.kohya" if kinds else "networks.lora")
-    meta.update(_modelspec(trained, ctx, adapter=True,
-                           implementation=md.IMPL_SGM if spec.kohya_original_layout else md.IMPL_DIFFUSERS))
+    implementation = (spec.modelspec_implementation or md.IMPL_SGM) if spec.kohya_original_layout \
+        else md.IMPL_DIFFUSERS
+    meta.update(_modelspec(trained, ctx, adapter=True, implementation=implementation))
     meta = md.with_hashes(tensors, meta)
     save_file(tensors, str(file), metadata=meta)
     # A1111 reads `<name>.json` beside a LoRA as its user metadata: these keys show up there.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +20,21 @@ FAMILY_LABELS = {
     "sdxl": "Stable Diffusion XL",
     "sdxl-refiner": "Stable Diffusion XL refiner",
     "ddpm": "Unconditional DDPM",
+    "sd3": "Stable Diffusion 3",
+    "flux": "FLUX.1",
 }
+# SD3 / FLUX single files: variant (the folder under resources/loading with their configs) -> label
+FLOW_VARIANTS = {
+    "sd3-medium": "Stable Diffusion 3 medium",
+    "sd3.5-medium": "Stable Diffusion 3.5 medium",
+    "sd3.5-large": "Stable Diffusion 3.5 large",
+    "flux-dev": "FLUX.1 dev",
+    "flux-schnell": "FLUX.1 schnell",
+}
+# Text encoders an SD3 file may carry inside it (ComfyUI's all-in-one files)
+SD3_TEXT_PREFIXES = {"text_encoder": "text_encoders.clip_l.transformer.",
+                     "text_encoder_2": "text_encoders.clip_g.transformer.",
+                     "text_encoder_3": "text_encoders.t5xxl.transformer."}
 
 # Bytes per element of each safetensors dtype (used to check the header against the file size).
 _DTYPE_SIZES = {
@@ -195,6 +209,12 @@ def _dominant_dtype(tensors: Mapping[str, TensorInfo]) -> str | None:
 
 
 def _lora_family(keys: list[str], tensors: Mapping[str, TensorInfo]) -> str | None:
+    if any("double_blocks" in k or "single_blocks" in k or "single_transformer_blocks" in k for k in keys):
+        return "flux"
+    if any("joint_blocks" in k for k in keys):
+        return "sd3"
+    if any(k.startswith("transformer.transformer_blocks.") for k in keys):
+        return None  # a diffusers SD3 or FLUX (double blocks only) LoRA: their names do not say which
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
         return "sdxl"
     # The cross-attention key projection's input width is the text width: 768 / 1024 / 2048.
@@ -205,18 +225,66 @@ def _lora_family(keys: list[str], tensors: Mapping[str, TensorInfo]) -> str | No
     return None
 
 
-def _other_architecture(keys: list[str], size: int) -> Detection | None:
-    """Newer model families that share the `model.diffusion_model.` prefix but are not supported."""
-    if any(k.startswith((UNET + "joint_blocks.", "joint_blocks.")) for k in keys):
-        return _unknown("Stable Diffusion 3", "Stable Diffusion 3 checkpoints are not supported yet.",
-                        "Use a Stable Diffusion 1.x, 2.x or XL checkpoint.", size_bytes=size)
-    if any(k.startswith((UNET + "double_blocks.", "double_blocks.")) for k in keys):
-        return _unknown("FLUX", "FLUX checkpoints are not supported yet.",
-                        "Use a Stable Diffusion 1.x, 2.x or XL checkpoint.", size_bytes=size)
-    return None
+FP8_ADVICE = ("Fine-tuning needs the full-precision file (bf16 or fp16, e.g. flux1-dev.safetensors or "
+              "sd3.5_large.safetensors) or the model's diffusers folder; fp8 files are smaller copies for "
+              "making pictures only.")
 
 
-def _classify_non_checkpoint(keys: list[str], tensors: Mapping[str, TensorInfo], size: int) -> Detection | None:
+def _other_architecture(keys: list[str], size: int, tensors: Mapping[str, TensorInfo] | None = None,
+                        name: str = "This file", meta: Mapping[str, str] | None = None) -> Detection | None:
+    """SD3 and FLUX transformers (their original layout, with or without `model.diffusion_model.`)."""
+    tensors = tensors or {}
+    prefix = UNET if any(k.startswith((UNET + "joint_blocks.", UNET + "double_blocks.")) for k in keys) else ""
+    has = lambda k: prefix + k in tensors  # noqa: E731
+    if any(k.startswith(prefix + "joint_blocks.") for k in keys):
+        family = "sd3"
+        if not (has("x_embedder.proj.weight") and has("final_layer.linear.weight")):
+            return _unknown("Stable Diffusion 3", f"{name} holds only part of a Stable Diffusion 3 model.",
+                            "Pick the whole model file (its transformer at least).", size_bytes=size)
+        variant = "sd3.5-medium" if any(".x_block.attn2." in k for k in keys) else \
+            "sd3.5-large" if any(".attn.ln_q." in k for k in keys) else "sd3-medium"
+    elif any(k.startswith(prefix + "double_blocks.") for k in keys):
+        family = "flux"
+        if not (has("img_in.weight") and has("final_layer.linear.weight")):
+            return _unknown("FLUX", f"{name} holds only part of a FLUX model.",
+                            "Pick the whole transformer file (e.g. flux1-dev.safetensors).", size_bytes=size)
+        variant = "flux-dev" if has("guidance_in.in_layer.weight") else "flux-schnell"
+    else:
+        return None
+    own = {k: t for k, t in tensors.items() if k.startswith(prefix) and not k.startswith(
+        ("first_stage_model.", "text_encoders.", "vae."))}
+    dtype = _dominant_dtype(own)
+    problems: list[str] = []
+    advice: list[str] = []
+    if dtype and dtype.startswith("F8") or "scaled_fp8" in tensors or prefix + "scaled_fp8" in tensors:
+        problems.append(f"{name} stores its weights as 8-bit floats (fp8), which cannot be fine-tuned.")
+        advice.append(FP8_ADVICE)
+    if family == "flux":
+        channels = tensors[prefix + "img_in.weight"].shape[-1]
+        if channels in (128, 384):
+            kind = "Fill (inpainting)" if channels == 384 else "Depth/Canny"
+            problems.append(f"{name} is a FLUX.1 {kind} model, which takes a picture besides the prompt; it is not "
+                            "a text-to-image model to fine-tune.")
+            advice.append("Use FLUX.1 dev or schnell.")
+        said = " ".join([name.lower(), *(str(v).lower() for k, v in (meta or {}).items()
+                                           if k in ("modelspec.architecture", "modelspec.title"))])
+        other = "schnell" if variant == "flux-dev" else "dev"
+        if other in said and variant.split("-")[1] not in said:
+            advice.append(f"Its name says {other}, but its weights are {FLOW_VARIANTS[variant]} ("
+                          + ("they take a guidance input" if variant == "flux-dev" else "no guidance input")
+                          + f"): it is loaded as {FLOW_VARIANTS[variant]}.")
+    components = ["transformer"]
+    if any(k.startswith(("first_stage_model.", "vae.")) for k in keys):
+        components.append("vae")
+    if family == "sd3":
+        components += [c for c, p in SD3_TEXT_PREFIXES.items() if any(k.startswith(p) for k in keys)]
+    return Detection("checkpoint", family, FLOW_VARIANTS[variant], "flow", 1024, tuple(problems), " ".join(advice),
+                     config_key=variant, components=tuple(components), dtype=dtype, size_bytes=size,
+                     metadata=dict(meta or {}))
+
+
+def _classify_non_checkpoint(keys: list[str], tensors: Mapping[str, TensorInfo], size: int,
+                             name: str = "This file", meta: Mapping[str, str] | None = None) -> Detection | None:
     lora_marks = ("lora_down", "lora_up", "lora_A", "lora_B", ".lora.", "hada_w1", "lokr_w1", ".alpha")
     if any(k.startswith("lora_") for k in keys) or any(m in k for k in keys for m in lora_marks[:7]):
         fmt = "kohya" if any(k.startswith("lora_") for k in keys) else "diffusers/PEFT"
@@ -247,7 +315,7 @@ def _classify_non_checkpoint(keys: list[str], tensors: Mapping[str, TensorInfo],
             keys and set(keys) <= {"clip_l", "clip_g", "emb_params", "string_to_param.*", "string_to_token.*"}):
         return _unknown("Textual-inversion embedding", "This is a textual-inversion embedding, not a base model.",
                         "Pick a full Stable Diffusion checkpoint as the base model.", size_bytes=size)
-    other = _other_architecture(keys, size)
+    other = _other_architecture(keys, size, tensors, name, meta)
     if other is not None:
         return other
     if "conv_in.weight" in keys and any(k.startswith("down_blocks.") for k in keys):
@@ -269,14 +337,14 @@ def classify(header: SafetensorsHeader, *, name: str = "This file", prediction_t
     dtype = _dominant_dtype(tensors)
     meta = header.metadata
     if not any(k.startswith(UNET) for k in keys):
-        other = _classify_non_checkpoint(keys, tensors, size)
+        other = _classify_non_checkpoint(keys, tensors, size, name, meta)
         if other is not None:
-            return other
+            return _expected(other, expected_family, name)
         return _unknown("Unknown model", f"{name} is a safetensors file, but not a model TransferStudio knows.",
                         "Pick a Stable Diffusion 1.x, 2.x or XL checkpoint.", size_bytes=size)
-    other = _other_architecture(keys, size)
+    other = _other_architecture(keys, size, tensors, name, meta)
     if other is not None:
-        return other
+        return _expected(other, expected_family, name)
 
     conv_in = tensors.get(UNET + "input_blocks.0.0.weight")
     if conv_in is None or len(conv_in.shape) != 4:
@@ -382,6 +450,15 @@ def classify(header: SafetensorsHeader, *, name: str = "This file", prediction_t
     return Detection("checkpoint", family, label, pred, resolution, tuple(problems), " ".join(advice),
                      inpainting=inpainting, config_key=config_key, components=tuple(components),
                      dtype=dtype, size_bytes=size, metadata=dict(meta))
+
+
+def _expected(found: Detection, expected_family: str | None, name: str) -> Detection:
+    """An SD3/FLUX file where another family is expected: said first, as for the SD families."""
+    if expected_family is None or found.kind != "checkpoint" or found.family == expected_family:
+        return found
+    what = FAMILY_LABELS.get(expected_family, expected_family)
+    return replace(found, problems=(f"This is a {found.label} model, but {what} is expected here.", *found.problems),
+                   advice=f"Pick a {what} model, or start a new project for this one. {found.advice}".strip())
 
 
 def detect(path: str | Path, *, prediction_type: str | None = None,
