@@ -382,3 +382,20 @@ def test_thirty_lora_steps_on_two_images_reduce_the_loss(tiny_sd1_dir):
     backbone.unet.eval()
     after = probe_loss()
     assert after < before * 0.85, (before, after)  # 1.16 -> 0.76 when written
+
+
+def test_a_folder_missing_some_weights_is_refused_not_filled_at_random(tmp_path):
+    """diffusers would initialise a missing tensor at random and say so only in a log line."""
+    from safetensors.torch import load_file, save_file
+
+    from tiny_sd import make_tiny_sd
+    from transferstudio.backbones.registry import load_backbone
+    from transferstudio.core.errors import BackboneError
+
+    folder = make_tiny_sd(tmp_path / "sd")
+    file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    del weights["conv_out.weight"]
+    save_file(weights, file)
+    with pytest.raises(BackboneError, match="lacks 1 of its weights"):
+        load_backbone(folder)

@@ -249,32 +249,12 @@ def _left_out(index: dict[str, Any], name: str) -> bool:
     return entry is None or (isinstance(entry, list) and (not entry or entry[0] is None))
 
 
-def check_filled(module: nn.Module, sub: Path, what: str) -> nn.Module:
-    """Refuse a model whose weight files do not hold every one of its weights: diffusers and
-    transformers would leave the missing ones randomly initialised, without a word. Tied weights
-    (T5's shared embedding) count as present when their twin is."""
-    from transferstudio.backbones.sdfiles.detect import read_safetensors_header
-
-    variant = sdc.weights_variant(sub)
-    files = [f for f in Path(sub).glob("*.safetensors") if (variant is None) != f.name.endswith(f".{variant}.safetensors")]
-    stored: set[str] = set()
-    for file in files:
-        stored |= set(read_safetensors_header(file).tensors)
-    state = module.state_dict(keep_vars=True)
-    present = {id(t) for k, t in state.items() if k in stored}
-    missing = sorted(k for k, t in state.items() if k not in stored and id(t) not in present)
-    if missing:
-        raise BackboneError(f"The {what} in {sub} lacks {len(missing)} of its weights (e.g. {missing[0]}).",
-                            "The model folder may be incomplete or damaged; download it again.")
-    return module
-
-
 def load_model(cls: Any, sub: Path, what: str) -> nn.Module:
-    return check_filled(sdc.load_diffusers_model(cls, sub, what), sub, what)
+    return sdc.load_diffusers_model(cls, sub, what)  # refuses a folder that lacks weights
 
 
 def load_encoder(cls: Any, sub: Path, what: str) -> nn.Module:
-    return check_filled(sdc.load_text_encoder(cls, sub, what), sub, what)
+    return sdc.load_text_encoder(cls, sub, what)  # refuses a folder that lacks weights
 
 
 def load_t5(sub: Path, what: str) -> nn.Module:

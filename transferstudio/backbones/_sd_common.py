@@ -147,14 +147,35 @@ def load_component(loader: Any, sub: Path, what: str, **kwargs: Any) -> Any:
                             "The model folder may be incomplete or damaged; download it again.") from None
 
 
+def check_filled(module: nn.Module, sub: Path, what: str) -> nn.Module:
+    """Refuse a model whose weight files do not hold every one of its weights: diffusers and
+    transformers would leave the missing ones randomly initialised, without a word. Tied weights
+    (T5's shared embedding) count as present when their twin is."""
+    from transferstudio.backbones.sdfiles.detect import read_safetensors_header
+
+    variant = weights_variant(sub)
+    files = [f for f in Path(sub).glob("*.safetensors") if (variant is None) != f.name.endswith(f".{variant}.safetensors")]
+    stored: set[str] = set()
+    for file in files:
+        stored |= set(read_safetensors_header(file).tensors)
+    state = module.state_dict(keep_vars=True)
+    present = {id(t) for k, t in state.items() if k in stored}
+    missing = sorted(k for k, t in state.items() if k not in stored and id(t) not in present)
+    if missing:
+        raise BackboneError(f"The {what} in {sub} lacks {len(missing)} of its weights (e.g. {missing[0]}).",
+                            "The model folder may be incomplete or damaged; download it again.")
+    return module
+
+
+
 def load_text_encoder(cls: Any, sub: Path, what: str) -> nn.Module:
-    return load_component(cls, sub, what, use_safetensors=True, dtype=torch.float32,
-                          variant=weights_variant(sub))
+    return check_filled(load_component(cls, sub, what, use_safetensors=True, dtype=torch.float32,
+                                       variant=weights_variant(sub)), sub, what)
 
 
 def load_diffusers_model(cls: Any, sub: Path, what: str) -> nn.Module:
-    return load_component(cls, sub, what, use_safetensors=True, torch_dtype=torch.float32,
-                          variant=weights_variant(sub))
+    return check_filled(load_component(cls, sub, what, use_safetensors=True, torch_dtype=torch.float32,
+                                       variant=weights_variant(sub)), sub, what)
 
 
 def prediction_label(prediction_type: str) -> str:
