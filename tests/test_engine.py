@@ -104,6 +104,27 @@ def test_pause_resume_and_stop_take_effect_within_one_step(tmp_path, tiny_ddpm, 
     assert again[0].start_step == 2 and isinstance(again[-1], Finished)
 
 
+def test_previews_and_saves_asked_for_while_paused_are_made_at_once(tmp_path, tiny_ddpm, image_folder):
+    project = _project(tmp_path, tiny_ddpm, image_folder, steps=200, preview_every=0)
+    commands = Commands()
+    events = []
+    for event in train(TrainJob(project), commands):
+        events.append(event)
+        if isinstance(event, Step) and event.step == 2:
+            commands.pause()
+        if isinstance(event, Paused):
+            commands.sample_now()
+            commands.save_now()
+        if isinstance(event, Checkpoint) and commands.paused:
+            commands.resume()
+        if isinstance(event, Resumed):
+            commands.stop()
+    kinds = [type(e).__name__ for e in events]
+    paused, resumed = kinds.index("Paused"), kinds.index("Resumed")
+    assert "Preview" in kinds[paused:resumed] and "Checkpoint" in kinds[paused:resumed], kinds
+    assert [e.step for e in events[paused:resumed] if isinstance(e, (Preview, Checkpoint))] == [2, 2]
+
+
 def test_bad_images_are_skipped_with_reasons_and_training_goes_on(tmp_path, tiny_ddpm, image_folder):
     (image_folder / "empty.png").write_bytes(b"")
     (image_folder / "notes.jpg").write_text("this is not a picture")

@@ -14,6 +14,7 @@ class Commands:
         self._stop = threading.Event()
         self._sample = threading.Event()
         self._save = threading.Event()
+        self._attention = threading.Event()  # set by every command: wakes a paused loop
 
     # --- called by the UI thread -------------------------------------------------
     def pause(self) -> None:
@@ -21,16 +22,20 @@ class Commands:
 
     def resume(self) -> None:
         self._running.set()
+        self._attention.set()
 
     def stop(self) -> None:
         self._stop.set()
         self._running.set()  # a paused loop must wake up to stop
+        self._attention.set()
 
     def sample_now(self) -> None:
         self._sample.set()
+        self._attention.set()
 
     def save_now(self) -> None:
         self._save.set()
+        self._attention.set()
 
     # --- called by the training loop --------------------------------------------
     @property
@@ -44,6 +49,13 @@ class Commands:
     def wait_while_paused(self, timeout: float | None = None) -> bool:
         """Block while paused. Returns True when running (or stopping)."""
         return self._running.wait(timeout)
+
+    def wait_while_paused_unless_asked(self) -> None:
+        """Block while paused, until resumed or stopped, or until previews or a save are asked
+        for (which a paused run does at once: its weights are not changing)."""
+        while not self._running.is_set() and not self._sample.is_set() and not self._save.is_set():
+            self._attention.wait()
+            self._attention.clear()  # the flags are checked again before the next wait
 
     def take_sample_request(self) -> bool:
         return _take(self._sample)

@@ -243,7 +243,7 @@ class Trainer:
                 if commands.paused and not commands.stop_requested:
                     self.log(f"paused at step {self.step}")
                     yield Paused(self.step)
-                    commands.wait_while_paused()
+                    yield from self.while_paused()
                     yield Resumed(self.step)
                 if commands.stop_requested:
                     saved = self.save()
@@ -271,6 +271,17 @@ class Trainer:
         self.log(f"finished at step {self.step}, loss {self.last_loss:.4f}")
         yield Finished(step=self.step, final_loss=self.last_loss, checkpoint=final.path,
                        weights=final.path / ckpt.WEIGHTS)
+
+    def while_paused(self) -> Iterator[Any]:
+        """Wait for resume or stop; previews and saves asked for meanwhile are made at once."""
+        commands = self.commands
+        while commands.paused and not commands.stop_requested:
+            commands.wait_while_paused_unless_asked()
+            if commands.take_sample_request():
+                yield self.preview(self.step)
+            if commands.take_save_request():
+                yield self.save()
+                yield from self.save_notes()
 
     # --- setting up ---------------------------------------------------------------------
     def fill_caches(self) -> Iterator[Any]:
