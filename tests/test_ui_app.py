@@ -141,7 +141,7 @@ def test_create_project_train_pause_resume_to_the_end(qtbot, make_window, tmp_pa
     dialog.folder_picker.set_path(str(tmp_path / "new-project"))
     dialog.backbone_picker.set_path(str(tiny_ddpm))
     dialog.images_picker.set_path(str(image_folder))
-    assert dialog.is_valid()
+    qtbot.waitUntil(dialog.is_valid, timeout=LONG)  # the model and the pictures are checked on workers
     with qtbot.waitSignal(window.inspected, timeout=LONG):
         with qtbot.waitSignal(window.project_opened):
             dialog.accept()

@@ -17,7 +17,7 @@ from transferstudio.project.config import TrainConfig  # noqa: E402
 from transferstudio.ui import images_panel as images_panel_module  # noqa: E402
 from transferstudio.ui.backbone_panel import BackbonePanel  # noqa: E402
 from transferstudio.ui.images_panel import ImagesPanel, ThumbReadyRole  # noqa: E402
-from transferstudio.ui.new_project_dialog import LocateDialog, NewProjectDialog  # noqa: E402
+from transferstudio.ui.new_project_dialog import LocateDialog  # noqa: E402
 from transferstudio.ui.settings_form import SettingsForm, format_scientific  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,44 +346,7 @@ def test_backbone_panel_shows_inspection(qtbot, tmp_path):
 
 
 # --- dialogs -------------------------------------------------------------------------------------
-def test_new_project_dialog_validation(qtbot, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    model = tmp_path / "model.safetensors"
-    model.write_bytes(b"x")
-    dialog = NewProjectDialog(projects_root=tmp_path / "projects")
-    qtbot.addWidget(dialog)
-    assert not dialog.ok_button.isEnabled()
-
-    dialog.name_edit.setText("Cats")
-    assert dialog.folder_picker.path() == str(tmp_path / "projects" / "Cats")  # follows the name
-    dialog.images_picker.edit.setText(str(images))
-    assert not dialog.ok_button.isEnabled()  # still no base model
-    dialog.backbone_picker.edit.setText(str(tmp_path / "missing"))
-    assert not dialog.ok_button.isEnabled()
-    assert dialog.backbone_msg.level() == "error"
-    dialog.backbone_picker.edit.setText(str(tmp_path / "images"))  # a folder is fine
-    assert dialog.ok_button.isEnabled()
-    dialog.backbone_picker.edit.setText(str(model))
-    assert dialog.ok_button.isEnabled()
-
-    dialog.name_edit.setText("bad/name")
-    assert not dialog.ok_button.isEnabled()
-    dialog.name_edit.setText("Cats")
-
-    existing = tmp_path / "existing"
-    existing.mkdir()
-    (existing / "project.json").write_text("{}")
-    dialog.folder_picker.edit.setText(str(existing))
-    dialog.folder_picker.edit.textEdited.emit(str(existing))
-    assert not dialog.ok_button.isEnabled()
-    dialog.folder_picker.edit.setText(str(tmp_path / "new_place"))
-    assert dialog.ok_button.isEnabled()
-    dialog.name_edit.setText("Dogs")  # the folder was chosen by hand: it stays
-    assert dialog.values() == {
-        "name": "Dogs", "folder": str(tmp_path / "new_place"), "backbone": str(model),
-        "images": str(images), "method": "lora",
-    }
+# The New Project dialog's checks: tests/test_ui_new_project.py.
 
 
 def test_locate_dialog(qtbot, tmp_path):

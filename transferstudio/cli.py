@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run with the settings it was started with even though the project's "
                         "settings have changed since (without it, `train` refuses and names the changes)")
     p.add_argument("--run", metavar="ID", help="continue this run (see `runs`) instead of the latest")
+    p.add_argument("--plan", action="store_true",
+                   help="print how much GPU memory the run will take (weights, gradients, optimizer state, "
+                        "activations), the free GPU memory and what to change if it does not fit; train nothing")
     p.add_argument("--scratch", action="store_true",
                    help="train a from-scratch baseline: the same model with random weights, every weight "
                         "trained, for the same steps, so the report can show what starting pretrained bought "
@@ -333,6 +336,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from transferstudio.training.trainer import TrainJob, train
 
     project = load_project(args.project)
+    if args.plan:
+        from transferstudio.training.memory_plan import print_plan
+
+        return print_plan(project)
     return _run_training(lambda commands: train(TrainJob(project, steps=args.steps, fresh=args.fresh,
                                                          run_id=args.run, keep_run_settings=args.keep_run_settings,
                                                          scratch=args.scratch),

@@ -137,6 +137,17 @@ class DDPMFamily(Family):
             sched["prediction_type"] = prediction_type
         return DDPMBackbone(unet, sched, source=path)
 
+    def skeleton(self, path: Path) -> Backbone:
+        from diffusers import UNet2DModel
+
+        path = Path(path)
+        unet_dir = _unet_folder(path)
+        if unet_dir is None:
+            raise BackboneError(f"{path} is not an unconditional diffusion model folder.")
+        unet = UNet2DModel.from_config(UNet2DModel.load_config(unet_dir))
+        return DDPMBackbone(unet, dict(read_json(path / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER),
+                            source=path)
+
 
 class DDPMBackbone(DiffusionBackbone):
     family = "ddpm"

@@ -166,6 +166,13 @@ class GANFamily(Family):
         _load_weights(discriminator, path / DISCRIMINATOR_FILE, "discriminator")
         return GANBackbone(config, generator, discriminator, source=path)
 
+    def skeleton(self, path: Path) -> Backbone:
+        path = Path(path)
+        config = _file_config(path) if path.is_file() else read_folder_config(path)
+        if config is None:
+            raise BackboneError(f"{path} is not a TransferStudio GAN.", "Pick a GAN folder or an exported generator.")
+        return GANBackbone(config, Generator(config), Discriminator(config), source=path)
+
 
 def _load_weights(module: nn.Module, file: Path, what: str) -> None:
     """Every weight must come from the file and fit (safetensors only: nothing is unpickled)."""

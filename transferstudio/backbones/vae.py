@@ -153,6 +153,15 @@ class VAEFamily(Family):
                                 "The folder may be incomplete or damaged.") from None
         return VAEBackbone(vae, source=path, prior_samples=bool((_vae_config(path) or {}).get(PRIOR_FLAG)))
 
+    def skeleton(self, path: Path) -> Backbone:
+        from diffusers import AutoencoderKL
+
+        path = Path(path)
+        config = self._file_config() if path.is_file() else _vae_config(path)
+        if not config:
+            raise BackboneError(f"{path} is not a VAE.", "Pick an AutoencoderKL folder or a VAE .safetensors file.")
+        return VAEBackbone(AutoencoderKL.from_config(config), source=path, prior_samples=bool(config.get(PRIOR_FLAG)))
+
 
 def _load_file(path: Path) -> nn.Module:
     """A VAE-only .safetensors: the original (ldm) layout, with or without `first_stage_model.`,

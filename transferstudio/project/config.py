@@ -40,8 +40,11 @@ class TrainConfig:
                      "the decoder only, so the latent space stays the one Stable Diffusion knows.",
                      choices=METHODS)
     steps: int = _f(500, "How many optimizer steps to train in total.", min=1, max=1_000_000)
-    learning_rate: float = _f(1e-4, "How big each update is. 1e-4 suits LoRA; full fine-tuning "
-                              "usually wants less.", min=1e-7, max=1.0)
+    learning_rate: float = _f(1e-4, "How big each update is. It depends on the model's size and the method: a LoRA on "
+                              "Stable Diffusion takes about 1e-4 and its full fine-tuning about 1e-5, while the small "
+                              "starter models take more (the sample project fine-tunes every weight at 5e-4; a LoRA "
+                              "on it, 2e-3). New projects start from the rate that suits their model and method.",
+                              min=1e-7, max=1.0)
     batch_size: int = _f(1, "Images per step. Larger is smoother but needs more memory.", min=1, max=256)
     gradient_accumulation: int = _f(1, "Add up gradients over this many batches before each update "
                                     "(a larger effective batch without more memory).", min=1, max=256)

@@ -55,6 +55,15 @@ def latest_run_state(project: Any) -> RunState | None:
     return RunState(run_dir=run.folder, checkpoint_step=run.trained_step, total=run.total, run=run)
 
 
+def preview_every(run_dir: Path) -> int:
+    """How often (in steps) the run in `run_dir` draws previews; 0: only at its start and end (or
+    when its settings cannot be read)."""
+    try:
+        return max(0, int(Run.open(Path(run_dir)).config.preview_every or 0))
+    except (UserError, OSError, ValueError, TypeError):
+        return 0
+
+
 def trained_method(project: Any) -> str | None:
     """The method ("lora" / "full") of the newest run that has trained weights."""
     try:

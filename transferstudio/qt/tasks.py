@@ -32,12 +32,51 @@ def inspect_backbone(path: str | Path) -> dict[str, Any]:
             "suggested": dict(caps.suggested) if caps is not None else {}}
 
 
-def export_formats(family: str | None, method: str) -> list[tuple[str, str, str]]:
+def export_formats(family: str | None, method: str, adapter: str = "lora") -> list[tuple[str, str, str]]:
     """(key, label, description) of the export formats that apply to models of the family with
-    this key (None: an unknown model, which gets the formats every model has) and method."""
+    this key (None: an unknown model, which gets the formats every model has) and method.
+
+    The descriptions say what the file really is for this model: the generic text of a format
+    that writes different layouts for different models (diffusers: a pipeline LoRA file for
+    models that take prompts, a peft adapter file for the others) is replaced by the one that
+    holds here, decided from the family's capabilities."""
     from transferstudio.export.formats import formats_for
 
-    return formats_for(family, method)
+    formats = formats_for(family, method)
+    caps = _typical_capabilities(family)
+    return [(key, label, _describe(key, description, caps, method, adapter)) for key, label, description in formats]
+
+
+def _typical_capabilities(family: str | None) -> Any:
+    if not family:
+        return None
+    from transferstudio.backbones.registry import family as family_of
+
+    try:
+        return family_of(family).typical_capabilities()
+    except (KeyError, NotImplementedError):
+        return None
+
+
+def _describe(key: str, description: str, caps: Any, method: str, adapter: str) -> str:
+    """The help text of one format for this model, method and adapter."""
+    if key != "diffusers" or caps is None:
+        return description
+    if method != "lora":
+        return "For Python scripts: the whole model as a diffusers folder that `from_pretrained` loads."
+    if adapter in ("loha", "lokr"):
+        from transferstudio.export.writers import LYCORIS_LOADING
+
+        how = LYCORIS_LOADING.get(adapter)
+        if how:
+            return f"For Python scripts: a {adapter.upper()} adapter file (.safetensors). Load it with {how}"
+    if caps.conditioning == "text":  # a diffusers pipeline with a LoRA loader (prompts, text encoders)
+        return ("For Python scripts: a LoRA file in the layout diffusers' `pipe.load_lora_weights(file)` reads "
+                "(the base model's pipeline, then the file).")
+    # Models without prompts have no pipeline LoRA loader: the file is a peft adapter.
+    return ("For Python scripts: a LoRA adapter file in peft's format (the weights, with their LoraConfig as "
+            "JSON under the file's `lora_config` metadata key). Load it into the base model's denoiser with peft: "
+            "`inject_adapter_in_model(LoraConfig(**config), unet)` then `set_peft_model_state_dict(unet, weights)`.")
 
 
 def export_project(project: Any, out: str | Path, fmt: str, overwrite: bool, strength: float = 1.0,
@@ -99,6 +138,16 @@ class ComparePair:
     trained_notes: tuple[str, ...] = ()
 
 
+class _Quiet:
+    """No progress shown, never cancelled (a comparison called without a TaskControl)."""
+
+    def report(self, done: int, total: int, text: str = "") -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+
 class CompareSession:
     """Keeps a loaded trained model between comparisons (loading is the slow part).
 
@@ -144,34 +193,55 @@ class CompareSession:
         # a full fine-tune changed every weight: the original model
         return self._base_backbone_for(model).sample(seeds=seeds, prompts=prompts, steps=steps, **extra)
 
+    def _needs_base_load(self, model: Any) -> bool:
+        return model.config.method != "lora" and self._base_backbone is None
+
     def compare(self, seed: int, prompt: str, strength: float, steps: int, count: int = 1,
-                truncation: float = 1.0) -> ComparePair:
+                truncation: float = 1.0, control: Any = None) -> ComparePair:
         """`count` pictures per side, from seeds seed, seed+1, …; the base side is cached per seed.
-        `truncation` applies to models that take it (GANs: both sides from the same latents)."""
+        `truncation` applies to models that take it (GANs: both sides from the same latents).
+        `control` (a TaskControl): progress per picture, and Cancel between pictures. Each picture
+        is drawn on its own (one seed gives the same picture whatever the batch); base pictures
+        already drawn stay cached when the comparison is cancelled."""
         import torch
 
+        control = control or _Quiet()
+        if self._model is None:
+            control.report(0, 0, "Loading the trained model…")
         model = self._load()
+        control.check()
         if model.backbone.caps.preview == "reconstruction":
-            return self._compare_reconstructions(model, count, strength)
+            return self._compare_reconstructions(model, count, strength, control)
         text = model.backbone.caps.conditioning == "text"
         prompts = [prompt] if text else None  # one prompt serves every seed
         seeds = list(range(seed, seed + max(1, count)))
         extra = {"truncation": truncation} if model.backbone.caps.truncation else {}
         key = (prompt if text else "", steps, truncation if extra else 1.0)
+        missing = [s for s in seeds if (s, *key) not in self._base_cache]
+        total, done = len(missing) + len(seeds), 0
+        trained = []
+        if missing and self._needs_base_load(model):
+            control.report(0, 0, "Loading the base model…")
         with torch.no_grad():
-            missing = [s for s in seeds if (s, *key) not in self._base_cache]
-            if missing:
-                pictures = self._base_samples(model, missing, prompts, steps, **extra)
-                for s, picture in zip(missing, pictures):
-                    self._base_cache[(s, *key)] = pil_to_qimage(picture)
+            for i, s in enumerate(missing):
+                control.report(done, total, f"Base model: picture {i + 1} of {len(missing)}")
+                picture = self._base_samples(model, [s], prompts, steps, **extra)[0]
+                self._base_cache[(s, *key)] = pil_to_qimage(picture)
+                done += 1
+                control.check()
             model.trainee.set_strength(strength)
-            trained = model.backbone.sample(seeds=seeds, prompts=prompts, steps=steps, **extra)
+            for i, s in enumerate(seeds):
+                control.report(done, total, f"Trained model: picture {i + 1} of {len(seeds)}")
+                trained.append(model.backbone.sample(seeds=[s], prompts=prompts, steps=steps, **extra)[0])
+                done += 1
+                if done < total:
+                    control.check()
+        control.report(total, total, "")
         return ComparePair(base=tuple(self._base_cache[(s, *key)] for s in seeds),
                            trained=tuple(pil_to_qimage(p) for p in trained), seeds=tuple(seeds),
                            prompt=prompt if text else "", strength=strength, step=model.checkpoint.step)
 
-
-    def _compare_reconstructions(self, model: Any, count: int, strength: float) -> ComparePair:
+    def _compare_reconstructions(self, model: Any, count: int, strength: float, control: Any) -> ComparePair:
         """Models that reconstruct (VAEs): the same held-out pictures through the base model and the
         trained one, original beside reconstruction, with each picture's PSNR."""
         import torch
@@ -187,14 +257,21 @@ class CompareSession:
         references = [reference_picture(r.path, size) for r in held]
         base = self._base_backbone_for(model)
         sides = []
+        total, done = 2 * (1 + len(references)), 0
         with torch.no_grad():
-            for backbone in (base, model.backbone):
-                pictures = backbone.sample(seeds=[], references=references)
+            for name, backbone in (("Base model", base), ("Trained model", model.backbone)):
+                control.report(done, total, f"{name}: reconstructing {len(references)} pictures")
+                pictures = backbone.sample(seeds=[], references=references)  # one batch: as in training
+                done += 1
                 notes = []
-                for ref in references:
+                for i, ref in enumerate(references):
+                    control.check()
+                    control.report(done, total, f"{name}: measuring picture {i + 1} of {len(references)}")
                     metrics = backbone.reconstruction_metrics([ref])
                     notes.append(f"{metrics['psnr']:.1f} dB · {metrics['ssim']:.2f}")  # PSNR · SSIM
+                    done += 1
                 sides.append((tuple(pil_to_qimage(p) for p in pictures), tuple(notes)))
+        control.report(total, total, "")
         names = tuple(range(1, len(references) + 1))
         return ComparePair(base=sides[0][0], trained=sides[1][0], seeds=names, prompt="", strength=strength,
                            step=model.checkpoint.step, base_notes=sides[0][1], trained_notes=sides[1][1])

@@ -6,6 +6,7 @@ Qt queues them to the GUI's event loop. QImages are made here; QPixmaps only on 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 import weakref
@@ -75,6 +76,9 @@ class _EventSignals(EventHandler):
     def on_message(self, event: Any) -> None:
         self.worker.message.emit(event.text, event.level)
 
+    def on_progress(self, event: Any) -> None:
+        self.worker.progress.emit(event)
+
     def on_paused(self, event: Any) -> None:
         self.worker.paused.emit(event.step)
 
@@ -111,6 +115,7 @@ class TrainingWorker(QObject):
     checkpoint = Signal(object)  # Checkpoint
     validation = Signal(object)  # Validation
     message = Signal(str, str)  # text, level
+    progress = Signal(object)  # Progress: work between steps (encoding for the cache, drawing previews)
     paused = Signal(int)
     resumed = Signal(int)
     ended = Signal(object)  # Finished | Stopped | Failed
@@ -211,21 +216,53 @@ class TrainingWorker(QObject):
             self.steps.emit(batch)
 
 
+class Cancelled(Exception):
+    """Raised inside a task that saw its `cancelled()` flag set; the worker then sends `cancelled`."""
+
+
+class TaskControl:
+    """What a task that reports progress gets as its `control` argument: `report(done, total,
+    text)` from the worker thread (queued to the GUI as the worker's `progress` signal), and
+    `check()`, which raises Cancelled once the person pressed Cancel."""
+
+    def __init__(self, worker: "TaskWorker") -> None:
+        self._worker = worker
+        self._cancel = threading.Event()
+
+    def report(self, done: int, total: int, text: str = "") -> None:
+        self._worker.progress.emit(int(done), int(total), str(text))
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
+
+
 class TaskWorker(QObject):
     """Runs `fn(*args, **kwargs)` once on its own thread.
 
     `succeeded(result)`, or `failed(message, advice)` for a UserError, or `crashed(traceback)`
-    for a programming error (logged in full); then `done`.
+    for a programming error (logged in full), or `cancelled()` when the task stopped because
+    `cancel()` asked it to; then `done`. With `control=True` the function gets a TaskControl
+    as the keyword `control`: it reports `progress(done, total, text)` and stops between
+    pieces of work when cancelled.
     """
 
     succeeded = Signal(object)
     failed = Signal(str, str)
     crashed = Signal(str)
+    cancelled = Signal()
+    progress = Signal(int, int, str)  # done, total, what it is doing
     done = Signal()
 
     def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "task", parent: QObject | None = None,
-                 **kwargs: Any) -> None:
+                 control: bool = False, **kwargs: Any) -> None:
         super().__init__(parent)
+        self.control = TaskControl(self)
+        if control:
+            kwargs = {**kwargs, "control": self.control}
         self._call = (fn, args, kwargs)
         self.name = name
         self._thread = _Thread(self._run, name)
@@ -240,6 +277,13 @@ class TaskWorker(QObject):
     def is_running(self) -> bool:
         return self._thread.isRunning()
 
+    def cancel(self) -> None:
+        """Ask the task to stop at its next check (tasks without checks run to their end)."""
+        self.control._cancel.set()
+
+    def is_cancelled(self) -> bool:
+        return self.control.cancelled()
+
     def wait(self, timeout_s: float) -> bool:
         return self._thread.wait(int(timeout_s * 1000))
 
@@ -247,6 +291,8 @@ class TaskWorker(QObject):
         fn, args, kwargs = self._call
         try:
             result = fn(*args, **kwargs)
+        except Cancelled:
+            self.cancelled.emit()
         except UserError as exc:
             self.failed.emit(exc.message, exc.advice)
         except Exception:

@@ -13,12 +13,24 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QDialogButton
 from transferstudio.qt import history, tasks
 from transferstudio.qt.workers import TaskWorker
 from transferstudio.ui.preferences_dialog import library_settings
+from transferstudio.ui.widgets import MessageLabel
 
 
 def safe_name(text: str) -> str:
     """A file name every system accepts, from a project name (brackets kept: "Cities (GAN)")."""
     name = re.sub(r"[^\w\- .()\[\]]+", "-", text).strip(" .-")
     return name or "export"
+
+
+def help_html(text: str) -> str:
+    """A format's help text as rich text: `code` spans (Markdown backticks) in a monospace font,
+    everything else escaped."""
+    parts = text.split("`")
+    out = []
+    for i, part in enumerate(parts):
+        escaped = part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        out.append(f"<code>{escaped}</code>" if i % 2 and i < len(parts) - 1 else escaped)
+    return "".join(out)
 
 
 def written_paths(out: Path) -> list[Path]:
@@ -51,6 +63,10 @@ class ExportDialog(QDialog):
         self.format.currentIndexChanged.connect(self._format_changed)
         self.description = QLabel("")
         self.description.setWordWrap(True)
+        self.description.setTextFormat(Qt.TextFormat.RichText)  # `code` in the help reads as code
+        self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # A run that did not train all its steps exports what it learned so far: say so.
+        self.unfinished = MessageLabel()
         self.strength = QDoubleSpinBox()
         self.strength.setRange(0.0, 2.0)
         self.strength.setSingleStep(0.1)
@@ -94,6 +110,7 @@ class ExportDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
 
         form = QFormLayout()
+        form.addRow("", self.unfinished)
         form.addRow("Format", self.format)
         form.addRow("", self.description)
         form.addRow("Strength", self.strength)
@@ -133,7 +150,9 @@ class ExportDialog(QDialog):
         self._family = family
         self.run.currentIndexChanged.connect(lambda *_: self._load_formats(self.run_method()))
         self.run.currentIndexChanged.connect(lambda *_: self._load_checkpoints())
+        self.run.currentIndexChanged.connect(lambda *_: self._show_unfinished())
         self._load_checkpoints()
+        self._show_unfinished()
         self._formats_tasks: list[TaskWorker] = []
         self._load_formats(method or self.run_method() or project.config.method)
 
@@ -142,7 +161,7 @@ class ExportDialog(QDialog):
         self.format.setEnabled(False)
         self.export_button.setEnabled(False)
         task = TaskWorker(tasks.export_formats, self._family, method or self.project.config.method,
-                          name="export-formats")
+                          self.run_adapter(), name="export-formats")
         # Only the newest list counts (the run may change again while one is loading).
         task.succeeded.connect(lambda formats, t=task: self._set_formats(formats) if t is self._formats_task else None)
         task.failed.connect(lambda m, a: self._show_error(m, a))
@@ -158,6 +177,26 @@ class ExportDialog(QDialog):
     def run_dir(self) -> str | None:
         data = self.run.currentData()
         return data[0] if data else None
+
+    def selected_run(self) -> Any:
+        index = self.run.currentIndex()
+        return self._runs[index] if 0 <= index < len(self._runs) else None
+
+    def run_adapter(self) -> str:
+        run = self.selected_run()
+        return str(getattr(run.config, "adapter", "lora")) if run is not None else \
+            str(getattr(self.project.config, "adapter", "lora"))
+
+    def _show_unfinished(self) -> None:
+        """A warning above the format when the chosen run trained fewer steps than it was asked for."""
+        run = self.selected_run()
+        if run is None or run.latest is None or run.trained_step >= run.total:
+            self.unfinished.show_message("")
+            return
+        self.unfinished.show_message(
+            f"⚠ This run is unfinished: {run.trained_step} of {run.total} steps are trained. The export holds "
+            "what it has learned so far; Start training continues the run, then export again for the "
+            "finished model.", "warning")
 
     def _load_checkpoints(self) -> None:
         self.checkpoint.clear()
@@ -181,7 +220,8 @@ class ExportDialog(QDialog):
         self.format.clear()
         for key, label, description in formats:
             self.format.addItem(label, key)
-            self.format.setItemData(self.format.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
+            self.format.setItemData(self.format.count() - 1, f"<p>{help_html(description)}</p>",
+                                    Qt.ItemDataRole.ToolTipRole)
         self.format.setEnabled(True)
         self.export_button.setEnabled(bool(formats))
         self._format_changed()

@@ -21,6 +21,8 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QPersistentModelIndex,
+    QRect,
+    QRectF,
     QRunnable,
     QSize,
     Qt,
@@ -33,6 +35,8 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QFocusEvent,
+    QFont,
+    QFontMetrics,
     QIcon,
     QImage,
     QImageReader,
@@ -40,6 +44,7 @@ from PySide6.QtGui import (
     QKeySequence,
     QPainter,
     QPalette,
+    QPen,
     QPixmap,
 )
 from PySide6.QtWidgets import (
@@ -55,6 +60,9 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -277,7 +285,12 @@ class ImagesModel(QAbstractListModel):
         self._cache = cache
         self._failed: set[str] = set()
         self._placeholder = QPixmap()
+        self._show_captions = True
         loader.loaded.connect(self._thumbnail_loaded)
+
+    def set_show_captions(self, show: bool) -> None:
+        """Whether the tooltips name each picture's caption (models that take prompts)."""
+        self._show_captions = bool(show)
 
     def set_records(self, records: list[ImageRecord], root: Path | None) -> None:
         self.beginResetModel()
@@ -330,7 +343,8 @@ class ImagesModel(QAbstractListModel):
             lines = [rel, f"{rec.width}×{rec.height} px"]
             if rec.repeats > 1:
                 lines.append(f"repeated {rec.repeats}× (folder name)")
-            lines.append(f"Caption: {rec.caption}" if rec.caption else "No caption")
+            if self._show_captions:
+                lines.append(f"Caption: {rec.caption}" if rec.caption else "No caption")
             return "\n".join(lines)
         return None
 
@@ -381,6 +395,66 @@ class _ScanRunnable(QRunnable):
 
 
 # --- widgets --------------------------------------------------------------------------------
+class ThumbDelegate(QStyledItemDelegate):
+    """One grid cell: the thumbnail exactly as decoded (never tinted: the person judges its colours)
+    with the file name under it, cut in the middle to fit. The selected picture gets a frame in the
+    highlight colour around it; the one under the mouse a thin neutral one."""
+
+    FRAME = 3  # px of the selection frame
+    PAD = 6  # px between the cell's edge and the thumbnail's frame
+
+    def __init__(self, thumb: int, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.thumb = thumb
+
+    def cell_size(self, metrics: Any) -> QSize:
+        return QSize(self.thumb + 2 * self.PAD + 2 * self.FRAME,
+                     self.thumb + 2 * self.PAD + 2 * self.FRAME + metrics.height() + 4)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802
+        return self.cell_size(option.fontMetrics)
+
+    def thumb_rect(self, cell: QRect) -> QRect:
+        """Where the thumbnail is drawn inside a cell (the frame goes around it)."""
+        left = cell.left() + (cell.width() - self.thumb) // 2
+        return QRect(left, cell.top() + self.PAD + self.FRAME, self.thumb, self.thumb)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        painter.save()
+        pal = option.palette
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        hovered = bool(option.state & QStyle.StateFlag.State_MouseOver)
+        box = self.thumb_rect(option.rect)
+        pix = index.data(Qt.ItemDataRole.DecorationRole)
+        if isinstance(pix, QPixmap) and not pix.isNull():
+            scaled = pix if pix.width() <= box.width() and pix.height() <= box.height() else pix.scaled(
+                box.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+            painter.drawPixmap(box.left() + (box.width() - scaled.width()) // 2,
+                               box.top() + (box.height() - scaled.height()) // 2, scaled)
+        if selected or hovered:
+            colour = pal.color(QPalette.ColorGroup.Active if option.state & QStyle.StateFlag.State_Active
+                               else QPalette.ColorGroup.Inactive, QPalette.ColorRole.Highlight) \
+                if selected else pal.color(QPalette.ColorRole.Mid)
+            width = self.FRAME if selected else 1
+            pen = QPen(colour, width)
+            pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
+            painter.setPen(pen)
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            half = width / 2
+            painter.drawRect(QRectF(box).adjusted(-half - 1, -half - 1, half + 1, half + 1))
+        name = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        text_rect = QRect(option.rect.left() + 2, box.bottom() + self.FRAME + 3, option.rect.width() - 4,
+                          option.fontMetrics.height())
+        font = QFont(option.font)
+        font.setBold(selected)
+        painter.setFont(font)
+        metrics = QFontMetrics(font)
+        painter.setPen(pal.color(QPalette.ColorRole.Text))
+        painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
+                         metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, text_rect.width()))
+        painter.restore()
+
+
 class _ThumbView(QListView):
     """Icon grid with a hint painted when empty."""
 
@@ -503,10 +577,18 @@ class ImagesPanel(QWidget):
         self.view.setLayoutMode(QListView.LayoutMode.Batched)
         self.view.setBatchSize(500)
         self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
-        line = self.view.fontMetrics().height()
-        self.view.setGridSize(QSize(THUMB_SIZE + 20, THUMB_SIZE + line + 14))
+        # A wrapping grid: as many columns as the width takes, names cut in the middle, whole in the
+        # tooltip; the selection is a frame, never a tint over the picture.
+        self.delegate = ThumbDelegate(THUMB_SIZE, self.view)
+        self.view.setItemDelegate(self.delegate)
+        self.view.setGridSize(self.delegate.cell_size(self.view.fontMetrics()))
+        self.view.setFlow(QListView.Flow.LeftToRight)
+        self.view.setWrapping(True)
+        self.view.setSpacing(0)
+        self.view.setMouseTracking(True)  # the hover frame
         self.view.setWordWrap(False)
         self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.view.setMinimumWidth(self.view.gridSize().width() + 24)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.view.setDragEnabled(False)
         self.view.setAcceptDrops(False)
@@ -515,7 +597,7 @@ class ImagesPanel(QWidget):
         self.view.selectionModel().currentChanged.connect(self._current_changed)
         self.model.set_placeholder(self._make_placeholder())
 
-        # Right side: the selected image and its caption.
+        # Below the grid: the selected image, and its caption (for models that take prompts).
         self.preview = QLabel()
         self.preview.setFixedSize(THUMB_SIZE, THUMB_SIZE)
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -526,13 +608,6 @@ class ImagesPanel(QWidget):
         name_font.setBold(True)
         self.image_name.setFont(name_font)
         self.image_info = MessageLabel()
-        info_col = QVBoxLayout()
-        info_col.addWidget(self.image_name)
-        info_col.addWidget(self.image_info)
-        info_col.addStretch(1)
-        head = QHBoxLayout()
-        head.addWidget(self.preview)
-        head.addLayout(info_col, 1)
 
         self.caption_edit = CaptionEdit()
         self.caption_edit.setPlaceholderText("Describe this image (saved next to it as a .txt file).")
@@ -540,6 +615,7 @@ class ImagesPanel(QWidget):
         self.caption_edit.setToolTip(
             "The caption for this image, saved as a .txt file with the same name. "
             "Saved when you leave the field, press Ctrl+S, or pick another image.")
+        self.caption_edit.setMinimumHeight(self.fontMetrics().lineSpacing() * 3 + 12)
         self.caption_edit.focus_lost.connect(self.save_caption)
         self.caption_edit.textChanged.connect(self._caption_typed)
         self._autosave = QTimer(self)
@@ -553,17 +629,25 @@ class ImagesPanel(QWidget):
         self.trained_as = MessageLabel()
         self.trained_as.setTextFormat(Qt.TextFormat.PlainText)
         self.trained_as.setToolTip("The caption exactly as training will use it.")
+        self.no_captions = MessageLabel()  # for models without prompts, instead of the caption editor
 
         self.caption_box = QWidget()
-        cap = QVBoxLayout(self.caption_box)
+        cap = QHBoxLayout(self.caption_box)
         cap.setContentsMargins(0, 0, 0, 0)
-        cap.addLayout(head)
-        caption_title = QLabel("&Caption")
-        caption_title.setBuddy(self.caption_edit)
-        cap.addWidget(caption_title)
-        cap.addWidget(self.caption_edit, 1)
-        cap.addWidget(self.caption_status)
-        cap.addWidget(self.trained_as)
+        cap.addWidget(self.preview, 0, Qt.AlignmentFlag.AlignTop)
+        text_col = QVBoxLayout()
+        text_col.addWidget(self.image_name)
+        text_col.addWidget(self.image_info)
+        self.caption_title = QLabel("&Caption")
+        self.caption_title.setBuddy(self.caption_edit)
+        text_col.addWidget(self.caption_title)
+        text_col.addWidget(self.caption_edit, 1)
+        text_col.addWidget(self.caption_status)
+        text_col.addWidget(self.trained_as)
+        text_col.addWidget(self.no_captions)
+        text_col.addStretch(0)
+        cap.addLayout(text_col, 1)
+        self._captions_enabled = True
 
         self.skipped_title = QLabel()
         self.skipped_list = QTreeWidget()
@@ -578,19 +662,22 @@ class ImagesPanel(QWidget):
 
         self.no_selection = MessageLabel()
         self.no_selection.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(6, 0, 0, 0)
-        right_layout.addWidget(self.caption_box, 1)
-        right_layout.addWidget(self.no_selection, 1)
-        right.setMinimumWidth(300)
+        details = QWidget()
+        details_layout = QVBoxLayout(details)
+        details_layout.setContentsMargins(0, 6, 0, 0)
+        details_layout.addWidget(self.caption_box, 1)
+        details_layout.addWidget(self.no_selection, 1)
+        details.setMinimumHeight(THUMB_SIZE + 12)
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        # The grid above, the selected picture below: the grid gets the panel's whole width, so it
+        # shows as many columns as fit instead of one narrow one beside the caption editor.
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.view)
-        self.splitter.addWidget(right)
+        self.splitter.addWidget(details)
         self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(1, 1)
         self.splitter.setChildrenCollapsible(False)
+        self.splitter.setSizes([400, THUMB_SIZE + 60])
 
         layout = QVBoxLayout(self)
         layout.addLayout(top)
@@ -696,6 +783,27 @@ class ImagesPanel(QWidget):
 
     def trigger(self) -> str:
         return self._trigger
+
+    def set_captions_enabled(self, enabled: bool) -> None:
+        """Captions and the trigger word are for models that take prompts. A model without them
+        (unconditional) never reads a caption: the caption editor, "Trained as" and the trigger line
+        are hidden and the panel says so once; the pictures stay as they are."""
+        self._captions_enabled = bool(enabled)
+        self.model.set_show_captions(self._captions_enabled)
+        for widget in (self.caption_title, self.caption_edit):
+            widget.setVisible(self._captions_enabled)
+        self.no_captions.show_message("" if self._captions_enabled else
+                                      "This model does not take prompts: captions are not used.", "muted")
+        self._update_trigger_label()
+        self._update_trained_as()
+        if self._current_row >= 0 and not self.has_unsaved_caption():
+            sidecar = caption_path(self.model.record(self._current_row).path)
+            self.caption_status.show_message(
+                "" if not self._captions_enabled else
+                f"Caption file: {sidecar.name}" if sidecar.exists() else "No caption file yet.", "muted")
+
+    def captions_enabled(self) -> bool:
+        return self._captions_enabled
 
     def set_bucket_params(self, native: int, multiple: int, enabled: bool) -> None:
         """native: the training resolution in px (0 = unknown: no bucket line)."""
@@ -819,6 +927,9 @@ class ImagesPanel(QWidget):
         self.rescan_button.setEnabled(self._folder is not None)
 
     def _update_trigger_label(self) -> None:
+        if not self._captions_enabled:
+            self.trigger_label.show_message("")
+            return
         if self._trigger:
             self.trigger_label.show_message(
                 f"Trigger word: <b>{_html(self._trigger)}</b> — added to every caption", "plain")
@@ -859,7 +970,7 @@ class ImagesPanel(QWidget):
         self.image_info.show_message(" · ".join(parts), "muted")
 
     def _update_trained_as(self) -> None:
-        if self._current_row < 0:
+        if self._current_row < 0 or not self._captions_enabled:
             self.trained_as.show_message("")
             return
         caption = " ".join(self.caption_edit.toPlainText().split())
@@ -901,6 +1012,7 @@ class ImagesPanel(QWidget):
         self.image_name.setToolTip(str(rec.path))
         self._update_image_info()
         self.caption_status.show_message(
+            "" if not self._captions_enabled else
             f"Caption file: {sidecar.name}" if sidecar.exists() else "No caption file yet.", "muted")
         self._update_trained_as()
         self._update_preview()

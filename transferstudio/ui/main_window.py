@@ -276,10 +276,12 @@ class MainWindow(QMainWindow):
 
     def _create_from_dialog(self, dialog: NewProjectDialog) -> None:
         values = dialog.values()
+        settings = values.get("settings")  # what suits the model, method and GPU (the dialog worked it out)
         try:
             project = create_project(Path(values["folder"]), backbone=Path(values["backbone"]),
                                      images=Path(values["images"]), name=values["name"],
-                                     config=TrainConfig(method=values["method"]))
+                                     config=TrainConfig.from_dict(settings) if settings
+                                     else TrainConfig(method=values["method"]))
         except UserError as exc:
             self.show_problem("Cannot create the project", exc.message, exc.advice)
             return
@@ -288,7 +290,8 @@ class MainWindow(QMainWindow):
                               f"{exc.strerror or exc}.", "Choose a folder you can write to.")
             return
         self.settings.setValue("projects_root", str(Path(values["folder"]).parent))
-        self._suggest_settings_for = project.folder  # the model's own defaults, once it is inspected
+        if not settings:
+            self._suggest_settings_for = project.folder  # the model's own defaults, once it is inspected
         self._set_project(project)
 
     def open_project_dialog(self) -> None:
@@ -431,6 +434,7 @@ class MainWindow(QMainWindow):
     def _set_project(self, project: Project | None) -> None:
         self.project = project
         self.inspection = None
+        self.settings_form.set_model(None)  # until the new project's model is inspected
         self._discard_ok = False
         if project is None:
             self.images_panel.set_folder(None)
@@ -446,6 +450,7 @@ class MainWindow(QMainWindow):
             self.project_closed.emit()
             return
         self.settings_form.set_config(project.config)
+        self.images_panel.set_captions_enabled(True)  # until the model says it takes no prompts
         self.backbone_panel.set_path(str(project.backbone))
         self.images_panel.set_folder(str(project.images), trigger=project.config.trigger)
         self.images_panel.set_class_pictures(*history.class_pictures(project))
@@ -568,6 +573,7 @@ class MainWindow(QMainWindow):
             return  # an older request; the user has picked another model since
         self.inspection = info
         self.backbone_panel.show_inspection(info)
+        self.settings_form.set_model(path if info.get("usable") else None)  # its presets and memory estimate
         if info.get("usable"):
             self.settings_form.set_capabilities(text=bool(info.get("text")),
                                                 supports_full_finetune=bool(info.get("supports_full_finetune")),
@@ -575,6 +581,7 @@ class MainWindow(QMainWindow):
                                                                                           or "diffusion"))
             self._apply_suggested_settings(info)
             self.compare_view.set_text_backbone(bool(info.get("text")))
+            self.images_panel.set_captions_enabled(bool(info.get("text")))  # no prompts: no captions
             self.compare_view.set_sampling_controls(truncation=bool(info.get("truncation")),
                                                     denoising=info.get("objective") == "diffusion")
         self._update_buckets(self.settings_form.config())
@@ -603,6 +610,11 @@ class MainWindow(QMainWindow):
     def _start_domain_check(self) -> None:
         project = self.project
         if project is None or not (self.inspection or {}).get("usable"):
+            return
+        if self.train_view.state == "starting":
+            # A run is loading its model: two models loading at once on two threads can break
+            # (diffusers' empty-weights loading patches torch for the whole process). Check later.
+            self._domain_timer.start()
             return
         if self._domain_task is not None:
             self._domain_again = True
@@ -886,6 +898,8 @@ class MainWindow(QMainWindow):
         """Last steps before the window goes: remember state, let short jobs finish."""
         self._close_ready = True
         self._domain_timer.stop()  # no domain check starts in a closing window
+        self.compare_view.shutdown()  # nor a comparison; a running one stops after its picture
+        self.settings_form.shutdown()  # nor a memory estimate
         self._save_state()
         self.images_panel.shutdown(3000)
         for thread in live_threads():  # inspection/compare/export jobs are short; never kill them

@@ -27,6 +27,14 @@ def default_hf_cache() -> str:
     return os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
 
 
+def is_default_hf_cache(path: str) -> bool:
+    """Whether `path` is where Hugging Face tools keep their cache unless told otherwise."""
+    def norm(p: str) -> str:
+        return os.path.normcase(os.path.normpath(os.path.abspath(os.path.expanduser(p))))
+
+    return bool(path) and norm(path) == norm(default_hf_cache())
+
+
 def _as_list(value: Any) -> list[str]:
     if value is None or value == "":
         return []
@@ -61,6 +69,9 @@ def folder_problem(path: str, kind: str = "") -> tuple[str, str]:
         return "", "plain"
     p = Path(path).expanduser()
     if not p.is_dir():
+        if kind == "hf" and is_default_hf_cache(path):  # a fresh machine: nothing downloaded yet
+            return ("Not there yet: it will be created when a Hugging Face tool first downloads a model. "
+                    "Nothing to list until then."), "muted"
         return "✗ This folder does not exist.", "error"
     if kind == "a1111" and not ((p / "models").is_dir() or p.name.lower() == "stable-diffusion"):
         return "No models folder here — is this the A1111 / Forge install folder?", "warning"

@@ -47,7 +47,10 @@ class ReportView(QWidget):
         self.open_button.clicked.connect(self._open_in_browser)
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
-        self.busy.setMaximumWidth(160)
+        self.busy.setFixedWidth(160)
+        policy = self.busy.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # showing it never moves the buttons
+        self.busy.setSizePolicy(policy)
         self.busy.hide()
         self.status = MessageLabel()
         top = QHBoxLayout()

@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import Field, fields, replace
+from types import SimpleNamespace
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, Signal
-from PySide6.QtGui import QRegularExpressionValidator, QStandardItemModel, QValidator
+from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, QTimer, Signal
+from PySide6.QtGui import QRegularExpressionValidator, QShowEvent, QStandardItemModel, QValidator
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -20,18 +21,34 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QFrame,
     QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
+from transferstudio.core.errors import UserError
+from transferstudio.project import presets as preset_store
 from transferstudio.project.config import TrainConfig
-from transferstudio.ui.widgets import MessageLabel
+from transferstudio.qt.plan import PlanSession
+from transferstudio.qt.workers import TaskWorker
+from transferstudio.ui.widgets import HintLine, MessageLabel
+
+ESTIMATE_DELAY_MS = 400  # settle after typing before the memory is estimated again
+PRESET_TOOLTIP = ("Named sets of settings. The built-in ones are made for a GPU of each size, for this kind of "
+                  "model and method, so that a run fits its memory; yours are the settings you saved. Choosing "
+                  "one changes the settings it names and leaves the rest (trigger word, prompts) alone.")
+MEMORY_TOOLTIP = ("How much GPU memory a run with these settings will take at its peak: the weights, gradients, "
+                  "optimizer state and the activations of one batch, estimated from the model's shapes without "
+                  "loading it. Compared with the free memory of the GPU found here.")
 
 BASIC = (
     "method", "steps", "learning_rate", "batch_size", "resolution", "trigger", "rank", "alpha",
@@ -286,10 +303,20 @@ class SettingsForm(QWidget):
     """Edits a TrainConfig. `changed` fires on every user edit, never on `set_config`."""
 
     changed = Signal()
+    memory_estimated = Signal(object)  # the estimate as a dict (qt.plan.PlanSession.estimate), or None
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._cfg = TrainConfig()
+        self._plan_session: PlanSession | None = None  # the project's model, once it is known
+        self._facts: dict[str, Any] | None = None  # what the model can do (for its presets)
+        self._estimate_task: TaskWorker | None = None
+        self._estimate_again = False  # settings changed while an estimate ran
+        self._estimate_waiting = False  # asked while hidden: estimate when shown
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(ESTIMATE_DELAY_MS)
+        self._estimate_timer.timeout.connect(self._start_estimate)
         self._loading = False
         self._running = False
         self._text = True
@@ -302,6 +329,9 @@ class SettingsForm(QWidget):
         content = QWidget()
         outer = QVBoxLayout(content)
         outer.setContentsMargins(4, 4, 4, 4)
+        plan_box = QGroupBox("Preset and memory")
+        plan_box.setLayout(self._plan_rows())
+        outer.addWidget(plan_box)
 
         basic_box = QGroupBox("Basic")
         self._basic_form = self._new_form(basic_box)
@@ -340,8 +370,47 @@ class SettingsForm(QWidget):
         self.set_config(TrainConfig())
 
     # --- building ---------------------------------------------------------------------
+    def _plan_rows(self) -> QFormLayout:
+        """The preset chooser and the memory estimate, above the settings they are about."""
+        self.preset_combo = QComboBox()
+        self.preset_combo.setToolTip(PRESET_TOOLTIP)
+        self.preset_combo.setAccessibleName("Preset")
+        self.preset_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset_combo.setMinimumContentsLength(16)
+        self.preset_combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.preset_combo.activated.connect(self._preset_chosen)
+        self.save_preset_button = QPushButton("Save as preset…")
+        self.save_preset_button.setToolTip("Keep these settings under a name of your own, to use in other projects "
+                                           "(the trigger word and prompts are not saved).")
+        self.save_preset_button.clicked.connect(self._ask_preset_name)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.preset_combo, 1)
+        row.addWidget(self.save_preset_button)
+        # Two lines that keep their height (the fields below never move when they change): the
+        # estimate, and under it what to change when it does not fit, or a word about presets.
+        self.memory_line = HintLine()
+        self.memory_line.setToolTip(MEMORY_TOOLTIP)
+        self.memory_line.setAccessibleName("Estimated GPU memory")
+        self.note_line = HintLine()
+        self._advice: list[str] = []
+        self._preset_message: tuple[str, str] = ("", "plain")
+        self._own_presets = preset_store.load_user_presets()  # (presets, problems), read again after a save
+        form = self._new_form(None)
+        preset_label = QLabel("&Preset")
+        preset_label.setBuddy(self.preset_combo)
+        preset_label.setToolTip(PRESET_TOOLTIP)
+        form.addRow(preset_label, row)
+        memory_label = QLabel("Memory")
+        memory_label.setToolTip(MEMORY_TOOLTIP)
+        form.addRow(memory_label, self.memory_line)
+        form.addRow("", self.note_line)
+        self._plan_form = form
+        self._fill_presets()
+        return form
+
     @staticmethod
-    def _new_form(parent: QWidget) -> QFormLayout:
+    def _new_form(parent: QWidget | None) -> QFormLayout:
         form = QFormLayout(parent)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
@@ -435,10 +504,63 @@ class SettingsForm(QWidget):
         finally:
             self._loading = False
         self._update_dependencies()
+        self._fill_presets()
+        self._schedule_estimate()
 
     def config(self) -> TrainConfig:
         values = {name: self._read(editor, name) for name, editor in self.editors.items()}
         return replace(self._cfg, **values)
+
+    def set_model(self, path: str | None) -> None:
+        """The project's model (None: none): the presets offered and the memory estimate follow it.
+        The estimate runs on a worker while the form is on screen, again after each change."""
+        if self._plan_session is not None and path is not None and self._plan_session.backbone == str(path):
+            return
+        self._plan_session = PlanSession(path) if path else None
+        self._facts = None
+        self._own_presets = preset_store.load_user_presets()
+        self._fill_presets()
+        self._advice = []
+        self._show_note()
+        if self._plan_session is None:
+            self._estimate_timer.stop()
+            self.memory_line.show_message("", "muted", MEMORY_TOOLTIP)
+            return
+        self.memory_line.show_message("Estimating GPU memory…", "muted", MEMORY_TOOLTIP)
+        self._schedule_estimate()
+
+    def kind(self) -> str:
+        """The kind of model the presets are for ("" until the model is known)."""
+        caps = (self._facts or {}).get("caps")
+        return preset_store.model_kind(SimpleNamespace(**caps)) if caps else ""
+
+    def apply_preset(self, preset: preset_store.Preset) -> None:
+        """Put a preset's settings into the form, as if the person had typed them."""
+        self.set_config(preset.apply(self.config()))
+        self._edited()
+
+    def save_preset(self, name: str) -> preset_store.Preset | None:
+        """Save the settings as a preset of the person's own; None (and a note why) if it cannot be written."""
+        try:
+            preset = preset_store.save_user_preset(name, self.config(), kind=self.kind())
+        except (UserError, OSError) as exc:
+            text = f"{exc.message} {exc.advice}" if isinstance(exc, UserError) else \
+                f"The preset could not be saved: {exc.strerror or exc}."
+            self._show_preset_note(text.strip(), "error")
+            return None
+        self._own_presets = preset_store.load_user_presets()
+        self._fill_presets()
+        return preset
+
+    def estimating(self) -> bool:
+        return self._estimate_task is not None or self._estimate_timer.isActive()
+
+    def shutdown(self, timeout_ms: int = 30_000) -> None:
+        """No new estimate; wait for a running one (the window calls this when it closes)."""
+        self._plan_session = None
+        self._estimate_timer.stop()
+        if self._estimate_task is not None:
+            self._estimate_task.wait(timeout_ms / 1000)
 
     def set_capabilities(self, *, text: bool, supports_full_finetune: bool, methods: Any = None,
                          objective: str = "diffusion") -> None:
@@ -491,9 +613,14 @@ class SettingsForm(QWidget):
         self._update_dependencies()
 
     def set_running(self, running: bool) -> None:
-        """Read-only while training: settings of a running job cannot change under it."""
+        """Read-only while training: settings of a running job cannot change under it. No memory
+        estimate meanwhile: the run holds the GPU's memory, so its free memory says nothing."""
         self._running = running
         self._update_dependencies()
+        self.preset_combo.setEnabled(not running)
+        self.save_preset_button.setEnabled(not running)
+        if not running and self._estimate_waiting:
+            self._schedule_estimate()
 
     def is_running(self) -> bool:
         return self._running
@@ -548,7 +675,133 @@ class SettingsForm(QWidget):
         if self._loading:
             return
         self._update_dependencies()
+        self._fill_presets()
+        self._schedule_estimate()
         self.changed.emit()
+
+    # --- presets ---------------------------------------------------------------------------
+    def _fill_presets(self) -> None:
+        """The presets for this kind of model and method, the person's own, and which one the
+        settings are now (Custom when none)."""
+        combo = self.preset_combo
+        config = self.config() if hasattr(self, "editors") and self.editors else TrainConfig()
+        kind = self.kind()
+        with QSignalBlocker(combo):
+            combo.clear()
+            combo.addItem("Custom", None)
+            combo.setItemData(0, "These settings are not one of the presets.", Qt.ItemDataRole.ToolTipRole)
+            for preset in preset_store.builtin_presets(kind, config.method) if kind else []:
+                combo.addItem(preset.name, preset)
+                combo.setItemData(combo.count() - 1, preset.describe(), Qt.ItemDataRole.ToolTipRole)
+            own, problems = self._own_presets
+            own = [p for p in own if not p.kind or not kind or p.kind == kind]
+            if own:
+                combo.insertSeparator(combo.count())
+            for preset in own:
+                combo.addItem(f"{preset.name} (yours)", preset)
+                combo.setItemData(combo.count() - 1, f"Your preset, saved in {preset.path}",
+                                  Qt.ItemDataRole.ToolTipRole)
+            combo.setCurrentIndex(self._matching_preset(config))
+        if problems:
+            self._show_preset_note(f"{len(problems)} preset file(s) could not be read: {problems[0]}", "warning")
+        elif self._preset_message[1] == "warning":
+            self._show_preset_note("", "plain")
+
+    def _matching_preset(self, config: TrainConfig) -> int:
+        values = config.to_dict()
+        for index in range(1, self.preset_combo.count()):
+            preset = self.preset_combo.itemData(index)
+            if isinstance(preset, preset_store.Preset) and all(
+                    values.get(k) == v for k, v in preset.overrides.items() if k not in preset_store.PROJECT_SETTINGS):
+                return index
+        return 0
+
+    def _preset_chosen(self, index: int) -> None:
+        preset = self.preset_combo.itemData(index)
+        if isinstance(preset, preset_store.Preset) and not self._running:
+            self.apply_preset(preset)
+
+    def _ask_preset_name(self) -> None:
+        name, ok = QInputDialog.getText(self, "Save as preset", "Name of the preset:")
+        if ok and name.strip():
+            preset = self.save_preset(name)
+            if preset is not None:
+                self._show_preset_note(f"Saved as “{preset.name}” ({preset.path}).", "ok")
+
+    def _show_preset_note(self, text: str, level: str) -> None:
+        self._preset_message = (text, level)
+        self._show_note()
+
+    def _show_note(self) -> None:
+        """The line under the estimate: what to change when it does not fit, else a word about presets."""
+        if self._advice:
+            self.note_line.show_message("Try: " + self._advice[0], "error",
+                                          "To fit, change one of these:\n" + "\n".join(f"• {a}" for a in self._advice))
+        else:
+            text, level = self._preset_message
+            self.note_line.show_message(text, level, text)
+
+    # --- the memory estimate -----------------------------------------------------------------
+    def _schedule_estimate(self) -> None:
+        if getattr(self, "_plan_session", None) is not None:
+            self._estimate_timer.start()
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802
+        super().showEvent(event)
+        if self._estimate_waiting:
+            self._schedule_estimate()
+
+    def _start_estimate(self) -> None:
+        session = self._plan_session
+        if session is None:
+            return
+        if not self.isVisible() or self._running:  # nobody would see it, or a run holds the GPU: later
+            self._estimate_waiting = True
+            return
+        self._estimate_waiting = False
+        if self._estimate_task is not None:
+            self._estimate_again = True
+            return
+        task = TaskWorker(session.estimate, self.config().to_dict(), name="memory-plan")
+        task.succeeded.connect(lambda info, s=session: self._estimated(s, info))
+        task.failed.connect(lambda message, advice, s=session: self._estimate_failed(s, f"{message} {advice}".strip()))
+        task.crashed.connect(lambda _text, s=session: self._estimate_failed(s, "an unexpected error (details in the "
+                                                                              "log file)"))
+        task.done.connect(lambda t=task: self._estimate_done(t))
+        self._estimate_task = task.start()
+
+    def _estimated(self, session: PlanSession, info: dict[str, Any]) -> None:
+        if session is not self._plan_session:
+            return  # about a model no longer chosen
+        if self._facts is None:
+            self._facts = info.get("facts")
+            self._fill_presets()
+        text = info["summary"]
+        gpu = info.get("gpu")
+        if info["device"] == "cuda" and gpu is None:
+            text += " (no CUDA GPU found here)"
+        level = {True: "ok", False: "error"}.get(info["fits"], "plain")
+        details = info["describe"] + (f"\nGPU: {gpu['name']}" if gpu else "")
+        self.memory_line.show_message(text, level, f"{MEMORY_TOOLTIP}\n\n{details}")
+        self._advice = list(info["advice"]) if info["fits"] is False else []
+        self._show_note()
+        self.memory_estimated.emit(info)
+
+    def _estimate_failed(self, session: PlanSession, why: str) -> None:
+        if session is not self._plan_session:
+            return
+        self.memory_line.show_message(f"No memory estimate: {why}", "muted", f"{MEMORY_TOOLTIP}\n\n{why}")
+        self._advice = []
+        self._show_note()
+        self.memory_estimated.emit(None)
+
+    def _estimate_done(self, task: TaskWorker) -> None:
+        task.wait(5)
+        if self._estimate_task is task:
+            self._estimate_task = None
+        if self._estimate_again:
+            self._estimate_again = False
+            self._schedule_estimate()
 
     def _update_dependencies(self) -> None:
         """Enable only what applies: LoRA knobs for LoRA, EMA for full, decay when EMA is on."""

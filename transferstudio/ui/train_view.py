@@ -6,6 +6,7 @@ run folder (metrics.jsonl, previews/), so a reopened project shows what it train
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar
 from transferstudio.core.events import Failed, Finished, Stopped
 from transferstudio.qt import history
 from transferstudio.qt.workers import PreviewImages, TrainingWorker
+from transferstudio.ui.widgets import ElidedLabel
 
 
 
@@ -40,6 +42,67 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+class EtaEstimator:
+    """Time left, from the wall-clock pace since the run started or last resumed: the time spent
+    drawing previews and saving counts (it recurs), the time spent loading or paused does not.
+    `reset()` at start, pause, resume and stop; `update()` answers None until a few steps and
+    seconds have passed since then (the first steps after a (re)start are the slow ones)."""
+
+    MIN_STEPS = 3
+    MIN_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._anchor: tuple[int, float] | None = None
+
+    def update(self, step: int, total: int, now: float) -> float | None:
+        if self._anchor is None or step < self._anchor[0]:
+            self._anchor = (step, now)
+            return None
+        first, since = self._anchor
+        done, elapsed = step - first, now - since
+        if done < self.MIN_STEPS or elapsed < self.MIN_SECONDS:
+            return None
+        return max(0.0, (total - step) * elapsed / done)
+
+
+class StepAxis(pg.AxisItem):
+    """Steps are whole numbers: ticks only at integers, written as integers."""
+
+    def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:  # noqa: N802, N803
+        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size)
+                  if spacing >= 1 and float(spacing).is_integer()]
+        return levels or [(1.0, 0.0)]
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:  # noqa: N802
+        return [str(int(round(v * scale))) for v in values]
+
+
+class LossAxis(pg.AxisItem):
+    """Loss values with as many decimals as the tick spacing needs, never more than four
+    significant digits of difference (no "0.066400000000001")."""
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:  # noqa: N802
+        if self.logMode:
+            return super().tickStrings(values, scale, spacing)
+        return [format_loss_tick(v * scale, spacing * scale) for v in values]
+
+
+def format_loss_tick(value: float, spacing: float) -> str:
+    if not math.isfinite(value):
+        return ""
+    if abs(value) < 1e-12:
+        return "0"
+    if abs(value) >= 10_000 or abs(value) < 1e-4:
+        return f"{value:.3g}"
+    places = 0 if spacing <= 0 or spacing >= 1 else math.ceil(-math.log10(spacing) - 1e-9)
+    magnitude = math.floor(math.log10(abs(value)))  # digits before the point
+    places = min(places, max(0, 3 - magnitude))  # at most four significant digits
+    return f"{value:.{places}f}"
 
 
 _SERIES_NAMES = {"loss: generator": "generator", "loss: discriminator": "discriminator",
@@ -186,6 +249,13 @@ class TrainView(QWidget):
         self._previews: list[tuple[int, list[QImage] | None, list[Path], list[str]]] = []
         self._state = "idle"  # idle | starting | running | pausing | paused | stopping
         self._last_step = 0
+        self._total_steps = 0
+        self.eta = EtaEstimator()
+        self._clock = time.monotonic  # tests replace it
+        self._preview_every = 0  # of the running run: the steps after which it draws previews
+        self._drawing = False  # previews are being drawn (the steps stop meanwhile)
+        self._planned_total = 1  # the chart's step axis spans this while it is empty
+        self._chart_empty = True
 
         # --- controls
         self.start_button = QPushButton("Start training")
@@ -196,9 +266,10 @@ class TrainView(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current step and save a checkpoint.")
         self.sample_button = QPushButton("Sample now")
-        self.sample_button.setToolTip("Make preview samples after the current step.")
+        self.sample_button.setToolTip("Make preview samples after the current step (while paused: at once, of "
+                                      "the model as it is now).")
         self.save_button = QPushButton("Save now")
-        self.save_button.setToolTip("Save a checkpoint after the current step.")
+        self.save_button.setToolTip("Save a checkpoint after the current step (while paused: at once).")
         self.start_button.setDefault(True)
         self.start_button.clicked.connect(self.start_requested)
         self.pause_button.clicked.connect(self._toggle_pause)
@@ -211,24 +282,30 @@ class TrainView(QWidget):
         buttons.addSpacing(16)
         buttons.addWidget(self.sample_button)
         buttons.addWidget(self.save_button)
-        buttons.addStretch(1)
-        self.status = QLabel("Not started.")
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        buttons.addWidget(self.status)
+        buttons.addSpacing(12)
+        self.status = ElidedLabel("Not started.")  # long messages never widen the window
+        self.status.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        buttons.addWidget(self.status, 1)
 
         # --- progress
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("step %v / %m")
-        self.speed_label = QLabel("")
+        self.progress.setMinimumWidth(160)
+        # The speed rides in the bar's text ("step 5 / 300 · 4.1 images/s"); the time left and the
+        # loss have fixed widths, so changing numbers never make the row jitter or widen.
+        self.speed_label = QLabel("")  # the last speed, as text (shown in the bar)
         self.eta_label = QLabel("")
         self.loss_label = QLabel("")
-        for label in (self.speed_label, self.eta_label, self.loss_label):
-            label.setMinimumWidth(110)
+        metrics = self.fontMetrics()
+        self.eta_label.setFixedWidth(max(metrics.horizontalAdvance(t) for t in ("59 min 59 s left",
+                                                                                 "estimating time…")) + 10)
+        self.eta_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.loss_label.setFixedWidth(metrics.horizontalAdvance("loss ≈ 0.00000") + 10)
+        self.loss_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         progress_row = QHBoxLayout()
         progress_row.addWidget(self.progress, 1)
-        progress_row.addWidget(self.speed_label)
         progress_row.addWidget(self.eta_label)
         progress_row.addWidget(self.loss_label)
         self.validation_label = QLabel("")
@@ -236,16 +313,18 @@ class TrainView(QWidget):
                                          "falls while the model learns what your pictures share; when it rises "
                                          "for a while the model is learning the training pictures by heart, and "
                                          "the checkpoint at its best step is the one to export.")
+        progress_row.addSpacing(8)
         progress_row.addWidget(self.validation_label)
 
         # --- loss chart
-        self.plot = pg.PlotWidget()
+        self.plot = pg.PlotWidget(axisItems={"bottom": StepAxis("bottom"), "left": LossAxis("left")})
         self.plot.setMinimumHeight(160)
         self._style_plot()
         item = self.plot.getPlotItem()
         item.setLabel("bottom", "step")
         item.setLabel("left", "loss")
         item.showGrid(x=True, y=True, alpha=0.2)
+        item.getAxis("left").enableAutoSIPrefix(False)  # "loss (x0.001)" made 0.066 read as 66
         item.addLegend(offset=(-10, 10), brush=self._legend_brush())
         # Thousands of points stay smooth: draw only what is visible, peak-downsampled.
         item.setDownsampling(auto=True, mode="peak")
@@ -262,7 +341,8 @@ class TrainView(QWidget):
                                         symbolBrush=VALIDATION_COLOUR, symbolPen=None)
         self.best_marker = pg.InfiniteLine(angle=90, movable=False,
                                            pen=pg.mkPen(VALIDATION_COLOUR, width=1, style=Qt.PenStyle.DashLine),
-                                           label="best", labelOpts={"position": 0.92, "color": VALIDATION_COLOUR})
+                                           label="best",  # at the foot: the legend covers the top
+                                           labelOpts={"position": 0.08, "color": VALIDATION_COLOUR})
         self.best_marker.hide()
         self.plot.addItem(self.best_marker)
         self.best_step: int | None = None
@@ -271,7 +351,7 @@ class TrainView(QWidget):
         # augmentation strength (0–1) on a second chart below.
         self.series: dict[str, LossBuffer] = {}
         self.series_curves: dict[str, Any] = {}
-        self.signal_plot = pg.PlotWidget()
+        self.signal_plot = pg.PlotWidget(axisItems={"bottom": StepAxis("bottom")})
         self.signal_plot.setMinimumHeight(90)
         self.signal_plot.setMaximumHeight(150)
         self._style_plot(self.signal_plot)
@@ -333,6 +413,7 @@ class TrainView(QWidget):
         layout.addWidget(split, 1)
         layout.addWidget(self.log)
         self._update_buttons()
+        self._fit_ranges(force=True)
 
     # --- public --------------------------------------------------------------------
     @property
@@ -343,10 +424,12 @@ class TrainView(QWidget):
         return self.worker is not None and self._state != "idle"
 
     def set_project(self, project: Any) -> None:
-        """Show the project's latest run (loss history and previews), or an empty view."""
+        """Show the project's latest run (loss history, previews), or an empty view: nothing of
+        the project shown before stays (its chart, previews, messages, time left)."""
         self.project = project
         self.clear()
         if project is not None:
+            self._set_planned_total(max(1, project.config.steps))
             self.progress.setRange(0, max(1, project.config.steps))  # "step 0 / 300" before a run
             state = history.latest_run_state(project)
             if state is not None:
@@ -368,13 +451,21 @@ class TrainView(QWidget):
         self._previews.clear()
         self.slider.setRange(0, 0)
         self.slider.setEnabled(False)
-        self.gallery.clear()
+        self.gallery.clear("Previews appear here while training.")
         self.gallery_title.setText("Previews")
+        self._follow_latest = True
+        self._last_step = 0
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setFormat("step %v / %m")
         for label in (self.speed_label, self.eta_label, self.loss_label):
             label.clear()
+        self.eta.reset()
+        self._drawing = False
+        self.log.clear()
         self.status.setText("Not started.")
+        self._set_planned_total(1)
+        self._redraw_loss()  # the legend, the log scale and the axes' ranges follow the (empty) data
 
     def load_history(self, run_dir: Path, total_steps: int | None = None) -> None:
         steps, losses = history.read_metrics(run_dir)
@@ -385,6 +476,8 @@ class TrainView(QWidget):
             self._series_buffer(name, total_steps).extend(xs, ys)
         self.val_steps, self.val_losses, best = history.read_validation(run_dir)
         self._show_best(best)
+        if total_steps:
+            self._set_planned_total(total_steps)
         self._redraw_loss()
         if self.loss.n:
             self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
@@ -407,14 +500,20 @@ class TrainView(QWidget):
         worker.checkpoint.connect(lambda e: self._log(f"Checkpoint saved at step {e.step}."))
         worker.validation.connect(self._on_validation)
         worker.message.connect(lambda text, level: self._log(("⚠ " if level == "warning" else "") + text))
+        worker.progress.connect(self._on_progress)
         worker.paused.connect(self._on_paused)
         worker.resumed.connect(self._on_resumed)
         worker.ended.connect(self._on_ended)
         worker.crashed.connect(self._on_crashed)
         worker.done.connect(self._on_done)
         self.worker = worker
+        self.eta.reset()
+        self.eta_label.clear()
+        self.speed_label.clear()
+        self._drawing = False
         self._set_state("starting")
         self.status.setText("Loading the model…")
+        self.progress.setFormat("loading the model…")
         self._log("Starting the from-scratch baseline (the same model with random weights)…" if scratch else
                   "Starting a new run…" if fresh else "Starting (continues the last run if it is unfinished)…")
         worker.start()
@@ -430,12 +529,16 @@ class TrainView(QWidget):
         if self.worker is not None and self._state in ("pausing", "paused"):
             self.worker.resume()
             self._set_state("running")
+            self.eta.reset()  # the pace is measured again from the first steps after the pause
+            self.eta_label.setText("")
             self.status.setText("Training…")
 
     def stop(self) -> None:
         if self.worker is not None and self._state not in ("idle", "stopping"):
             self.worker.stop()
             self._set_state("stopping")
+            self.eta.reset()
+            self.eta_label.clear()
             self.status.setText("Stopping — saving a checkpoint…")
 
     def stop_and_wait(self, timeout_s: float) -> bool:
@@ -456,14 +559,39 @@ class TrainView(QWidget):
     def _on_started(self, event: Any) -> None:
         # The engine has already trimmed metrics past a resumed checkpoint: reload from disk.
         self.load_history(event.run_dir, event.total_steps)
+        self._preview_every = history.preview_every(event.run_dir)
+        self._total_steps, self._last_step = event.total_steps, event.start_step
         self.progress.setRange(0, event.total_steps)
         self.progress.setValue(event.start_step)
+        self.progress.setFormat("step %v / %m")
         self._set_state("running" if self._state == "starting" else self._state)
-        self.status.setText("Training…" if self._state == "running" else self.status.text())
         where = f"from step {event.start_step}" if event.start_step else "from the beginning"
         self._log(f"Training {where} on {event.images} pictures ({event.device}); "
                   f"{event.trainable_parameters:,} weights to train.")
+        if event.start_step == 0 and self._state == "running":
+            # A new run first draws what the untrained model makes (step 0): seconds to a minute.
+            self._drawing = True
+            self.status.setText("Drawing the starting previews (the untrained model)…")
+            self.progress.setFormat("drawing the starting previews…")
+            self._log("Drawing the starting previews, to compare the training with…")
+        elif self._state == "running":
+            self.status.setText("Training…")
         self.run_started.emit(event)
+
+    def _on_progress(self, event: Any) -> None:
+        """Work between steps: the bar counts it while it lasts, then counts steps again."""
+        if event.done < event.total:
+            self._drawing = True
+            self.status.setText(f"{event.task}…")
+            if event.done:  # counted; a task that only announces itself leaves the step count alone
+                self.progress.setRange(0, event.total)
+                self.progress.setValue(event.done)
+            self.progress.setFormat(f"{event.task.lower()}: %v / %m" if event.done else f"{event.task.lower()}…")
+        else:
+            self.progress.setRange(0, self._total_steps)
+            self.progress.setValue(self._last_step)
+            self.progress.setFormat("step %v / %m")
+            self._log(f"{event.task}: done ({event.total}).")
 
     def _on_steps(self, batch: list[Any]) -> None:
         self.loss.extend([s.step for s in batch], [s.loss for s in batch])
@@ -476,9 +604,27 @@ class TrainView(QWidget):
         self.progress.setMaximum(last.total)
         self.progress.setValue(last.step)
         self.speed_label.setText(f"{last.images_per_s:.2f} images/s")
-        self.eta_label.setText(f"{format_duration(last.eta_s)} left")
+        self.progress.setFormat(f"step %v / %m · {last.images_per_s:.1f} images/s")
         self.loss_label.setText(f"loss ≈ {self.loss.smoothed[-1]:.4f}")
+        if self._state in ("running", "pausing"):
+            eta = self.eta.update(last.step, last.total, self._clock())
+            self.eta_label.setText("estimating time…" if eta is None else f"{format_duration(eta)} left")
+        if self._state == "running":
+            self._say_what_comes_after(last.step, last.total)
         self.steps_received.emit(last.step)
+
+    def _say_what_comes_after(self, step: int, total: int) -> None:
+        """The steps stop for a while when the run draws previews or saves at its end: say so."""
+        every = self._preview_every
+        if step >= total:
+            self._drawing = True
+            self.status.setText("Saving the trained model and drawing the last previews…")
+        elif every and step % every == 0:
+            self._drawing = True
+            self.status.setText(f"Drawing previews at step {step}…")
+        elif self._drawing or self.status.text() != "Training…":
+            self._drawing = False
+            self.status.setText("Training…")
 
     def _on_validation(self, event: Any) -> None:
         keep = self.val_steps < event.step  # a resumed run measures its first step again
@@ -509,18 +655,31 @@ class TrainView(QWidget):
         self._previews = [p for p in self._previews if p[0] != preview.step] + [entry]
         self._previews.sort(key=lambda p: p[0])
         self._refresh_slider()
+        if self._drawing and self._state == "running":
+            self._drawing = False
+            if preview.step == 0:
+                self.progress.setFormat("step %v / %m")
+                self.status.setText("Training — the first steps…")
+            elif preview.step < self.progress.maximum():
+                self.status.setText("Training…")
         self.preview_added.emit(preview.step)
 
     def _on_paused(self, step: int) -> None:
         self._set_state("paused")
+        self.eta.reset()
+        self.eta_label.setText("paused")
         self.status.setText(f"Paused at step {step}.")
 
     def _on_resumed(self, step: int) -> None:
         if self._state != "stopping":
             self._set_state("running")
+            self.eta.reset()
             self.status.setText("Training…")
 
     def _on_ended(self, event: Any) -> None:
+        self._drawing = False
+        self.eta.reset()
+        self.eta_label.clear()
         if isinstance(event, Finished):
             self.status.setText(f"Finished at step {event.step} (loss {event.final_loss:.4f}).")
             self._log(f"Finished at step {event.step}. Saved in {event.checkpoint}.")
@@ -543,6 +702,8 @@ class TrainView(QWidget):
             return
         worker.wait(5)  # `finished` is sent just before the thread really ends
         self._set_state("idle")
+        self.progress.setFormat("step %v / %m")
+        self.eta_label.clear()
         end = worker.end_event
         self.run_finished.emit(end)
 
@@ -554,13 +715,25 @@ class TrainView(QWidget):
             self.pause()
 
     def _sample_now(self) -> None:
-        if self.worker is not None:
-            self.worker.sample_now()
+        if self.worker is None:
+            return
+        self.worker.sample_now()
+        if self._state in ("pausing", "paused"):
+            # A paused engine wakes for the request and draws at once.
+            self._log(f"Drawing previews of the model as it is now (step {self._last_step})…")
+        else:
             self._log("Samples will be made after this step.")
+            if self._state == "running":
+                self._drawing = True  # until they arrive
+                self.status.setText("Drawing previews after this step…")
 
     def _save_now(self) -> None:
-        if self.worker is not None:
-            self.worker.save_now()
+        if self.worker is None:
+            return
+        self.worker.save_now()
+        if self._state in ("pausing", "paused"):
+            self._log(f"Saving a checkpoint of step {self._last_step}…")
+        else:
             self._log("A checkpoint will be saved after this step.")
 
     def _set_state(self, state: str) -> None:
@@ -577,8 +750,9 @@ class TrainView(QWidget):
         self.pause_button.setEnabled(s in ("starting", "running", "pausing", "paused"))
         self.pause_button.setText("Resume" if s in ("pausing", "paused") else "Pause")
         self.stop_button.setEnabled(s in ("starting", "running", "pausing", "paused"))
-        self.sample_button.setEnabled(active)
-        self.save_button.setEnabled(active)
+        # While paused too: the request waits for Resume (the engine reads it before the next step).
+        self.sample_button.setEnabled(active or s in ("pausing", "paused"))
+        self.save_button.setEnabled(active or s in ("pausing", "paused"))
 
     def _redraw_loss(self) -> None:
         phased = any(name.startswith("loss: ") for name in self.series)
@@ -592,6 +766,9 @@ class TrainView(QWidget):
                     legend.addItem(curve, name)
         self.raw_curve.setData(self.loss.steps, self.loss.losses)
         self.smooth_curve.setData(self.loss.steps, self.loss.smoothed)
+        self.smooth_curve.setSymbol("o" if self.loss.n == 1 else None)  # one point draws no line
+        if self.loss.n == 1:
+            self.smooth_curve.setSymbolBrush(self.smooth_curve.opts["pen"].color())
         self.val_curve.setData(self.val_steps, self.val_losses)
         legend = self.plot.getPlotItem().legend
         listed = any(getattr(sample, "item", None) is self.val_curve for sample, _ in legend.items)
@@ -599,8 +776,54 @@ class TrainView(QWidget):
             legend.addItem(self.val_curve, "validation") if len(self.val_steps) else legend.removeItem(self.val_curve)
         for name, curve in self.series_curves.items():
             curve.setData(self.series[name].steps, self.series[name].smoothed)
-        self.plot.getPlotItem().setLogMode(y=self._losses_of_different_scales())
+        self._log_scale = self._losses_of_different_scales()
+        self.plot.getPlotItem().setLogMode(y=self._log_scale)
         self.signal_plot.setVisible(any(not name.startswith("loss: ") for name in self.series_curves))
+        self._fit_ranges()
+
+    def _set_planned_total(self, total: int) -> None:
+        self._planned_total = max(1, int(total))
+        if self._chart_empty:
+            self._fit_ranges(force=True)
+
+    def _fit_ranges(self, force: bool = False) -> None:
+        """An empty chart spans the planned steps and losses 0–1 (not pyqtgraph's 0.1 … 0.9 steps);
+        one point or a flat line gets a readable span around it (auto-range would make it ±0.5, with
+        negative steps and losses, or 15-digit ticks); from two steps on, auto-range takes over."""
+        ys = [self.loss.losses, self.val_losses] + [b.smoothed for n, b in self.series.items()
+                                                    if n in self.series_curves and n.startswith("loss: ")]
+        xs = [self.loss.steps, self.val_steps] + [b.steps for n, b in self.series.items()
+                                                  if n in self.series_curves and n.startswith("loss: ")]
+        y = np.concatenate([np.asarray(v, dtype=np.float64) for v in ys])
+        x = np.concatenate([np.asarray(v, dtype=np.float64) for v in xs])
+        y = y[np.isfinite(y)]
+        view = self.plot.getPlotItem().getViewBox()
+        if y.size == 0:
+            mode = "empty"
+        elif x.max() - x.min() < 2 or y.max() - y.min() <= 1e-9 * max(1.0, float(np.abs(y).max())):
+            mode = "few"
+        else:
+            mode = "auto"
+        if mode == "auto":
+            if self._chart_empty or force:  # hand the ranges back to auto-range once
+                view.enableAutoRange()
+            self._chart_empty = False
+            return
+        self._chart_empty = True
+        if mode == "empty":
+            self.plot.setXRange(0, max(4, self._planned_total), padding=0.02)
+            self.plot.setYRange(0, 1, padding=0.02)
+            return
+        self.plot.setXRange(max(0.0, float(x.min()) - 2), float(x.max()) + 2, padding=0)
+        if getattr(self, "_log_scale", False):  # a log axis takes log10 values
+            y = np.log10(y[y > 0]) if np.any(y > 0) else np.zeros(1)
+            self.plot.setYRange(float(y.min()) - 0.1, float(y.max()) + 0.1, padding=0)
+            return
+        level = max(float(np.abs(y).max()), 1e-6)
+        low, high = float(y.min()) - 0.1 * level, float(y.max()) + 0.1 * level
+        if float(y.min()) >= 0:
+            low = max(0.0, low)  # a loss is not negative
+        self.plot.setYRange(low, high, padding=0)
 
     def _losses_of_different_scales(self) -> bool:
         """Phases whose losses differ tenfold or more (a VAE's reconstruction beside its

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPalette
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -70,23 +70,83 @@ class MessageLabel(QLabel):
         """level: plain | muted | ok | warning | error. Empty text hides the label."""
         self._level = level
         pal = self.palette()
-        parent_pal = self.parentWidget().palette() if self.parentWidget() else QPalette()
-        colour = {
-            "error": QColor(ERROR_RED),
-            "warning": QColor(WARNING_ORANGE),
-            "ok": QColor(OK_GREEN),
-        }.get(level)
-        if colour is None:
-            colour = parent_pal.color(QPalette.ColorRole.WindowText)
-            if level == "muted":  # halfway to the background: quieter, still readable
-                bg = parent_pal.color(QPalette.ColorRole.Window)
-                colour = QColor((colour.red() * 3 + bg.red() * 2) // 5,
-                                (colour.green() * 3 + bg.green() * 2) // 5,
-                                (colour.blue() * 3 + bg.blue() * 2) // 5)
-        pal.setColor(QPalette.ColorRole.WindowText, colour)
+        pal.setColor(QPalette.ColorRole.WindowText, level_colour(self, level))
         self.setPalette(pal)
         self.setText(text)
         self.setVisible(bool(text))
+
+
+def level_colour(widget: QWidget, level: str) -> QColor:
+    """The text colour of a message level (plain | muted | ok | warning | error) in `widget`."""
+    colour = {"error": QColor(ERROR_RED), "warning": QColor(WARNING_ORANGE), "ok": QColor(OK_GREEN)}.get(level)
+    if colour is not None:
+        return colour
+    parent_pal = widget.parentWidget().palette() if widget.parentWidget() else QPalette()
+    colour = parent_pal.color(QPalette.ColorRole.WindowText)
+    if level == "muted":  # halfway to the background: quieter, still readable
+        bg = parent_pal.color(QPalette.ColorRole.Window)
+        colour = QColor((colour.red() * 3 + bg.red() * 2) // 5, (colour.green() * 3 + bg.green() * 2) // 5,
+                        (colour.blue() * 3 + bg.blue() * 2) // 5)
+    return colour
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that never asks for more room than it gets: a long text is cut with "…"
+    and shown whole in the tooltip. Its text changing never widens a row or the window."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(0)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt naming)
+        self._full = text or ""
+        self.setToolTip(self._full)
+        self._elide()
+
+    def text(self) -> str:  # the whole text, not the cut one on screen
+        return self._full
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        return QSize(0, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(self.fontMetrics().horizontalAdvance(self._full) + 4, super().sizeHint().height())
+
+    def resizeEvent(self, event: QEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        shown = self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideRight, max(0, self.width() - 2))
+        super().setText(shown)
+
+
+class HintLine(ElidedLabel):
+    """A one-line hint, warning or error (MessageLabel's levels) under a field or beside a figure.
+    Empty, it keeps its height, so what is below it never moves while someone types."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("", parent)
+        self._level = "plain"
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(self.fontMetrics().lineSpacing() + 2)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+    def level(self) -> str:
+        return self._level
+
+    def show_message(self, text: str, level: str = "plain", details: str = "") -> None:
+        """The line (cut with "…" when long), and in its tooltip the whole of it, or `details`."""
+        self._level = level
+        pal = self.palette()
+        pal.setColor(QPalette.ColorRole.WindowText, level_colour(self, level))
+        self.setPalette(pal)
+        self.setText(text)
+        if details:
+            self.setToolTip(details)
 
 
 class PathPicker(QWidget):
