@@ -148,3 +148,35 @@ def test_cached_and_encoded_latents_give_the_same_losses_on_cuda(tmp_path, tiny_
         losses.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
     assert all(map(lambda x: x == x, losses[1])), "finite losses"
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+
+
+def test_frozen_unet_weights_take_the_half_format_and_the_adapter_stays_fp32(tiny_sd1_dir):
+    """What a GPU run in bf16 does (shown on the CPU with CPU autocast): the frozen UNet in bf16
+    (half its memory), LoRA weights in fp32, and training still reaches them."""
+    from transferstudio.adapt.trainee import Trainee
+    from transferstudio.backbones.registry import load_backbone
+    from transferstudio.project.config import TrainConfig
+
+    backbone = load_backbone(tiny_sd1_dir)
+    config = TrainConfig(rank=4, alpha=4)
+    trainee = Trainee(backbone, config)
+    backbone.to(torch.device("cpu"), torch.bfloat16)
+    unet = backbone.unet
+    trained = [p for p in unet.parameters() if p.requires_grad]
+    frozen = [p for p in unet.parameters() if not p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    objective = backbone.objective(config)
+    from transferstudio.backbones.objective import StepContext
+    from transferstudio.data.dataset import Batch
+
+    batch = Batch(pixels=torch.zeros(2, 3, 32, 32), captions=["a", "b"], original_sizes=[(32, 32)] * 2,
+                  crop_top_left=[(0, 0)] * 2, target_size=(32, 32))
+    ctx = StepContext(step=1, device=torch.device("cpu"), amp=torch.bfloat16,
+                      generator=torch.Generator().manual_seed(0), config=config)
+    trainee.train_mode(True)
+    loss = objective.loss(objective.phases[0], batch, ctx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in trained)
+    pictures = backbone.sample(seeds=[1], prompts=["a"], steps=2)
+    assert pictures[0].size == (32, 32)

@@ -369,9 +369,7 @@ class FlowBackbone(DiffusionBackbone):
         self.device = torch.device(device)
         self.transformer.to(self.device)
         if dtype == torch.bfloat16:
-            for param in self.transformer.parameters():
-                if not param.requires_grad and param.is_floating_point():
-                    param.data = param.data.to(dtype)
+            sdc.cast_frozen(self.transformer, dtype)
         vae_dtype = torch.float32 if dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False) \
             else dtype
         self.vae.to(self.device, vae_dtype)
