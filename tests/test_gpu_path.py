@@ -180,3 +180,17 @@ def test_frozen_unet_weights_take_the_half_format_and_the_adapter_stays_fp32(tin
     assert torch.isfinite(loss) and all(p.grad is not None for p in trained)
     pictures = backbone.sample(seeds=[1], prompts=["a"], steps=2)
     assert pictures[0].size == (32, 32)
+
+
+def test_full_fine_tuning_keeps_fp32_weights_even_after_an_early_move(tiny_sd1_dir):
+    """Making class pictures moves the model before anything is set to train: a full fine-tune
+    set up afterwards must still train fp32 weights."""
+    from transferstudio.adapt.trainee import Trainee
+    from transferstudio.backbones.registry import load_backbone
+    from transferstudio.project.config import TrainConfig
+
+    backbone = load_backbone(tiny_sd1_dir)
+    backbone.to(torch.device("cpu"), torch.bfloat16)  # as for class pictures, before the Trainee
+    Trainee(backbone, TrainConfig(method="full", ema=False))
+    backbone.to(torch.device("cpu"), torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in backbone.unet.parameters())

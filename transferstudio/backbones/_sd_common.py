@@ -230,9 +230,14 @@ def load_single_file_components(path: Path, prediction_type: str) -> Any:
 
 # --- the shared backbone ---------------------------------------------------------------------
 
-def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
-    """Put the weights of `module` that do not train into `dtype` (trained ones keep fp32)."""
+def cast_frozen(module: nn.Module, dtype: torch.dtype, *, once_training: bool = False) -> None:
+    """Put the weights of `module` that do not train into `dtype` (trained ones keep fp32).
+    `once_training`: only when some of its weights train, i.e. after the run set up what trains
+    (before that, e.g. while class pictures are made, every weight looks frozen, and a full
+    fine-tune would then train weights rounded to half precision)."""
     if dtype == torch.float32:
+        return
+    if once_training and not any(p.requires_grad for p in module.parameters()):
         return
     for param in module.parameters():
         if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
@@ -488,7 +493,7 @@ class StableDiffusionBase(DiffusionBackbone):
         calling this."""
         self.device = torch.device(device)
         self.unet.to(self.device)
-        cast_frozen(self.unet, dtype)
+        cast_frozen(self.unet, dtype, once_training=True)
         vae_dtype = dtype
         if dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             vae_dtype = torch.float32
