@@ -1,4 +1,4 @@
-"""Command line over the engine: new, train, sample, export, inspect, demo.
+"""Command line over the engine: new, train, queue, sample, export, inspect, demo.
 
 User errors end with a one-line reason on stderr and exit status 2; Ctrl-C while training
 stops after the current step and saves a checkpoint.
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a from-scratch baseline: the same model with random weights, every weight "
                         "trained, for the same steps, so the report can show what starting pretrained bought "
                         "(small models only: the starters, DDPMs, VAEs, GANs); continue it with --run ID")
+
+    _queue_parser(sub)
 
     p = sub.add_parser("pretrain", help="make your own pretrained backbone from a large folder of pictures "
                                         "(then adapt it to a small set with `new`/`train`)")
@@ -170,7 +172,7 @@ _CLI_OPTIONS = {"method": "--method", "steps": "--steps", "resolution": "--resol
                 "validation_every": "--validation-every", "multires_noise_iterations": "--multires-noise-iterations",
                 "multires_noise_discount": "--multires-noise-discount", "input_perturbation": "--input-perturbation",
                 "class_pictures": "--class-pictures", "class_prompt": "--class-prompt",
-                "prior_loss_weight": "--prior-loss-weight"}
+                "prior_loss_weight": "--prior-loss-weight", "cache": "--cache", "compile": "--compile"}
 
 
 def _arg_help(name: str) -> str:
@@ -604,9 +606,167 @@ def _checked_report(project: Any, out_dir: Path, run: Any, **kwargs: Any) -> Pat
     return write_report(project, out_dir, run, **kwargs)
 
 
+# --- queue ----------------------------------------------------------------------------------
+
+def _queue_parser(sub: Any) -> None:
+    p = sub.add_parser("queue", help="queue training runs of one or more projects; `queue run` trains them one "
+                                     "after another (the window's Training ▸ Queue shows the same queue)")
+    qs = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    q = qs.add_parser("add", help="add a project's training (continues its run, like `train`) to the end")
+    q.add_argument("project", type=Path)
+    q.add_argument("--scratch", action="store_true", help="queue its from-scratch baseline run instead")
+    q.add_argument("--steps", type=_step_count, help="total steps (default: the project's)")
+    qs.add_parser("list", help="the entries, numbered, with their state")
+    q = qs.add_parser("remove", help="remove entry N")
+    q.add_argument("n", type=_step_count, metavar="N")
+    q = qs.add_parser("move", help="move entry N to position M")
+    q.add_argument("n", type=_step_count, metavar="N")
+    q.add_argument("m", type=_step_count, metavar="M")
+    qs.add_parser("clear", help="remove the entries that are done")
+    qs.add_parser("run", help="train every waiting (or stopped) entry in order; Ctrl-C stops the current run "
+                              "(saved) and leaves the rest waiting")
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from transferstudio.project.queue import Queue
+
+    queue = Queue.load()
+    if queue.problem:
+        print(f"warning: {queue.problem}", file=sys.stderr)
+    action = args.queue_command
+    if action == "run":
+        return _queue_run()
+    if action == "list":
+        return _queue_list(queue)
+    if action == "add":
+        from transferstudio.project.project import load_project
+
+        project = load_project(args.project)  # not a project: one sentence now, not when the queue runs
+        entry = queue.add(project.folder, "scratch" if args.scratch else "train", args.steps)
+        queue.save()
+        print(f"queued as {len(queue.entries)}: {entry.describe()}")
+    elif action == "remove":
+        entry = queue.remove(args.n - 1)
+        queue.save()
+        print(f"removed {args.n}: {entry.describe()}")
+    elif action == "move":
+        queue.move(args.n - 1, args.m - 1)
+        queue.save()
+        _queue_list(queue)
+    elif action == "clear":
+        gone = queue.clear_finished()
+        queue.save()
+        print(f"removed {gone} finished entr{'y' if gone == 1 else 'ies'}")
+    return 0
+
+
+def _queue_list(queue: Any) -> int:
+    if not queue.entries:
+        print("the queue is empty (`transferstudio queue add PROJECT` adds one)")
+        return 0
+    print(f"queue: {len(queue.entries)} entr{'y' if len(queue.entries) == 1 else 'ies'} ({queue.path})")
+    for i, entry in enumerate(queue.entries, 1):
+        note = f" — {entry.message}" if entry.message else ""
+        print(f"{i:>3}. {entry.state:<8} {entry.describe()}  [{entry.project}, added {entry.added_text()}]{note}")
+    return 0
+
+
+def _queue_run() -> int:
+    """Train each runnable entry in order, re-reading the queue before each (it may have been
+    changed meanwhile, e.g. in the window). A stop ends the queue there; a failure goes on."""
+    from transferstudio.core.events import Failed, Finished, Started, Stopped
+    from transferstudio.project.queue import Queue
+
+    busy = Queue.load().running_elsewhere()
+    if busy is not None:
+        from transferstudio.project.queue import QueueError
+
+        raise QueueError(f"The queue is already running in another process (pid {busy.owner['pid']}, "
+                         f"training {busy.describe()}).", "Let it finish, or stop it there (Ctrl-C).")
+    failed, done = 0, 0
+    while True:
+        queue = Queue.load()
+        entry = queue.next_runnable()
+        if entry is None:
+            break
+        position = queue.entries.index(entry) + 1
+        queue.mark(entry.id, "running", "training")
+        queue.save()
+        print(f"queue {position}/{len(queue.entries)}: {entry.describe()} ({entry.project})", flush=True)
+        ended: list[Any] = []
+
+        def events(commands: Any, entry: Any = entry) -> Any:
+            for event in _queue_entry_events(entry, commands):
+                if isinstance(event, Started):
+                    if entry.kind == "scratch" and not entry.run:  # a crash from here on continues this run
+                        _queue_note_run(entry.id, Path(event.run_dir).name)
+                elif isinstance(event, (Finished, Stopped, Failed)):
+                    ended.append(event)
+                yield event
+
+        state, message = "failed", "internal error (see the log)"
+        try:
+            _run_training(events)
+            end = ended[-1] if ended else None
+            if isinstance(end, Finished):
+                state, message = "done", f"finished at step {end.step}"
+            elif isinstance(end, Stopped):
+                state = "stopped"
+                message = f"stopped at step {end.step}; continues from its checkpoint" if end.checkpoint else \
+                    "stopped before its first step"
+            elif isinstance(end, Failed):
+                message = f"{end.message} {end.advice}".strip()
+        except UserError as exc:  # e.g. the project folder is gone
+            print(f"error: {exc}", file=sys.stderr)
+            message = str(exc)
+        except KeyboardInterrupt:
+            state, message = "stopped", "interrupted"
+            raise
+        finally:
+            queue = Queue.load()
+            if queue.get(entry.id) is not None:
+                queue.mark(entry.id, state, message)
+                queue.save()
+        if state == "stopped":
+            left = len(Queue.load().waiting())
+            print(f"queue stopped; {left} entr{'y' if left == 1 else 'ies'} left "
+                  "(`transferstudio queue run` continues)", file=sys.stderr)
+            return 130
+        failed += state == "failed"
+        done += state == "done"
+    print(f"queue finished: {done} trained" + (f", {failed} failed (see `queue list`)" if failed else ""))
+    return 2 if failed else 0
+
+
+def _queue_note_run(entry_id: str, run_id: str) -> None:
+    """A baseline entry continues its own run (not a new baseline) once that run exists."""
+    from transferstudio.project.queue import Queue
+
+    queue = Queue.load()
+    entry = queue.get(entry_id)
+    if entry is not None:
+        entry.run = run_id
+        queue.save()
+
+
+def _queue_entry_events(entry: Any, commands: Any) -> Any:
+    """The same engine call as `train`: continue the project's run (or start one), or the
+    entry's from-scratch baseline (continuing its own run once it has one)."""
+    from transferstudio.project.project import load_project
+    from transferstudio.training.trainer import TrainJob, train
+
+    project = load_project(entry.project)
+    if entry.kind == "scratch":
+        job = TrainJob(project, steps=entry.steps, run_id=entry.run) if entry.run else \
+            TrainJob(project, steps=entry.steps, fresh=True, scratch=True)
+    else:
+        job = TrainJob(project, steps=entry.steps)
+    return train(job, commands)
+
+
 COMMANDS = {"new": cmd_new, "train": cmd_train, "pretrain": cmd_pretrain, "runs": cmd_runs, "sample": cmd_sample,
             "export": cmd_export, "inspect": cmd_inspect, "convert-pickle": cmd_convert_pickle, "demo": cmd_demo,
-            "self-check": cmd_self_check, "report": cmd_report, "check": cmd_check}
+            "self-check": cmd_self_check, "report": cmd_report, "check": cmd_check, "queue": cmd_queue}
 
 if __name__ == "__main__":
     raise SystemExit(main())

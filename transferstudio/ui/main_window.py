@@ -31,6 +31,7 @@ from transferstudio.ui.images_panel import ImagesPanel
 from transferstudio.ui.library_dialog import LibraryDialog
 from transferstudio.ui.new_project_dialog import NewProjectDialog, ask_for_moved_path
 from transferstudio.ui.preferences_dialog import PreferencesDialog
+from transferstudio.ui.queue_view import QueueDialog
 from transferstudio.ui.settings_form import SettingsForm
 from transferstudio.ui.train_view import TrainView
 
@@ -74,6 +75,7 @@ class MainWindow(QMainWindow):
         self.export_dialog: ExportDialog | None = None
         self.library_dialog: LibraryDialog | None = None
         self.preferences_dialog: PreferencesDialog | None = None
+        self.queue_dialog: QueueDialog | None = None
 
         self._build_views()
         self._build_menus()
@@ -234,6 +236,9 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         self.act_sample_now = self._action(m, "Sample &Now", self.train_view.sample_button.click)
         self.act_save_now = self._action(m, "Save Checkpoint N&ow", self.train_view.save_button.click)
+        m.addSeparator()
+        self.act_queue = self._action(m, "&Queue…", self.open_queue,
+                                      tip="Runs of one or more projects, trained one after another.")
 
         m = bar.addMenu("&Help")
         self._action(m, "Open &Log Folder", self.open_log_folder)
@@ -702,6 +707,18 @@ class MainWindow(QMainWindow):
             self.train_view.note("The from-scratch baseline starts when this run ends.")
             return
         self._start(fresh=True, scratch=True)
+
+    def open_queue(self) -> QueueDialog:
+        """Training ▸ Queue…: one dialog for the window's life (it runs the queue)."""
+        if self.queue_dialog is None:
+            self.queue_dialog = QueueDialog(self)
+        self.queue_dialog.show()
+        self.queue_dialog.raise_()
+        return self.queue_dialog
+
+    def train_queued(self, *, scratch: bool = False) -> bool:
+        """A queued run, without questions: continue the last run as `train` does, or a new baseline."""
+        return self.project is not None and self._start(fresh=scratch, scratch=scratch)
 
     def _start(self, *, fresh: bool, keep_run_settings: bool = False, scratch: bool = False) -> bool:
         assert self.project is not None
