@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QFrame,
     QGroupBox,
@@ -387,6 +388,13 @@ class SettingsForm(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.preset_combo, 1)
         row.addWidget(self.save_preset_button)
+        self.kohya_button = QPushButton("Import kohya_ss…")
+        self.kohya_button.setToolTip("Take the settings a kohya_ss LoRA preset (.json saved by its GUI) shares with "
+                                     "TransferStudio: learning rate, batch, steps, rank and alpha, LoRA type, optimizer, "
+                                     "scheduler and warm-up, noise and caption options. What has no counterpart here "
+                                     "is listed, never dropped silently.")
+        self.kohya_button.clicked.connect(self._ask_kohya_preset)
+        row.addWidget(self.kohya_button)
         # Two lines that keep their height (the fields below never move when they change): the
         # estimate, and under it what to change when it does not fit, or a word about presets.
         self.memory_line = HintLine()
@@ -619,6 +627,7 @@ class SettingsForm(QWidget):
         self._update_dependencies()
         self.preset_combo.setEnabled(not running)
         self.save_preset_button.setEnabled(not running)
+        self.kohya_button.setEnabled(not running)
         if not running and self._estimate_waiting:
             self._schedule_estimate()
 
@@ -727,6 +736,31 @@ class SettingsForm(QWidget):
             preset = self.save_preset(name)
             if preset is not None:
                 self._show_preset_note(f"Saved as “{preset.name}” ({preset.path}).", "ok")
+
+    def _ask_kohya_preset(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import a kohya_ss LoRA preset", "", "kohya_ss preset (*.json)")
+        if path:
+            self.import_kohya_preset(path)
+
+    def import_kohya_preset(self, path: Any) -> list[str]:
+        """Put the shared settings of a kohya_ss preset into the form (the project keeps them when
+        saved); the notes about what was not taken are shown and returned."""
+        from transferstudio.project.kohya_preset import read_kohya_preset
+
+        try:
+            settings, notes = read_kohya_preset(path)
+        except UserError as exc:
+            self._show_preset_note(f"{exc.message} {exc.advice}", "error")
+            return [exc.message]
+        self.set_config(TrainConfig.from_dict({**self.config().to_dict(), **settings}))
+        self.changed.emit()  # the window saves the project's settings as for any edit
+        text = f"Took {len(settings)} settings from the kohya_ss preset"
+        text += f"; {len(notes)} not taken (hover to see)." if notes else "."
+        self._preset_message = (text, "warning" if notes else "ok")
+        self._advice = []
+        self.note_line.show_message(text, "warning" if notes else "ok",
+                                    "\n".join(["Not taken:"] + [f"• {n}" for n in notes]) if notes else text)
+        return notes
 
     def _show_preset_note(self, text: str, level: str) -> None:
         self._preset_message = (text, level)
