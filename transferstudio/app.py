@@ -183,8 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     QCoreApplication.setOrganizationName("TransferStudio")
     QCoreApplication.setApplicationName("TransferStudio")
     QCoreApplication.setApplicationVersion(__version__)
-    app = QApplication(argv)  # no palette or style set: the app follows the system's
+    app = QApplication(argv)
     app.setApplicationDisplayName("TransferStudio")
+    settings = QSettings()
+    from transferstudio.ui.theme import apply_theme, theme_setting
+
+    apply_theme(theme_setting(settings), app)  # the system's light or dark unless Preferences says otherwise
     from PySide6.QtGui import QIcon
 
     from transferstudio.core.paths import resource
@@ -194,7 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transferstudio.qt.workers import live_threads
     from transferstudio.ui.main_window import MainWindow
 
-    settings = QSettings()
     window = MainWindow(settings)
     window.show()
     args = [a for a in argv[1:] if not a.startswith("-")]

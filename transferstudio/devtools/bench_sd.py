@@ -151,7 +151,7 @@ def example_loop(model: Path, pictures: list[tuple[Path, str]], steps: int, seed
 def engine_run(model: Path, images: Path, folder: Path, steps: int, **settings: Any) -> tuple[list[float], float]:
     """TransferStudio's trainer with the same settings: (seconds per step, set-up seconds before step 1,
     the one-time encoding for the cache included, previews excluded)."""
-    from transferstudio.core.events import Progress, Started, Step
+    from transferstudio.core.events import Failed, Progress, Started, Step
     from transferstudio.project.config import TrainConfig
     from transferstudio.project.project import create_project
     from transferstudio.training.trainer import TrainJob, train
@@ -167,6 +167,8 @@ def engine_run(model: Path, images: Path, folder: Path, steps: int, **settings: 
     last = None
     for event in train(TrainJob(project)):
         now = time.perf_counter()
+        if isinstance(event, Failed):
+            print(f"  failed: {event.message} {event.advice}")
         if isinstance(event, Started):
             began = now
         elif isinstance(event, Progress) and event.done == event.total:
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = _median(rows["diffusers example loop"])
     print(f"{'':<28} {'s/step':>8} {'img/s':>8} {'speed × ref':>11} {'set-up s':>9}")
     for name, times in rows.items():
+        if not times:
+            print(f"{name:<28} no steps measured")
+            continue
         per_step = _median(times)
         print(f"{name:<28} {per_step:>8.4f} {BATCH / per_step:>8.1f} {reference / per_step:>11.2f} "
               f"{sum(setups[name]) / len(setups[name]):>9.2f}")

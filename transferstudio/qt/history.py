@@ -6,6 +6,7 @@ with its COMPLETE marker; previews/step-N/seed-S.png; metrics.jsonl with one JSO
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,116 @@ def seed_of(path: Path) -> int:
         return int(path.stem.split("-", 1)[1])
     except (IndexError, ValueError):
         return 1 << 30
+
+
+# --- the whole table of a run's numbers (charts beside the loss, CSV export) -------------------------
+
+RATE_WINDOW = 10  # steps: images/s from the median step time over this many (a preview's pause is no step)
+
+
+def images_per_step(run_dir: Path) -> int:
+    """Pictures one optimizer step trains on (batch × accumulation); 0 when the settings cannot be read."""
+    try:
+        config = Run.open(Path(run_dir)).config
+        return max(1, int(config.batch_size)) * max(1, int(getattr(config, "gradient_accumulation", 1) or 1))
+    except (UserError, OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def read_table(run_dir: Path) -> dict[str, np.ndarray]:
+    """metrics.jsonl as columns: "step", "loss", "lr", "time" (NaN where a row lacks it), "images/s"
+    (from the step times and `images_per_step`, NaN where unknown) and "loss: <phase>" per phase.
+    A step written twice (a resumed run) counts once: the last."""
+    rows: dict[int, dict[str, Any]] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    steps = sorted(rows)
+    phases = sorted({str(k) for r in rows.values() if isinstance(r.get("losses"), dict) for k in r["losses"]})
+
+    def column(get: Any) -> np.ndarray:
+        out = np.full(len(steps), np.nan)
+        for i, s in enumerate(steps):
+            try:
+                value = get(rows[s])
+                out[i] = float(value) if value is not None else np.nan
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass
+        return out
+
+    table = {"step": np.asarray(steps, dtype=np.float64), "loss": column(lambda r: r["loss"]),
+             "lr": column(lambda r: r.get("lr")), "time": column(lambda r: r.get("time"))}
+    table["images/s"] = rates_from_times(table["step"], table["time"], images_per_step(run_dir))
+    for name in phases:
+        table[f"loss: {name}"] = column(lambda r, n=name: (r.get("losses") or {}).get(n))
+    return table
+
+
+def rates_from_times(steps: np.ndarray, times: np.ndarray, per_step: int) -> np.ndarray:
+    """images/s at each step: `per_step` over the median time of the last RATE_WINDOW consecutive
+    steps (the pause of a preview or a save at one step does not make the speed dip); NaN where the
+    step before is missing (the first step, a resumed run's first) or the batch size is unknown."""
+    out = np.full(len(steps), np.nan)
+    if per_step <= 0 or len(steps) < 2:
+        return out
+    dts: list[float] = []
+    for i in range(1, len(steps)):
+        dt = times[i] - times[i - 1]
+        if steps[i] - steps[i - 1] != 1 or not np.isfinite(dt) or dt <= 0:
+            dts = []  # a new stretch (resumed: its clock restarts)
+            continue
+        dts = (dts + [float(dt)])[-RATE_WINDOW:]
+        out[i] = per_step / float(np.median(dts))
+    return out
+
+
+CSV_COLUMNS = ("step", "loss", "smoothed loss", "lr", "time", "images/s", "validation loss")
+
+
+def metrics_csv(table: dict[str, np.ndarray], smoothed: np.ndarray, validation: tuple[np.ndarray, np.ndarray],
+                rates: dict[int, float] | None = None) -> str:
+    """The run's numbers as CSV text: one row per step, the CSV_COLUMNS, then one column per phase
+    when there are several ("loss: generator", …). `rates` (images/s a live run reported, by step)
+    win over the ones worked out from the step times; empty cells where a number is unknown."""
+    import csv
+    import io
+
+    phases = [k for k in table if k.startswith("loss: ")]
+    val = {int(s): float(v) for s, v in zip(*validation)}
+    rates = rates or {}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(CSV_COLUMNS) + phases)
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        value = float(value)
+        return repr(value) if math.isfinite(value) else ""
+
+    lines: list[tuple[int, list[str]]] = []
+    for i, step in enumerate(table["step"]):
+        s = int(step)
+        rate = rates.get(s, table["images/s"][i])
+        lines.append((s, [str(s), cell(table["loss"][i]), cell(smoothed[i] if i < len(smoothed) else None),
+                          cell(table["lr"][i]), cell(table["time"][i]), cell(rate), cell(val.pop(s, None))]
+                      + [cell(table[p][i]) for p in phases]))
+    for s, v in val.items():  # measured with no training step there: the untrained model (step 0)
+        lines.append((s, [str(s), "", "", "", "", "", cell(v)] + [""] * len(phases)))
+    lines.sort(key=lambda line: line[0])
+    writer.writerows(row for _s, row in lines)
+    return out.getvalue()
+
+
+def write_metrics_csv(path: Path, text: str) -> None:
+    from transferstudio.core.atomic import write_text_atomic
+
+    write_text_atomic(Path(path), text)

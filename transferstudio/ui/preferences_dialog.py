@@ -1,6 +1,6 @@
-"""Edit ▸ Preferences…: where the model library looks for models.
+"""Edit ▸ Preferences…: where the model library looks for models, and light or dark.
 
-Stored in QSettings under `library/`. Qt and stdlib only: the library scan itself runs on a
+Stored in QSettings under `library/` and `appearance/` (see ui/theme.py). Qt and stdlib only: the library scan itself runs on a
 worker (`transferstudio.qt.tasks.discover_models`), which takes `library_settings(...)`.
 """
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                               QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QGroupBox,
+                               QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
 
+from transferstudio.ui.theme import THEMES, apply_theme, save_theme, theme_setting
 from transferstudio.ui.widgets import ERROR_RED, MessageLabel, PathPicker, nearest_existing_dir
 
 KEY_FOLDERS = "library/folders"
@@ -170,6 +171,22 @@ class PreferencesDialog(QDialog):
         self.comfyui.set_path(values["comfyui"])
         self.hf_cache.set_path(values["hf_cache"])
 
+        # --- appearance --------------------------------------------------------------------------
+        self._saved_theme = theme_setting(settings)
+        self.theme = QComboBox()
+        for key, text in THEMES:
+            self.theme.addItem(text, key)
+        self.theme.setCurrentIndex(max(0, self.theme.findData(self._saved_theme)))
+        self.theme.setToolTip("Light or dark windows. \"Same as the system\" follows your desktop's setting, "
+                              "also when it changes. The choice shows at once; Cancel goes back.")
+        self.theme.currentIndexChanged.connect(lambda *_: apply_theme(self.theme_choice()))
+        appearance = QFormLayout()
+        theme_label = QLabel("&Theme")
+        theme_label.setBuddy(self.theme)
+        appearance.addRow(theme_label, self.theme)
+        appearance_box = QGroupBox("Appearance")
+        appearance_box.setLayout(appearance)
+
         note = MessageLabel()
         note.show_message("The model library lists what it finds in these places; nothing is copied or "
                           "changed.", "muted")
@@ -181,6 +198,7 @@ class PreferencesDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(folders_box)
         layout.addWidget(tools_box)
+        layout.addWidget(appearance_box)
         layout.addWidget(note)
         layout.addStretch(1)
         layout.addWidget(self.buttons)
@@ -212,10 +230,20 @@ class PreferencesDialog(QDialog):
         for item in self.folders.selectedItems():
             self.folders.takeItem(self.folders.row(item))
 
+    def theme_choice(self) -> str:
+        return str(self.theme.currentData() or "system")
+
     def accept(self) -> None:
         save_library_settings(self.settings, self.values())
+        save_theme(self.settings, self.theme_choice())
+        self._saved_theme = self.theme_choice()
         super().accept()
         self.saved.emit()
+
+    def reject(self) -> None:
+        if self.theme_choice() != self._saved_theme:  # the theme tried out goes back
+            apply_theme(self._saved_theme)
+        super().reject()
 
     # --- internals ----------------------------------------------------------------------------
     def _browse_folder(self) -> None:

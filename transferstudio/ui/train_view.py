@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QImage, QPainter, QPalette, QPixmap
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy,
-                               QSlider, QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar,
+                               QPushButton, QSizePolicy, QSlider, QSplitter, QVBoxLayout, QWidget)
 
 from transferstudio.core.events import Failed, Finished, Stopped
 from transferstudio.qt import history
@@ -112,6 +112,10 @@ _SERIES_NAMES = {"loss: generator": "generator", "loss: discriminator": "discrim
 _SERIES_COLOURS = {"loss: discriminator": "#e07b39", "d_accuracy": "#e07b39", "augment_p": "#4c9f70",
                    "loss: class pictures": "#e07b39"}
 VALIDATION_COLOUR = "#8e44ad"
+VALIDATION_COLOUR_DARK = "#c39bd3"  # the same purple, light enough to read on a dark chart
+# The small chart under the loss: what it can show (key in the run's numbers, menu text, axis label).
+EXTRA_CHARTS = (("lr", "Learning rate", "lr"), ("images/s", "Images per second", "images/s"),
+                ("", "Nothing", ""))
 _UNCHARTED = {"d_real", "d_fake"}  # kept in metrics.jsonl; the accuracy says the same to a person
 
 
@@ -329,6 +333,7 @@ class TrainView(QWidget):
         # Thousands of points stay smooth: draw only what is visible, peak-downsampled.
         item.setDownsampling(auto=True, mode="peak")
         item.setClipToView(True)
+        item.getViewBox().setLimits(xMin=-0.5)  # no negative steps (auto-range pads), step 0 whole
         accent = self.palette().color(QPalette.ColorRole.Highlight)
         raw = pg.mkColor(accent)
         raw.setAlpha(70)
@@ -337,12 +342,13 @@ class TrainView(QWidget):
         # The loss on held-out pictures (never trained on), measured every few steps, and its lowest
         # point: where it turns up while the training loss keeps falling, the model is overfitting.
         self.val_steps, self.val_losses = np.zeros(0), np.zeros(0)
-        self.val_curve = self.plot.plot(pen=pg.mkPen(VALIDATION_COLOUR, width=2), symbol="o", symbolSize=5,
-                                        symbolBrush=VALIDATION_COLOUR, symbolPen=None)
+        purple = self._validation_colour()
+        self.val_curve = self.plot.plot(pen=pg.mkPen(purple, width=2), symbol="o", symbolSize=5,
+                                        symbolBrush=purple, symbolPen=None)
         self.best_marker = pg.InfiniteLine(angle=90, movable=False,
-                                           pen=pg.mkPen(VALIDATION_COLOUR, width=1, style=Qt.PenStyle.DashLine),
+                                           pen=pg.mkPen(purple, width=1, style=Qt.PenStyle.DashLine),
                                            label="best",  # at the foot: the legend covers the top
-                                           labelOpts={"position": 0.08, "color": VALIDATION_COLOUR})
+                                           labelOpts={"position": 0.08, "color": purple})
         self.best_marker.hide()
         self.plot.addItem(self.best_marker)
         self.best_step: int | None = None
@@ -365,6 +371,42 @@ class TrainView(QWidget):
                                     "Near 100% for long means it is memorising your pictures (more augmentation, "
                                     "FreezeD or fewer steps help); near 50% means it cannot tell them apart.")
         self.signal_plot.hide()
+
+        # The learning rate or the speed, on a small chart under the loss (same steps).
+        self.extra: dict[str, tuple[list[float], list[float]]] = {"lr": ([], []), "images/s": ([], [])}
+        self._live_rates: dict[int, float] = {}  # images/s a live run reported (not in metrics.jsonl)
+        self.run_dir: Path | None = None  # whose numbers the charts show
+        self.extra_plot = pg.PlotWidget(axisItems={"bottom": StepAxis("bottom"), "left": LossAxis("left")})
+        self.extra_plot.setMinimumHeight(70)
+        self.extra_plot.setMaximumHeight(130)
+        self._style_plot(self.extra_plot)
+        extra_item = self.extra_plot.getPlotItem()
+        extra_item.showGrid(x=True, y=True, alpha=0.2)
+        extra_item.getAxis("left").enableAutoSIPrefix(False)  # 0.0005, not "(x1e-06)" 500
+        extra_item.setXLink(self.plot.getPlotItem())
+        extra_item.getViewBox().enableAutoRange(x=False)  # the steps the loss chart shows
+        extra_item.setDownsampling(auto=True, mode="peak")
+        extra_item.setClipToView(True)
+        self.extra_curve = self.extra_plot.plot(pen=pg.mkPen(self.palette().color(QPalette.ColorRole.Highlight),
+                                                             width=2))
+        self.extra_choice = QComboBox()
+        for key, text, _axis in EXTRA_CHARTS:
+            self.extra_choice.addItem(text, key)
+        self.extra_choice.setToolTip("What the small chart under the loss shows: the learning rate the schedule "
+                                     "gives each step, or the training speed.")
+        self.extra_choice.currentIndexChanged.connect(self._redraw_extra)
+        self.export_csv_button = QPushButton("Export metrics as CSV…")
+        self.export_csv_button.setToolTip("Save every step's loss, smoothed loss, learning rate, time, speed and "
+                                          "validation loss as a CSV file (for a spreadsheet or a notebook).")
+        self.export_csv_button.clicked.connect(lambda: self.export_metrics_csv())
+        extra_row = QHBoxLayout()
+        extra_row.setContentsMargins(0, 0, 0, 0)
+        extra_label = QLabel("Below the loss:")
+        extra_label.setBuddy(self.extra_choice)
+        extra_row.addWidget(extra_label)
+        extra_row.addWidget(self.extra_choice)
+        extra_row.addStretch(1)
+        extra_row.addWidget(self.export_csv_button)
 
         # --- preview gallery
         self.gallery = PreviewGrid()
@@ -398,8 +440,14 @@ class TrainView(QWidget):
         c = QVBoxLayout(charts)
         c.setContentsMargins(0, 0, 0, 0)
         c.setSpacing(2)
+        # One width for the charts' value axes, so their step axes line up.
+        width = self.fontMetrics().horizontalAdvance("0.00000") + self.fontMetrics().height() + 12
+        for chart in (self.plot, self.signal_plot, self.extra_plot):
+            chart.getPlotItem().getAxis("left").setWidth(width)
         c.addWidget(self.plot, 1)
         c.addWidget(self.signal_plot)
+        c.addWidget(self.extra_plot)
+        c.addLayout(extra_row)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(charts)
         split.addWidget(gallery_box)
@@ -448,6 +496,12 @@ class TrainView(QWidget):
         self.val_curve.setData([], [])
         self._show_best(None)
         self._clear_series()
+        self.run_dir = None
+        self._live_rates.clear()
+        for xs, ys in self.extra.values():
+            xs.clear()
+            ys.clear()
+        self._redraw_extra()
         self._previews.clear()
         self.slider.setRange(0, 0)
         self.slider.setEnabled(False)
@@ -468,6 +522,17 @@ class TrainView(QWidget):
         self._redraw_loss()  # the legend, the log scale and the axes' ranges follow the (empty) data
 
     def load_history(self, run_dir: Path, total_steps: int | None = None) -> None:
+        if self.run_dir is None or Path(run_dir) != self.run_dir:
+            self._live_rates.clear()
+        self.run_dir = Path(run_dir)
+        table = history.read_table(run_dir)
+        for key in self.extra:
+            xs, ys = self.extra[key]
+            xs[:], ys[:] = list(table["step"]), list(table[key])
+        for i, s in enumerate(self.extra["images/s"][0]):  # what the run itself measured, where known
+            if int(s) in self._live_rates:
+                self.extra["images/s"][1][i] = self._live_rates[int(s)]
+        self._redraw_extra()
         steps, losses = history.read_metrics(run_dir)
         self.loss.clear(total_steps)
         self.loss.extend(steps, losses)
@@ -599,6 +664,12 @@ class TrainView(QWidget):
             for name, value in history.step_series(step).items():
                 self._series_buffer(name, step.total).extend([step.step], [value])
         self._redraw_loss()
+        for s in batch:
+            self._live_rates[s.step] = float(s.images_per_s)
+            for key, value in (("lr", s.lr), ("images/s", s.images_per_s)):
+                self.extra[key][0].append(float(s.step))
+                self.extra[key][1].append(float(value))
+        self._redraw_extra()
         last = batch[-1]
         self._last_step = last.step
         self.progress.setMaximum(last.total)
@@ -781,6 +852,66 @@ class TrainView(QWidget):
         self.signal_plot.setVisible(any(not name.startswith("loss: ") for name in self.series_curves))
         self._fit_ranges()
 
+    def extra_key(self) -> str:
+        """What the small chart shows: "lr", "images/s" or "" (nothing)."""
+        return str(self.extra_choice.currentData() or "")
+
+    def set_extra_chart(self, key: str) -> None:
+        self.extra_choice.setCurrentIndex(max(0, self.extra_choice.findData(key)))
+
+    def _redraw_extra(self, *_: Any) -> None:
+        self.export_csv_button.setEnabled(self.run_dir is not None)
+        key = self.extra_key()
+        self.extra_plot.setVisible(bool(key))
+        if not key:
+            return
+        xs, ys = (np.asarray(v, dtype=np.float64) for v in self.extra[key])
+        keep = np.isfinite(ys)
+        xs, ys = xs[keep], ys[keep]
+        self.extra_curve.setData(xs, ys)
+        view = self.extra_plot.getPlotItem().getViewBox()
+        if ys.size and float(ys.max() - ys.min()) > 1e-9 * max(1e-12, float(np.abs(ys).max())):
+            view.enableAutoRange(y=True)
+        else:  # nothing yet, or a constant learning rate: from 0 to a little above it (not ±0.5)
+            top = float(np.abs(ys).max()) * 1.25 if ys.size and np.abs(ys).max() > 0 else 1.0
+            self.extra_plot.setYRange(min(0.0, float(ys.min())) if ys.size else 0.0, top, padding=0)
+        label = next(axis for k, _t, axis in EXTRA_CHARTS if k == key)
+        self.extra_plot.getPlotItem().setLabel("left", label)
+
+    def metrics_csv(self) -> str:
+        """The CSV text of the shown run's numbers (see `history.metrics_csv`)."""
+        if self.run_dir is None:
+            return ",".join(history.CSV_COLUMNS) + "\n"
+        table = history.read_table(self.run_dir)
+        smooth = LossBuffer()
+        smooth.weight = self.loss.weight  # the chart's smoothing
+        smooth.extend(table["step"], table["loss"])
+        return history.metrics_csv(table, smooth.smoothed, history.read_validation(self.run_dir)[:2],
+                                   self._live_rates)
+
+    def export_metrics_csv(self, path: Path | str | None = None) -> Path | None:
+        """Write the shown run's numbers to a CSV file (asks where when `path` is None)."""
+        if self.run_dir is None:
+            return None
+        if path is None:
+            start = self.run_dir.parent.parent if self.run_dir.parent.name == "runs" else self.run_dir
+            chosen, _ = QFileDialog.getSaveFileName(self, "Export metrics as CSV",
+                                                    str(start / f"metrics-{self.run_dir.name}.csv"),
+                                                    "CSV files (*.csv)")
+            if not chosen:
+                return None
+            path = chosen
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_name(path.name + ".csv")
+        try:
+            history.write_metrics_csv(path, self.metrics_csv())
+        except OSError as e:
+            self._log(f"Could not save {path}: {e.strerror or e}")
+            return None
+        self._log(f"Metrics saved in {path}.")
+        return path
+
     def _set_planned_total(self, total: int) -> None:
         self._planned_total = max(1, int(total))
         if self._chart_empty:
@@ -896,6 +1027,47 @@ class TrainView(QWidget):
         colour = self.palette().color(QPalette.ColorRole.Base)
         colour.setAlpha(220)
         return pg.mkBrush(colour)
+
+    def is_dark(self) -> bool:
+        """Whether the palette is a dark one (light text on a dark background)."""
+        pal = self.palette()
+        return pal.color(QPalette.ColorRole.Base).lightness() < pal.color(QPalette.ColorRole.Text).lightness()
+
+    def _validation_colour(self) -> str:
+        return VALIDATION_COLOUR_DARK if self.is_dark() else VALIDATION_COLOUR
+
+    def changeEvent(self, event: Any) -> None:  # noqa: N802
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) and \
+                hasattr(self, "extra_curve"):
+            self.restyle()
+
+    def restyle(self) -> None:
+        """Colour the charts from the palette again (the theme changed: light ↔ dark)."""
+        pal = self.palette()
+        accent = pal.color(QPalette.ColorRole.Highlight)
+        raw = pg.mkColor(accent)
+        raw.setAlpha(70)
+        for plot in (self.plot, self.signal_plot, self.extra_plot):
+            self._style_plot(plot)
+            legend = plot.getPlotItem().legend
+            if legend is not None:
+                legend.setBrush(self._legend_brush())
+                legend.setLabelTextColor(pal.color(QPalette.ColorRole.Text))
+        self.raw_curve.setPen(pg.mkPen(raw, width=1))
+        self.smooth_curve.setPen(pg.mkPen(accent, width=2))
+        if self.loss.n == 1:
+            self.smooth_curve.setSymbolBrush(accent)
+        self.extra_curve.setPen(pg.mkPen(accent, width=2))
+        purple = self._validation_colour()
+        self.val_curve.setPen(pg.mkPen(purple, width=2))
+        self.val_curve.setSymbolBrush(purple)
+        self.best_marker.setPen(pg.mkPen(purple, width=1, style=Qt.PenStyle.DashLine))
+        self.best_marker.label.setColor(purple)
+        for name, curve in self.series_curves.items():
+            if name not in _SERIES_COLOURS:
+                curve.setPen(pg.mkPen(accent, width=2))
+        self.update()
 
     def _style_plot(self, plot: Any = None) -> None:
         # Follow the system palette (light or dark) instead of pyqtgraph's black default.

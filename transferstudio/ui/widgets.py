@@ -7,6 +7,7 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPalette
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -63,12 +64,13 @@ class MessageLabel(QLabel):
     def changeEvent(self, event: QEvent) -> None:  # noqa: N802
         super().changeEvent(event)
         # The user switched light/dark: recompute the muted tone from the new palette.
-        if event.type() == QEvent.Type.ApplicationPaletteChange and self._level in ("plain", "muted"):
+        if theme_changed(self, event) and self._level in ("plain", "muted"):
             self.show_message(self.text(), self._level)
 
     def show_message(self, text: str, level: str = "plain") -> None:
         """level: plain | muted | ok | warning | error. Empty text hides the label."""
         self._level = level
+        self.setProperty("_themed_window", QApplication.palette(self).color(QPalette.ColorRole.Window).name())
         pal = self.palette()
         pal.setColor(QPalette.ColorRole.WindowText, level_colour(self, level))
         self.setPalette(pal)
@@ -76,12 +78,28 @@ class MessageLabel(QLabel):
         self.setVisible(bool(text))
 
 
+def theme_changed(widget: QWidget, event: QEvent) -> bool:
+    """Whether `event` says the application's palette changed (light ↔ dark) under a widget that set
+    its own text colour (it gets a PaletteChange, not the ApplicationPaletteChange). False for the
+    change the widget's own colour causes, so recolouring does not recurse."""
+    if event.type() not in (QEvent.Type.ApplicationPaletteChange, QEvent.Type.PaletteChange):
+        return False
+    wanted = QApplication.palette(widget).color(QPalette.ColorRole.Window)
+    seen = widget.property("_themed_window")
+    widget.setProperty("_themed_window", wanted.name())
+    return seen is not None and seen != wanted.name()
+
+
 def level_colour(widget: QWidget, level: str) -> QColor:
     """The text colour of a message level (plain | muted | ok | warning | error) in `widget`."""
     colour = {"error": QColor(ERROR_RED), "warning": QColor(WARNING_ORANGE), "ok": QColor(OK_GREEN)}.get(level)
     if colour is not None:
         return colour
-    parent_pal = widget.parentWidget().palette() if widget.parentWidget() else QPalette()
+    parent = widget.parentWidget()
+    # The parent's palette where it has its own; else the application's, which is already the new one
+    # while a theme change reaches the widgets (a parent may get the news after its children).
+    parent_pal = (parent.palette() if parent is not None and parent.testAttribute(Qt.WidgetAttribute.WA_SetPalette)
+                  else QApplication.palette(widget))
     colour = parent_pal.color(QPalette.ColorRole.WindowText)
     if level == "muted":  # halfway to the background: quieter, still readable
         bg = parent_pal.color(QPalette.ColorRole.Window)
@@ -138,9 +156,16 @@ class HintLine(ElidedLabel):
     def level(self) -> str:
         return self._level
 
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802
+        super().changeEvent(event)
+        # The theme changed (light ↔ dark): the plain and muted tones come from the new palette.
+        if theme_changed(self, event) and self._level in ("plain", "muted"):
+            self.show_message(self.text(), self._level, self.toolTip() if self.toolTip() != self.text() else "")
+
     def show_message(self, text: str, level: str = "plain", details: str = "") -> None:
         """The line (cut with "…" when long), and in its tooltip the whole of it, or `details`."""
         self._level = level
+        self.setProperty("_themed_window", QApplication.palette(self).color(QPalette.ColorRole.Window).name())
         pal = self.palette()
         pal.setColor(QPalette.ColorRole.WindowText, level_colour(self, level))
         self.setPalette(pal)
