@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -71,8 +71,9 @@ def make_bench_sd(folder: Path) -> Path:
     return folder
 
 
-def example_loop(model: Path, pictures: list[tuple[Path, str]], steps: int, seed: int = 0) -> tuple[list[float], float]:
-    """The example trainer's per-step work (see the module doc); (seconds per step, set-up seconds)."""
+def example_steps(model: Path, pictures: list[tuple[Path, str]], steps: int, seed: int = 0) -> Iterator[bool]:
+    """The example trainer's set-up, then its per-step work (see the module doc), yielding after
+    each step (True: a plain step)."""
     import torch
     import torch.nn.functional as F
     from accelerate import Accelerator
@@ -83,7 +84,6 @@ def example_loop(model: Path, pictures: list[tuple[Path, str]], steps: int, seed
     from torchvision import transforms
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    started = time.perf_counter()
     accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no")
     torch.manual_seed(seed)
     noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
@@ -115,13 +115,10 @@ def example_loop(model: Path, pictures: list[tuple[Path, str]], steps: int, seed
     loader = torch.utils.data.DataLoader(Pictures(), shuffle=True, batch_size=BATCH, drop_last=True, num_workers=0)
     schedule = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=steps)
     unet, optimizer, loader, schedule = accelerator.prepare(unet, optimizer, loader, schedule)
-    setup = time.perf_counter() - started
 
-    times: list[float] = []
     step = 0
     unet.train()
     while step < steps:
-        last = time.perf_counter()
         for batch in loader:
             with accelerator.accumulate(unet):
                 latents = vae.encode(batch["pixel_values"]).latent_dist.sample() * vae.config.scaling_factor
@@ -132,26 +129,23 @@ def example_loop(model: Path, pictures: list[tuple[Path, str]], steps: int, seed
                 hidden = text_encoder(batch["input_ids"], return_dict=False)[0]
                 prediction = unet(noisy, timesteps, hidden, return_dict=False)[0]
                 loss = F.mse_loss(prediction.float(), noise.float(), reduction="mean")
-                float(accelerator.gather(loss.repeat(BATCH)).mean())  # the example logs the mean loss
+                float(accelerator.gather(loss.detach().repeat(BATCH)).mean())  # the example logs the mean loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(lora, 1.0)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad()
-            now = time.perf_counter()
-            times.append(now - last)
-            last = now
+            yield True
             step += 1
             if step >= steps:
-                break
-    return times[WARMUP:], setup
+                return
 
 
-def engine_run(model: Path, images: Path, folder: Path, steps: int, **settings: Any) -> tuple[list[float], float]:
-    """TransferStudio's trainer with the same settings: (seconds per step, set-up seconds before step 1,
-    the one-time encoding for the cache included, previews excluded)."""
-    from transferstudio.core.events import Failed, Progress, Started, Step
+def engine_steps(model: Path, images: Path, folder: Path, steps: int, **settings: Any) -> Iterator[bool]:
+    """TransferStudio's trainer with the same settings, yielding at each optimizer step: True when
+    nothing but that step happened since the last yield (no set-up, caching or previews)."""
+    from transferstudio.core.events import Failed, Step
     from transferstudio.project.config import TrainConfig
     from transferstudio.project.project import create_project
     from transferstudio.training.trainer import TrainJob, train
@@ -161,25 +155,15 @@ def engine_run(model: Path, images: Path, folder: Path, steps: int, **settings: 
                          crop="center", flip=True, preview_every=0, checkpoint_every=10**6, validation="none",
                          trigger="city", seed=0, **settings)
     project = create_project(folder, backbone=model, images=images, config=config)
-    times: list[float] = []
-    setup = 0.0
-    began = time.perf_counter()
-    last = None
+    plain = False
     for event in train(TrainJob(project)):
-        now = time.perf_counter()
         if isinstance(event, Failed):
             print(f"  failed: {event.message} {event.advice}")
-        if isinstance(event, Started):
-            began = now
-        elif isinstance(event, Progress) and event.done == event.total:
-            setup += now - began
         if isinstance(event, Step):
-            if last is not None:
-                times.append(now - last)
-            last = now
+            yield plain
+            plain = True
         else:
-            last = None  # a preview or checkpoint in between is not a step's time
-    return times[WARMUP - 1:], setup
+            plain = False  # set-up, the cache's encoding, a preview or checkpoint: not a step's time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m transferstudio.devtools.bench_sd")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the rows this many times")
     parser.add_argument("--compile", action="store_true", help="add a row with torch.compile (minutes to compile)")
     args = parser.parse_args(argv)
 
@@ -198,37 +181,47 @@ def main(argv: list[str] | None = None) -> int:
     pictures = [(r.path, r.caption) for r in scan_images(images, trigger="city").images]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; tiny SD 1.x, batch {BATCH}, "
           f"{RESOLUTION} px, LoRA rank {RANK}, {len(pictures)} pictures, {args.steps} steps ({WARMUP} warm-up)")
-    rows: dict[str, list[float]] = {}
-    setups: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = make_bench_sd(Path(tmp) / "tiny-sd1")
-        for repeat in range(args.repeats):  # alternate, so a busy moment does not favour one row
-            cases = [
-                ("diffusers example loop", lambda: example_loop(model, pictures, args.steps)),
-                ("TransferStudio, cache off", lambda: engine_run(model, images, Path(tmp) / f"off{repeat}",
-                                                                 args.steps, cache="off")),
-                ("TransferStudio (cache on)", lambda: engine_run(model, images, Path(tmp) / f"on{repeat}",
-                                                                 args.steps, cache="memory")),
-            ]
-            if args.compile:
-                cases.append(("TransferStudio, + compile", lambda: engine_run(
-                    model, images, Path(tmp) / f"compiled{repeat}", args.steps, cache="memory", compile=True)))
-            for name, run in cases:
-                times, setup = run()
-                rows.setdefault(name, []).extend(times)
-                setups.setdefault(name, []).append(setup)
+        runs = {"diffusers example loop": example_steps(model, pictures, args.steps),
+                "TransferStudio, cache off": engine_steps(model, images, Path(tmp) / "off", args.steps, cache="off"),
+                "TransferStudio (cache on)": engine_steps(model, images, Path(tmp) / "on", args.steps,
+                                                          cache="memory")}
+        if args.compile:
+            runs["TransferStudio, + compile"] = engine_steps(model, images, Path(tmp) / "compiled", args.steps,
+                                                             cache="memory", compile=True)
+        rows = step_times(runs)
     reference = _median(rows["diffusers example loop"])
-    print(f"{'':<28} {'s/step':>8} {'img/s':>8} {'speed × ref':>11} {'set-up s':>9}")
+    print(f"{'':<28} {'s/step':>8} {'img/s':>8} {'speed × ref':>11}")
     for name, times in rows.items():
         if not times:
             print(f"{name:<28} no steps measured")
             continue
         per_step = _median(times)
-        print(f"{name:<28} {per_step:>8.4f} {BATCH / per_step:>8.1f} {reference / per_step:>11.2f} "
-              f"{sum(setups[name]) / len(setups[name]):>9.2f}")
-    print("(median s/step after warm-up; speed × ref = the reference's s/step over the row's; set-up = model "
-          "loading for the reference, the one-time cache encoding for TransferStudio)")
+        print(f"{name:<28} {per_step:>8.4f} {BATCH / per_step:>8.1f} {reference / per_step:>11.2f}")
+    print("(median s/step after warm-up, the rows' steps taken in turn so a slower moment of the machine "
+          "hits them all; speed × ref = the reference's s/step over the row's; one-time set-up such as the "
+          "cache's encoding or compiling is not in it)")
     return 0
+
+
+def step_times(runs: dict[str, Iterator[bool]]) -> dict[str, list[float]]:
+    """Advance the runs one step each in turn until all end: each one's plain step times, after
+    WARMUP steps."""
+    rows: dict[str, list[float]] = {name: [] for name in runs}
+    counts = dict.fromkeys(runs, 0)
+    live = dict(runs)
+    while live:
+        for name, run in list(live.items()):
+            started = time.perf_counter()
+            plain = next(run, None)
+            if plain is None:
+                del live[name]
+                continue
+            counts[name] += 1
+            if plain and counts[name] > WARMUP:
+                rows[name].append(time.perf_counter() - started)
+    return rows
 
 
 def _median(values: list[float]) -> float:

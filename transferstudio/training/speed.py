@@ -41,7 +41,9 @@ def apply_speed_settings(backbone: Any, config: Any, device: torch.device) -> li
     if device.type == "cuda":
         denoiser.to(memory_format=torch.channels_last)
     if getattr(config, "compile", False):
-        denoiser.compile()
+        # static shapes: training meets a few (its buckets, the previews' batch) and each keeps
+        # its own specialised kernels, instead of generic ones after the second shape
+        denoiser.compile(dynamic=False)
         notes.append(Message("The denoiser is compiled at the first step (torch.compile): the first step takes "
                              "a minute or more, later steps are faster.", "info"))
     return notes
