@@ -217,9 +217,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os._exit(1)
 
     app.aboutToQuit.connect(last_resort)
+    if os.environ.get("TRANSFERSTUDIO_LAUNCH_PROBE"):
+        _probe_launch(app, window)
     code = app.exec()
     log.info("TransferStudio exiting (%s)", code)
     return code
+
+
+def _probe_launch(app: Any, window: Any) -> None:
+    """For `devtools.launch_probe`: print the system's monotonic clock when the window is on
+    screen and when the Model panel says "Ready to train" (the probe started the clock), then quit."""
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    def since_start() -> float:
+        return time.monotonic()
+
+    QTimer.singleShot(0, lambda: print(f"window shown: {since_start():.3f} s", flush=True))
+    poll = QTimer(app)
+
+    def check() -> None:
+        if "Ready to train" in window.backbone_panel.status.text():
+            print(f"ready to train: {since_start():.3f} s", flush=True)
+            poll.stop()
+            window.close()
+            app.quit()
+
+    poll.timeout.connect(check)
+    poll.start(20)
+    QTimer.singleShot(60_000, app.quit)
 
 
 if __name__ == "__main__":

@@ -599,7 +599,8 @@ class StableDiffusionBase(DiffusionBackbone):
             with torch.no_grad():
                 gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
                 with autocast:  # denoising in half precision; with it, the latents (not pictures) come out
-                    out = pipe(texts, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                    out = pipe(texts, negative_prompt=[negative_prompt] * len(texts) if negative_prompt else None,
+                               num_inference_steps=steps,
                                guidance_scale=guidance, width=width, height=height, eta=0.0, generator=gens,
                                output_type="latent" if low else "pil")
                 if low:  # decoded outside autocast, in the VAE's own dtype: a force_upcast VAE (SDXL's)

@@ -172,7 +172,7 @@ class SD3Backbone(common.FlowBackbone):
 
     def _call(self, pipe: Any, texts: list[str], gens: list[torch.Generator], *, steps: int, guidance: float,
               width: int, height: int, negative_prompt: str, output_type: str) -> Any:
-        return pipe(texts, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+        return pipe(texts, negative_prompt=[negative_prompt] * len(texts) if negative_prompt else None, num_inference_steps=steps,
                     guidance_scale=guidance, width=width, height=height, generator=gens,
                     max_sequence_length=self.max_sequence_length, output_type=output_type)
 

@@ -303,11 +303,13 @@ def _pictures_of(backbone: Any, project: Any, config: Any, seeds: Sequence[int],
 def _sample(backbone: Any, config: Any, seeds: Sequence[int], steps: int | None, project: Any) -> list[Any]:
     """Samples at `seeds` the way `transferstudio sample` makes them (prompts for text models:
     the preview prompts, which come from the captions, one per seed in turn)."""
+    from transferstudio.project.prompt_options import parse_prompt
     from transferstudio.training.previews import preview_prompts
 
     prompts = None
     if backbone.caps.conditioning == "text":
         fixed = preview_prompts(config, _captions(project), "text") or [config.trigger or "a picture"]
+        fixed = [parse_prompt(line).text for line in fixed]  # the report's own seeds and steps
         prompts = [fixed[i % len(fixed)] for i in range(len(seeds))]
     return list(backbone.sample(seeds=list(seeds), prompts=prompts, steps=steps or config.preview_steps))
 

@@ -160,8 +160,10 @@ class TrainConfig:
                    min=0, max=2**31 - 1)
     preview_every: int = _f(100, "Make preview samples every this many steps (0: only at start and end).",
                             min=0, max=1_000_000)
-    preview_prompts: list = _f([], "Prompts for preview samples (text models). Empty uses your "
-                               "trigger word and captions.")
+    preview_prompts: list = _f([], "Prompts for preview samples (text models), one per line. Empty uses your "
+                               "trigger word and captions. A line may carry its own settings as in kohya's sample "
+                               "prompts: --n negative prompt, --d seed, --s steps, --l guidance, --w/--h size, "
+                               "e.g. 'a red barn --n blurry --d 7 --s 20 --l 6'.")
     preview_seeds: list = _f([1, 2, 3, 4], "Seeds for preview samples; fixed so previews are comparable.")
     preview_steps: int = _f(30, "Denoising steps per preview sample.", min=1, max=1000, objective="diffusion")
     validation: str = _f("auto", "Pictures kept out of training to see how the model does on pictures it has not "
@@ -296,6 +298,10 @@ class TrainConfig:
         prompts = self.preview_prompts
         if isinstance(prompts, list) and any(not isinstance(p, str) for p in prompts):
             out.append("preview_prompts: prompts must be text")
+        elif isinstance(prompts, list):
+            from transferstudio.project.prompt_options import prompt_problems
+
+            out.extend(prompt_problems([p for p in prompts if p.strip()]))
         return out
 
     def conflicts(self) -> list[str]:

@@ -41,7 +41,7 @@ from transferstudio.adapt.device import autocast_dtype, choose_device, free_devi
 from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.holdout import reference_picture, split_by_names, split_held_out, validation_wanted
 from transferstudio.training.caching import use_encoding_caches
-from transferstudio.training.previews import preview_prompts, save_previews
+from transferstudio.training.previews import draw_previews, preview_prompts, preview_slots, save_previews
 from transferstudio.training.speed import apply_speed_settings, compile_failure, fused_optimizer_options
 from transferstudio.training.validation import mean_error
 
@@ -650,8 +650,12 @@ class Trainer:
                     pics = pics + self.backbone.sample(seeds=seeds)
                     labels += [f"from the prior, seed {s}" for s in seeds]
                 seeds = list(range(1, len(pics) + 1))
+            elif self.prompts is not None:  # text models: each prompt line with its own settings
+                slots = preview_slots(self.prompts, seeds, config.preview_steps, self._preview_size())
+                pics = draw_previews(self.backbone.sample, slots)
+                seeds, labels = [s.seed for s in slots], [s.prompt for s in slots]
             else:
-                pics = self.backbone.sample(seeds=seeds, prompts=self.prompts, steps=config.preview_steps,
+                pics = self.backbone.sample(seeds=seeds, prompts=None, steps=config.preview_steps,
                                             size=self._preview_size())
         self.trainee.train_mode(True)
         paths = save_previews(self.run_dir, at, pics, seeds, labels)

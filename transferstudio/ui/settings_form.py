@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -274,11 +275,13 @@ class SeedsEdit(QLineEdit):
 
 
 class PromptsEdit(QPlainTextEdit):
-    """One prompt per line; blank lines are dropped."""
+    """One prompt per line (with kohya's --n/--d/--s/--l/--w/--h options); blank lines are
+    dropped. Its context menu loads and saves the lines as a prompts file."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setPlaceholderText("One prompt per line.\nEmpty: your trigger word and captions are used.")
+        self.setPlaceholderText("One prompt per line, e.g. a red barn --n blurry --d 7 --s 20\n"
+                                "Empty: your trigger word and captions are used. Right-click: load or save a file.")
         self.setTabChangesFocus(True)
         lines = 4
         self.setFixedHeight(self.fontMetrics().lineSpacing() * lines + 14)
@@ -288,6 +291,41 @@ class PromptsEdit(QPlainTextEdit):
 
     def set_prompts(self, prompts: list[str]) -> None:
         self.setPlainText("\n".join(prompts))
+
+    def contextMenuEvent(self, event: Any) -> None:  # noqa: N802
+        menu = self.createStandardContextMenu()
+        menu.addSeparator()
+        menu.addAction("Load a prompts file…", self._ask_load)
+        menu.addAction("Save the prompts as a file…", self._ask_save)
+        menu.exec(event.globalPos())
+
+    def _ask_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load preview prompts", "", "Prompts (*.txt);;All files (*)")
+        problem = self.load_file(path) if path else None
+        if problem:
+            QMessageBox.warning(self, "Preview prompts", problem)
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save preview prompts", "prompts.txt", "Prompts (*.txt)")
+        if path:
+            self.save_file(path)
+
+    def load_file(self, path: Any) -> str | None:
+        """Take the lines of a prompts file (kohya's sample-prompts format; # comments left out);
+        what went wrong, or None."""
+        from transferstudio.project.prompt_options import read_prompt_file
+
+        try:
+            lines = read_prompt_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"Could not read {path} as a text file of prompts ({exc}). The prompts are unchanged."
+        self.set_prompts(lines)
+        return None
+
+    def save_file(self, path: Any) -> None:
+        from transferstudio.core.atomic import write_text_atomic
+
+        write_text_atomic(path, "\n".join(self.prompts()) + "\n")
 
 
 class _NoWheelUnlessFocused(QObject):
