@@ -410,6 +410,13 @@ class FlowBackbone(DiffusionBackbone):
     def _text_grad(self, train_text_encoder: bool) -> Any:
         return torch.set_grad_enabled(bool(train_text_encoder) and torch.is_grad_enabled())
 
+    def _encoder_pipeline(self) -> Any:
+        """The family's pipeline, kept for its `encode_prompt` (the text encoding as it samples)."""
+        pipe = getattr(self, "_text_pipe", None)
+        if pipe is None:
+            pipe = self._text_pipe = self._pipeline(self._scheduler())
+        return pipe
+
     # --- sampling ------------------------------------------------------------------------------
     def _pipeline(self, scheduler: Any) -> Any:
         raise NotImplementedError
@@ -435,11 +442,7 @@ class FlowBackbone(DiffusionBackbone):
         seeds = [int(s) for s in seeds]
         if not seeds:
             return []
-        texts = list(prompts) if prompts is not None else [""]
-        if len(texts) == 1:
-            texts = texts * len(seeds)
-        if len(texts) != len(seeds):
-            raise ValueError(f"{len(texts)} prompts for {len(seeds)} seeds; give one prompt or one per seed")
+        texts = sdc.paired_prompts(seeds, prompts)
         width, height = size or (self.caps.native_resolution, self.caps.native_resolution)
         multiple = self.latent_multiple()
         if width % multiple or height % multiple:

@@ -230,6 +230,16 @@ def load_single_file_components(path: Path, prediction_type: str) -> Any:
 
 # --- the shared backbone ---------------------------------------------------------------------
 
+def paired_prompts(seeds: Sequence[int], prompts: Sequence[str] | None) -> list[str]:
+    """One prompt per seed: the prompts as given, one prompt for all, or "" without prompts."""
+    texts = list(prompts) if prompts is not None else [""]
+    if len(texts) == 1:
+        texts = texts * len(seeds)
+    if len(texts) != len(seeds):
+        raise ValueError(f"{len(texts)} prompts for {len(seeds)} seeds; give one prompt or one per seed")
+    return texts
+
+
 def cast_frozen(module: nn.Module, dtype: torch.dtype, *, once_training: bool = False) -> None:
     """Put the weights of `module` that do not train into `dtype` (trained ones keep fp32).
     `once_training`: only when some of its weights train, i.e. after the run set up what trains
@@ -576,11 +586,7 @@ class StableDiffusionBase(DiffusionBackbone):
         seeds = [int(s) for s in seeds]
         if not seeds:
             return []
-        texts = list(prompts) if prompts is not None else [""]
-        if len(texts) == 1:
-            texts = texts * len(seeds)
-        if len(texts) != len(seeds):
-            raise ValueError(f"{len(texts)} prompts for {len(seeds)} seeds; give one prompt or one per seed")
+        texts = paired_prompts(seeds, prompts)
         width, height = size or (self.caps.native_resolution, self.caps.native_resolution)
         if width % PIPELINE_MULTIPLE or height % PIPELINE_MULTIPLE:
             raise ValueError(f"preview size {width}x{height} must be a multiple of {PIPELINE_MULTIPLE}")

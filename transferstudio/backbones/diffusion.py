@@ -59,13 +59,7 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
     prediction_type = scheduler.config.prediction_type
     target = _target(scheduler, clean, noise, timesteps)
     pred = backbone.predict(noisy, timesteps, cond).float()
-    errors = F.mse_loss(pred, target.float(), reduction="none")
-    dims = tuple(range(1, pred.ndim))
-    if mask is None:
-        per_sample = errors.mean(dim=dims)
-    else:
-        weight = F.adaptive_avg_pool2d(mask.to(errors), errors.shape[-2:])
-        per_sample = (errors * weight).sum(dim=dims) / (weight.sum(dim=dims) * errors.shape[1]).clamp_min(1e-6)
+    per_sample = per_sample_errors(pred, target, mask)
     if min_snr_gamma > 0:
         snr = _snr(scheduler, timesteps).to(per_sample.device)
         clipped = torch.clamp(snr, max=min_snr_gamma)
@@ -75,6 +69,17 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
         snr = _snr(scheduler, timesteps).to(per_sample.device)
         per_sample = per_sample / torch.sqrt(snr.clamp(min=1e-3, max=1000.0))
     return per_sample.mean()
+
+
+def per_sample_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Each picture's mean squared error (B,); with `mask` (B, 1, H, W) in [0, 1] at picture size,
+    averaged down to the prediction's resolution, the weighted mean over its masked-in area."""
+    errors = F.mse_loss(pred, target.float(), reduction="none")
+    dims = tuple(range(1, pred.ndim))
+    if mask is None:
+        return errors.mean(dim=dims)
+    weight = F.adaptive_avg_pool2d(mask.to(errors), errors.shape[-2:])
+    return (errors * weight).sum(dim=dims) / (weight.sum(dim=dims) * errors.shape[1]).clamp_min(1e-6)
 
 
 def multires_noise(noise: torch.Tensor, iterations: int, discount: float,

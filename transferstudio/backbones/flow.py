@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from transferstudio.backbones.diffusion import multires_noise
+from transferstudio.backbones.diffusion import multires_noise, per_sample_errors
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 from transferstudio.core.errors import UserError
 
@@ -124,13 +124,7 @@ def flow_loss(backbone: Any, clean: torch.Tensor, cond: Any, *, generator: torch
                                                         dtype=noise.dtype)
     target = noise - clean
     pred = backbone.predict(noised(clean, seen, sigmas), sigmas, cond).float()
-    errors = F.mse_loss(pred, target.float(), reduction="none")
-    dims = tuple(range(1, pred.ndim))
-    if mask is None:
-        per_sample = errors.mean(dim=dims)
-    else:
-        weight = F.adaptive_avg_pool2d(mask.to(errors), errors.shape[-2:])
-        per_sample = (errors * weight).sum(dim=dims) / (weight.sum(dim=dims) * errors.shape[1]).clamp_min(1e-6)
+    per_sample = per_sample_errors(pred, target, mask)
     return (per_sample * loss_weights(sigmas.float(), weighting).to(per_sample)).mean()
 
 

@@ -138,12 +138,6 @@ class SD3Backbone(common.FlowBackbone):
         return ff + ["norm1.linear", "norm1_context.linear"]  # the blocks' modulations
 
     # --- training ------------------------------------------------------------------------------
-    def _encoder_pipeline(self) -> Any:
-        pipe = getattr(self, "_text_pipe", None)
-        if pipe is None:
-            pipe = self._text_pipe = self._pipeline(self._scheduler())
-        return pipe
-
     def encode_conditioning(self, captions: Sequence[str], *, original_sizes: Sequence[tuple[int, int]] = (),
                             crop_top_left: Sequence[tuple[int, int]] = (), target_size: tuple[int, int] = (0, 0),
                             train_text_encoder: bool = False) -> Conditioning:

@@ -290,15 +290,15 @@ class Trainer:
         started = time.perf_counter()
         last = None
         sets = [self.images] + ([self.class_images] if self.class_images is not None else [])
-        total = sum(len(images.encoding_variants()) for images in sets)
-        offset = 0
-        for images in sets:
+        counts = [len(images.encoding_variants()) for images in sets]
+        total, offset = sum(counts), 0
+        for images, count in zip(sets, counts):
             for done, _ in self.objective.precompute(images, max(1, self.config.batch_size)):
                 if last is None:
                     yield Progress(task, 0, total)
                 last = offset + done
                 yield Progress(task, last, total)
-            offset += len(images.encoding_variants())
+            offset += count
         if last is not None:
             self.log(f"encoded {last} picture variants for the cache in {time.perf_counter() - started:.1f} s")
 

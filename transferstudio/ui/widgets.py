@@ -70,10 +70,7 @@ class MessageLabel(QLabel):
     def show_message(self, text: str, level: str = "plain") -> None:
         """level: plain | muted | ok | warning | error. Empty text hides the label."""
         self._level = level
-        self.setProperty("_themed_window", QApplication.palette(self).color(QPalette.ColorRole.Window).name())
-        pal = self.palette()
-        pal.setColor(QPalette.ColorRole.WindowText, level_colour(self, level))
-        self.setPalette(pal)
+        paint_level(self, level)
         self.setText(text)
         self.setVisible(bool(text))
 
@@ -88,6 +85,14 @@ def theme_changed(widget: QWidget, event: QEvent) -> bool:
     seen = widget.property("_themed_window")
     widget.setProperty("_themed_window", wanted.name())
     return seen is not None and seen != wanted.name()
+
+
+def paint_level(label: QWidget, level: str) -> None:
+    """Give `label` the text colour of `level`, noting the theme it was painted for (theme_changed)."""
+    label.setProperty("_themed_window", QApplication.palette(label).color(QPalette.ColorRole.Window).name())
+    pal = label.palette()
+    pal.setColor(QPalette.ColorRole.WindowText, level_colour(label, level))
+    label.setPalette(pal)
 
 
 def level_colour(widget: QWidget, level: str) -> QColor:
@@ -165,10 +170,7 @@ class HintLine(ElidedLabel):
     def show_message(self, text: str, level: str = "plain", details: str = "") -> None:
         """The line (cut with "…" when long), and in its tooltip the whole of it, or `details`."""
         self._level = level
-        self.setProperty("_themed_window", QApplication.palette(self).color(QPalette.ColorRole.Window).name())
-        pal = self.palette()
-        pal.setColor(QPalette.ColorRole.WindowText, level_colour(self, level))
-        self.setPalette(pal)
+        paint_level(self, level)
         self.setText(text)
         if details:
             self.setToolTip(details)
