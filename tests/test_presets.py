@@ -32,9 +32,11 @@ def test_kinds_come_from_capabilities():
     assert model_kind(SimpleNamespace(objective="something new")) == ""  # no presets, no crash
     flux = SimpleNamespace(objective="diffusion", latent=True, prediction_type="flow", supports_full_finetune=False,
                            methods=("lora",), suggested=(("learning_rate", 4e-4),))
-    assert model_kind(flux) == "flow-transformer" and builtin_presets("flow-transformer") == []
+    assert model_kind(flux) == "flow-transformer" and [p.tier for p in builtin_presets("flow-transformer")] == ["24"]
     started = new_project_settings(flux, "lora", "24")
     assert (started.rank, started.learning_rate) == (16, 4e-4)  # the family's own suggestion wins
+    assert started.gradient_checkpointing and started.batch_size == 1
+    assert choose_preset("flow-transformer", "lora", "12").tier == "24"  # smaller cards: it says which card it is for
 
 
 def test_tier_from_gpu_memory():
@@ -176,5 +178,18 @@ def test_builtin_presets_fit_their_tier(family, folder, kind):
     for preset in builtin_presets(kind):
         if preset.tier == "cpu":
             continue
+        plan = planner.plan(preset.apply(TrainConfig(precision="bf16")), advise=False)
+        assert plan.total <= 0.9 * int(preset.tier) * GIB, (preset.name, preset.method, plan.describe())
+
+
+@pytest.mark.slow
+def test_flow_transformer_presets_fit_their_tier(tmp_path):
+    """SD3.5 medium (1024 px) from its bundled configs (a stand-in T5 tokenizer: only its length
+    shapes memory): each GPU preset fits the smallest card of its tier with 10% to spare."""
+    from transferstudio.devtools.plan_table import flow_planning_folder
+    from transferstudio.training.memory_plan import MemoryPlanner
+
+    planner = MemoryPlanner(flow_planning_folder("sd3.5-medium", tmp_path), family="sd3", device="cuda")
+    for preset in builtin_presets("flow-transformer"):
         plan = planner.plan(preset.apply(TrainConfig(precision="bf16")), advise=False)
         assert plan.total <= 0.9 * int(preset.tier) * GIB, (preset.name, preset.method, plan.describe())

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true",
                    help="print how much GPU memory the run will take (weights, gradients, optimizer state, "
                         "activations), the free GPU memory and what to change if it does not fit; train nothing")
+    p.add_argument("--processes", type=_step_count, metavar="N",
+                   help="train with N data-parallel processes on this computer, one per CUDA GPU (or CPU "
+                        "processes without GPUs); the batch size is the whole step's batch, split between them, so "
+                        "the result equals one process's. Default: the project's GPUs setting. Under `accelerate "
+                        "launch -m transferstudio train …` the processes are accelerate's.")
     p.add_argument("--scratch", action="store_true",
                    help="train a from-scratch baseline: the same model with random weights, every weight "
                         "trained, for the same steps, so the report can show what starting pretrained bought "
@@ -284,6 +289,10 @@ class _TrainPrinter:
                 print(f"{what} of {event.total_steps} on {event.device}: {event.images} images "
                       f"({event.samples_per_epoch} with repeats), {event.trainable_parameters:,} "
                       f"trainable parameters\nrun folder: {event.run_dir}")
+                if event.processes > 1:
+                    print(f"{event.processes} processes train together: each step's batch of {event.batch} "
+                          f"pictures is split between them (about {max(1, event.batch // event.processes)} each)"
+                          + (f", {event.accumulation} batches per step" if event.accumulation > 1 else ""))
 
             def on_step(self, event: Any) -> None:
                 _progress_line(event)
@@ -342,14 +351,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         from transferstudio.training.memory_plan import print_plan
 
         return print_plan(project)
-    return _run_training(lambda commands: train(TrainJob(project, steps=args.steps, fresh=args.fresh,
-                                                         run_id=args.run, keep_run_settings=args.keep_run_settings,
-                                                         scratch=args.scratch),
-                                                commands))
+    job = TrainJob(project, steps=args.steps, fresh=args.fresh, run_id=args.run,
+                   keep_run_settings=args.keep_run_settings, scratch=args.scratch)
+    from transferstudio.training.distributed import launched_together
+
+    if launched_together():  # one of the processes `accelerate launch` (or torchrun) started
+        if args.processes:
+            raise UserError("--processes cannot be used under `accelerate launch`, which starts the processes itself.",
+                            "Leave out --processes (accelerate's --num_processes decides), or run without it.")
+        from transferstudio.training.distributed import Together
+
+        group = Together()
+        try:
+            return _run_training(lambda commands: train(job, commands, group), quiet=not group.main)
+        finally:
+            group.close()
+    processes = args.processes or project.config.processes
+    if processes > 1:
+        from transferstudio.training.launch import train_processes
+
+        return _run_training(lambda commands: train_processes(job, processes, commands))
+    return _run_training(lambda commands: train(job, commands))
 
 
-def _run_training(events: Any) -> int:
-    """Print a training's events; Ctrl-C (and the other stop signals) stop it after the step, saved."""
+def _run_training(events: Any, quiet: bool = False) -> int:
+    """Print a training's events; Ctrl-C (and the other stop signals) stop it after the step, saved.
+    `quiet`: a process of a data-parallel run other than the main one (which prints for all)."""
     from transferstudio.core.commands import Commands
 
     commands = Commands()
@@ -364,7 +391,12 @@ def _run_training(events: Any) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     printer = _TrainPrinter.make()
     try:
-        printer.run(events(commands))
+        if quiet:  # the main process says it all; this one only ends with the run's exit code
+            for event in events(commands):
+                kind = type(event).__name__
+                printer.code = 2 if kind == "Failed" else 130 if kind == "Stopped" else printer.code
+        else:
+            printer.run(events(commands))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

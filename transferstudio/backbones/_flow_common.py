@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from transferstudio.backbones import batch_draws as draws
 from transferstudio.backbones import _sd_common as sdc
 from transferstudio.backbones import mmdit_layout as layout
 from transferstudio.backbones.base import Capabilities, DomainScale, ExportSpec, Family, Inspection, folder_size
@@ -198,14 +199,16 @@ class FlowFamily(Family):
 
         path = Path(path)
         folder, variant = path, ""
+        where: dict[str, Path] = {}  # tokenizer -> its folder, where not in `folder` (a single file's T5)
         if path.is_file():
             from transferstudio.backbones.sdfiles import flow_file
 
-            found, _ = flow_file.inspect_parts(path, self.key)
+            found, parts = flow_file.inspect_parts(path, self.key)
             if found.family != self.key or not found.config_key:
                 raise BackboneError(f"{path.name} is not a {self.what} file.", self.pick_hint)
             variant = str(found.config_key)
             folder = flow_file.loading_folder(variant)
+            where = flow_file.tokenizer_folders(found, parts)
         index = read_json(folder / "model_index.json") or {}
 
         def build(name: str) -> Any:
@@ -223,7 +226,7 @@ class FlowFamily(Family):
                 return None
             cls = getattr(transformers, index[name][1])
             with torch.device("cpu"):
-                return sdc.load_component(cls, folder / name, name.replace("_", " "))
+                return sdc.load_component(cls, where.get(name, folder / name), name.replace("_", " "))
 
         encoders = {n: build(n) for n in index if n.startswith("text_encoder")}
         tokenizers = {n: tokenizer(n) for n in index if n.startswith("tokenizer")}
@@ -386,7 +389,10 @@ class FlowBackbone(DiffusionBackbone):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels in [-1, 1] -> (latents − shift) · scale (fp32), as the pipelines undo it."""
         dist = self.vae.encode(pixels.to(self.device, _first_dtype(self.vae))).latent_dist
-        latents = dist.sample(generator) if sample else dist.mean
+        # the posterior's sample drawn as diffusers draws it (randn of the mean's shape and dtype),
+        # per picture of the global batch in a data-parallel run
+        latents = dist.mean + dist.std * draws.randn(dist.mean.shape, generator=generator, device=dist.mean.device,
+                                                     dtype=dist.mean.dtype) if sample else dist.mean
         shift = getattr(self.vae.config, "shift_factor", None)
         if shift is not None:
             latents = latents - shift

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from transferstudio.backbones import batch_draws as draws
 from transferstudio.backbones.diffusion import DiffusionBackbone
 from transferstudio.backbones.base import Backbone, Capabilities, Conditioning, DomainScale, ExportSpec, Family, Inspection
 from transferstudio.backbones.diffusers_folder import read_json
@@ -532,7 +533,7 @@ class StableDiffusionBase(DiffusionBackbone):
         """One draw from the latent distribution; the noise comes in the VAE's dtype from the
         generator (the global one when None), as the VAE's own sampling draws it, so cached and
         freshly encoded pictures give the same latents."""
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=_first_dtype(self.vae))
+        noise = draws.randn(mean.shape, generator=generator, device=mean.device, dtype=_first_dtype(self.vae))
         return mean + std * noise.float()
 
     def encoder_fingerprint(self) -> str:

@@ -57,6 +57,9 @@ class Capabilities:
     suggested: tuple[tuple[str, Any], ...] = ()  # settings a new project of this model starts from
     prior_samples: bool = False  # a reconstruction model whose prior decodes to pictures worth previewing
     domain: DomainScale = DomainScale()  # how the domain check reads this family's measure
+    # it trains data-parallel (several processes, each some rows of the global batch) with the
+    # same result as one process: every loss is a mean of per-picture terms, drawn per picture
+    data_parallel: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from transferstudio.backbones import batch_draws as draws
 from transferstudio.backbones.base import Backbone, Conditioning, RolePlan
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 
@@ -25,9 +26,9 @@ def sample_timesteps(count: int, total: int, *, generator: torch.Generator, devi
     first = min(total - 1, max(0, int(round(low * (total - 1)))))
     last = min(total - 1, max(first, int(round(high * (total - 1)))))
     if sampling == "logit-normal":
-        u = torch.sigmoid(torch.randn((count,), generator=generator, device=device))
+        u = torch.sigmoid(draws.randn((count,), generator=generator, device=device))
         return (first + u * (last - first)).round().long()
-    return torch.randint(first, last + 1, (count,), generator=generator, device=device).long()
+    return draws.randint(first, last + 1, (count,), generator=generator, device=device).long()
 
 
 def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond: Conditioning, *,
@@ -42,10 +43,10 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
     loss is the weighted mean over its masked-in area."""
     b = clean.shape[0]
     device = clean.device
-    noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+    noise = draws.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     if noise_offset:
         # Offset noise lets the model shift the mean brightness of a whole image.
-        noise = noise + noise_offset * torch.randn((b, clean.shape[1], 1, 1), generator=generator,
+        noise = noise + noise_offset * draws.randn((b, clean.shape[1], 1, 1), generator=generator,
                                                    device=device, dtype=clean.dtype)
     if multires_iterations > 0:
         noise = multires_noise(noise, multires_iterations, multires_discount, generator)
@@ -53,7 +54,7 @@ def diffusion_loss(backbone: Backbone, scheduler: Any, clean: torch.Tensor, cond
                                  sampling=timestep_sampling, low=timestep_low, high=timestep_high)
     seen = noise
     if input_perturbation > 0:  # the input carries a little extra noise; the target stays the drawn noise
-        seen = noise + input_perturbation * torch.randn(noise.shape, generator=generator, device=device,
+        seen = noise + input_perturbation * draws.randn(noise.shape, generator=generator, device=device,
                                                         dtype=noise.dtype)
     noisy = scheduler.add_noise(clean, seen, timesteps)
     prediction_type = scheduler.config.prediction_type
@@ -92,7 +93,7 @@ def multires_noise(noise: torch.Tensor, iterations: int, discount: float,
     total = noise
     for level in range(1, iterations + 1):
         size = (max(1, h >> level), max(1, w >> level))
-        coarse = torch.randn((b, c, *size), generator=generator, device=noise.device, dtype=noise.dtype)
+        coarse = draws.randn((b, c, *size), generator=generator, device=noise.device, dtype=noise.dtype)
         total = total + F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * discount ** level
         if size == (1, 1):
             break
@@ -124,7 +125,7 @@ def diffusion_errors(backbone: Backbone, scheduler: Any, clean: torch.Tensor, co
     for level in EVALUATION_LEVELS:
         timesteps = torch.full((clean.shape[0],), int(round(level * (total - 1))), device=clean.device,
                                dtype=torch.long)
-        noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        noise = draws.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         pred = backbone.predict(noisy, timesteps, cond).float()
         target = _target(scheduler, clean, noise, timesteps).float()

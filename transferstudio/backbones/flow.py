@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from transferstudio.backbones import batch_draws as draws
 from transferstudio.backbones.diffusion import multires_noise, per_sample_errors
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 from transferstudio.core.errors import UserError
@@ -76,9 +77,9 @@ def sample_shares(count: int, *, generator: torch.Generator, device: torch.devic
                   low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """Training shares of the schedule in [low, high]: uniform, or logit-normal (mostly the middle)."""
     if sampling == "logit-normal":
-        u = torch.sigmoid(torch.randn((count,), generator=generator, device=device))
+        u = torch.sigmoid(draws.randn((count,), generator=generator, device=device))
     else:
-        u = torch.rand((count,), generator=generator, device=device)
+        u = draws.rand((count,), generator=generator, device=device)
     return low + u * (high - low)
 
 
@@ -110,9 +111,9 @@ def flow_loss(backbone: Any, clean: torch.Tensor, cond: Any, *, generator: torch
     """The mean (weighted) velocity error of one batch of latents; `mask` (B, 1, H, W) in [0, 1] at
     picture size weights each position as the diffusion loss does."""
     b, device = clean.shape[0], clean.device
-    noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+    noise = draws.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     if noise_offset:
-        noise = noise + noise_offset * torch.randn((b, clean.shape[1], 1, 1), generator=generator, device=device,
+        noise = noise + noise_offset * draws.randn((b, clean.shape[1], 1, 1), generator=generator, device=device,
                                                    dtype=clean.dtype)
     if multires_iterations > 0:
         noise = multires_noise(noise, multires_iterations, multires_discount, generator)
@@ -120,7 +121,7 @@ def flow_loss(backbone: Any, clean: torch.Tensor, cond: Any, *, generator: torch
     sigmas = backbone.flow_schedule().sigmas(shares, tuple(clean.shape))
     seen = noise
     if input_perturbation > 0:  # the input carries a little extra noise; the target stays the drawn noise
-        seen = noise + input_perturbation * torch.randn(noise.shape, generator=generator, device=device,
+        seen = noise + input_perturbation * draws.randn(noise.shape, generator=generator, device=device,
                                                         dtype=noise.dtype)
     target = noise - clean
     pred = backbone.predict(noised(clean, seen, sigmas), sigmas, cond).float()
@@ -134,7 +135,7 @@ def flow_errors(backbone: Any, clean: torch.Tensor, cond: Any, *, generator: tor
     errors = []
     for level in EVALUATION_LEVELS:
         sigmas = schedule.sigmas(torch.full((clean.shape[0],), level, device=clean.device), tuple(clean.shape))
-        noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        noise = draws.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
         pred = backbone.predict(noised(clean, noise, sigmas), sigmas, cond).float()
         errors.append((pred - (noise - clean).float()).pow(2).mean(dim=tuple(range(1, pred.ndim))))
     return torch.stack(errors).mean(dim=0)

@@ -60,7 +60,9 @@ def _caps(resolution: int) -> Capabilities:
                         supports_full_finetune=True, text_encoders=0, prediction_type="", latent=False,
                         methods=("full",), preview="image", objective="adversarial",
                         formats=("generator", "onnx", "gan-folder"), label=LABEL, diffusers_layout=False,
-                        fixed_resolution=True, truncation=True, suggested=SUGGESTED, domain=DOMAIN)
+                        fixed_resolution=True, truncation=True, suggested=SUGGESTED, domain=DOMAIN,
+                        data_parallel=False)  # its discriminator's minibatch statistics and adaptive
+    # augmentation read the whole batch: several processes would train something else
 
 
 def sized_config(resolution: int, size: str = "starter") -> GANConfig:

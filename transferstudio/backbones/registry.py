@@ -83,7 +83,7 @@ def load_backbone(path: Path, *, prediction_type: str = "") -> Backbone:
     found = inspect_backbone(path)
     if not found.usable or found.family is None:
         reason = found.problems[0] if found.problems else f"{path} is not a usable backbone."
-        raise BackboneError(reason, "Pick a diffusers model folder or a Stable Diffusion "
+        raise BackboneError(reason, found.advice or "Pick a diffusers model folder or a Stable Diffusion "
                             ".safetensors file (run `transferstudio inspect PATH` for details).")
     return family(found.family).load(Path(path).expanduser(), prediction_type=prediction_type)
 

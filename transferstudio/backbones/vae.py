@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferstudio.backbones import batch_draws as draws
 from transferstudio.backbones.base import (resized_channels, Backbone, Capabilities, ExportSpec, Family, Inspection, RolePlan,
                                            DomainScale, folder_size)
 from transferstudio.backbones.diffusers_folder import read_json, weight_problems
@@ -272,7 +273,7 @@ class VAEBackbone(Backbone):
         if generator is None:
             z = dist.mean
         else:
-            z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device)
+            z = dist.mean + dist.std * draws.randn(dist.mean.shape, generator=generator, device=dist.mean.device)
         self._last_kl = dist.kl().mean() / dist.mean[0].numel()
         return self.vae.decode(z).sample
 
@@ -369,7 +370,7 @@ class Reconstruction(Objective):
             else:
                 with torch.no_grad():  # the encoder is frozen: its latents are fixed inputs
                     dist = backbone.vae.encode(pixels).latent_dist
-                    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=ctx.generator,
+                    z = dist.mean + dist.std * draws.randn(dist.mean.shape, generator=ctx.generator,
                                                            device=dist.mean.device)
                 recon = backbone.vae.decode(z).sample.float()
         loss = F.l1_loss(recon, pixels) + config.pyramid_weight * laplacian_pyramid_l1(recon, pixels)

@@ -5,16 +5,18 @@ The loop polls `take_*` once per step; pause blocks on an Event instead of sleep
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 
 class Commands:
-    def __init__(self) -> None:
-        self._running = threading.Event()
+    def __init__(self, event: Any = threading.Event) -> None:
+        """`event`: what makes the flags (multiprocessing's Event when another process trains)."""
+        self._running = event()
         self._running.set()
-        self._stop = threading.Event()
-        self._sample = threading.Event()
-        self._save = threading.Event()
-        self._attention = threading.Event()  # set by every command: wakes a paused loop
+        self._stop = event()
+        self._sample = event()
+        self._save = event()
+        self._attention = event()  # set by every command: wakes a paused loop
 
     # --- called by the UI thread -------------------------------------------------
     def pause(self) -> None:
@@ -56,6 +58,11 @@ class Commands:
         while not self._running.is_set() and not self._sample.is_set() and not self._save.is_set():
             self._attention.wait()
             self._attention.clear()  # the flags are checked again before the next wait
+
+    def wait_for_attention(self, timeout: float) -> None:
+        """Wait up to `timeout` s for any command (a loop that must also do other things meanwhile)."""
+        if self._attention.wait(timeout):
+            self._attention.clear()
 
     def take_sample_request(self) -> bool:
         return _take(self._sample)

@@ -18,6 +18,9 @@ class Started:
     skipped: tuple[tuple[str, str], ...]  # (path, reason) of files left out
     device: str
     trainable_parameters: int
+    processes: int = 1  # data-parallel processes training together (each some rows of every batch)
+    batch: int = 1  # pictures per batch, over all the processes
+    accumulation: int = 1  # batches per optimizer step
 
 
 @dataclass(frozen=True)

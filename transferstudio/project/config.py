@@ -23,7 +23,7 @@ ADAPTER_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
 CACHES = ("auto", "memory", "disk", "off")
 # Settings that change how fast a run goes, never what it learns: a continued run takes the
 # project's current value for them instead of counting them as changed settings.
-SPEED_ONLY_SETTINGS = ("cache", "compile")
+SPEED_ONLY_SETTINGS = ("cache", "compile", "processes")
 LAYERS = ("attention", "attention+ff", "all-linear", "all+conv")  # presets; the family spec names the layers
 
 
@@ -118,6 +118,10 @@ class TrainConfig:
                     choices=CACHES, objective="diffusion")
     compile: bool = _f(False, "Compile the denoiser with torch.compile: the first steps take a minute or more while "
                        "it compiles, later steps are faster on a GPU. Needs a C++ compiler on the CPU; off is safe.")
+    processes: int = _f(1, "How many GPUs train together (data-parallel: each process trains its share of every "
+                        "batch on its own GPU). The batch size stays the whole step's batch, so the result is the "
+                        "same as on one GPU, only faster; a run can continue with another count.", min=1, max=64,
+                        multi_gpu=True)
     masked_loss: bool = _f(False, "Train only where a mask says: the transparent parts of a PNG (they are "
                            "then not turned white), or a black-and-white `name.mask.png` beside a picture (white "
                            "trains, black is left out). Pictures without either train everywhere. For a subject "

@@ -3,7 +3,8 @@
 The built-in presets are plain data (this layer imports no torch): for each kind of model (read
 from its capabilities, never from a family name) and training method, the settings for each GPU
 memory tier. They were chosen with the memory plan (training/memory_plan.py) so that a run of the
-reference model of the kind (SD 1.5 at 512 px, SDXL at 1024 px, the starters) fits the tier, and
+reference model of the kind (SD 1.5 at 512 px, SDXL at 1024 px, SD3.5 medium at 1024 px, the
+starters) fits the tier, and
 tests/test_presets.py checks that they still do. The person's own presets are JSON files, one per
 preset, in the app's data folder; a damaged file is reported and left as it is.
 """
@@ -89,7 +90,6 @@ METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "lora": {"learning_rate": 1e-4, "rank": 16, "alpha": 16.0, "steps": 1500, "preview_every": 250,
                  "checkpoint_every": 250},
     },
-    # No GPU presets yet: their configs do not ship, so no plan was made; the memory estimate tells.
     "flow-transformer": {
         "lora": {"learning_rate": 1e-4, "rank": 16, "alpha": 16.0, "steps": 1500, "preview_every": 250,
                  "checkpoint_every": 250},
@@ -195,6 +195,16 @@ _BUILTIN: dict[str, dict[str, tuple[tuple[str, dict[str, Any], str], ...]]] = {
                rank=16, alpha=16.0, optimizer="adamw"),
             _p("24", "About 14.5 GB for SDXL at 1024 px.", method="lora", batch_size=4, gradient_checkpointing=True,
                rank=16, alpha=16.0, optimizer="adamw"),
+        ),
+    },
+    # SD3 and FLUX (python -m transferstudio.devtools.plan_table --flow): the frozen weights alone, T5-XXL's 8.9 GB
+    # among them, take 14.6 GB (SD3 medium) to 31.5 GB (FLUX.1 dev), so nothing below 24 GB; with gradient
+    # checkpointing at 1024 px: SD3 medium 15.7 GB, SD3.5 medium 16.7 GB, SD3.5 large 27.7 GB, FLUX.1 dev 34.1 GB.
+    "flow-transformer": {
+        "lora": (
+            _p("24", "About 16.7 GB for SD3.5 medium at 1024 px (SD3 medium 15.7 GB); SD3.5 large needs about "
+               "28 GB and FLUX.1 dev about 34 GB (a 40 GB+ card).", method="lora", batch_size=1,
+               gradient_checkpointing=True, rank=16, alpha=16.0, optimizer="adamw"),
         ),
     },
     "reconstruction": {

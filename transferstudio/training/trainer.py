@@ -40,7 +40,9 @@ from transferstudio.project.run import (OVERFIT_AFTER, VALIDATION, Run, best_che
 from transferstudio.adapt.device import autocast_dtype, choose_device, free_device_memory, frozen_dtype
 from transferstudio.data.captions import CaptionVariation
 from transferstudio.data.holdout import reference_picture, split_by_names, split_held_out, validation_wanted
+from transferstudio.backbones.batch_draws import rows_of
 from transferstudio.training.caching import use_encoding_caches
+from transferstudio.training.distributed import Alone, FollowedCommands, slice_batch
 from transferstudio.training.previews import draw_previews, preview_prompts, preview_slots, save_previews
 from transferstudio.training.speed import apply_speed_settings, compile_failure, fused_optimizer_options
 from transferstudio.training.validation import mean_error
@@ -68,10 +70,11 @@ def scratch_config(config: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict({**config.to_dict(), **SCRATCH_SETTINGS})
 
 
-def train(job: TrainJob, commands: Commands | None = None) -> Iterator[Any]:
+def train(job: TrainJob, commands: Commands | None = None, group: Alone | None = None) -> Iterator[Any]:
     """Yield Started, then Step after every optimizer step (plus Preview, Checkpoint, Paused,
-    Resumed, Message), and exactly one Finished / Stopped / Failed at the end."""
-    trainer = Trainer(job, commands or Commands())
+    Resumed, Message), and exactly one Finished / Stopped / Failed at the end. `group`: this
+    process's place in a data-parallel run (training.distributed); alone when None."""
+    trainer = Trainer(job, commands or Commands(), group)
     yield from trainer.events()
 
 
@@ -127,9 +130,11 @@ class _PhaseState:
 
 
 class Trainer:
-    def __init__(self, job: TrainJob, commands: Commands) -> None:
+    def __init__(self, job: TrainJob, commands: Commands, group: Alone | None = None) -> None:
         self.job = job
-        self.commands = commands
+        self.group = group or Alone()
+        # several processes act on the user's commands together, at the same step
+        self.commands = FollowedCommands(commands, self.group) if self.group.world > 1 else commands
         self.project = job.project
         self.step = 0
         self.epoch = 0
@@ -159,7 +164,8 @@ class Trainer:
         away): a new run folder that never got a complete checkpoint is removed, and the project's
         lock is released."""
         try:
-            if self.new_run and self.run_dir is not None and not ckpt.complete_checkpoints(self.run_dir):
+            if self.group.main and self.new_run and self.run_dir is not None \
+                    and not ckpt.complete_checkpoints(self.run_dir):
                 remove_run_folder(self.run_dir)
         finally:
             self.lock.release()
@@ -226,19 +232,21 @@ class Trainer:
                 "the validation loss"
             yield Message(f"{len(self.held_out)} pictures are kept out of training for {what}: {names}.", "info")
         commands = self.commands
+        self.sync_commands()
         if commands.stop_requested:  # stopped while the model was loading: nothing new to save
             yield Stopped(step=self.step, checkpoint=self.checkpoint)
             return
         yield from self.fill_caches()
         if self.step == 0:
-            yield Progress("Drawing the previews of the untrained model", 0, len(self.config.preview_seeds))
-            yield self.preview(0)
-            yield from self.validate(0)
+            yield from self.on_main(lambda: [Progress("Drawing the previews of the untrained model", 0,
+                                                      len(self.config.preview_seeds)),
+                                             self.preview(0), *self.validate(0)])
         self.trainee.train_mode(True)
         self.started_at = time.perf_counter()
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics:
+        with self.metrics_file() as self.metrics:
             while self.step < self.total:
                 yield self.train_step()
+                self.sync_commands()
                 yield from self.picture_problems()
                 if commands.paused and not commands.stop_requested:
                     self.log(f"paused at step {self.step}")
@@ -246,7 +254,7 @@ class Trainer:
                     yield from self.while_paused()
                     yield Resumed(self.step)
                 if commands.stop_requested:
-                    saved = self.save()
+                    saved = self.save_together()
                     yield from self.save_notes()
                     yield saved
                     self.log(f"stopped at step {self.step}")
@@ -256,18 +264,18 @@ class Trainer:
                     break
                 every = self.config.preview_every
                 previewed = commands.take_sample_request() or bool(every and self.step % every == 0)
-                if previewed:
-                    yield self.preview(self.step)
                 measure_every = self.config.validation_every
-                if (measure_every and self.step % measure_every == 0) or (not measure_every and previewed):
-                    yield from self.validate(self.step)
+                measured = (measure_every and self.step % measure_every == 0) or (not measure_every and previewed)
+                if previewed or measured:
+                    yield from self.on_main(lambda: [*([self.preview(self.step)] if previewed else []),
+                                                     *(self.validate(self.step) if measured else [])])
                 if commands.take_save_request() or self.step % self.config.checkpoint_every == 0:
-                    yield self.save()
+                    yield self.save_together()
                     yield from self.save_notes()
-        final = self.save()
+        final = self.save_together()
         yield from self.save_notes()
         yield final
-        yield self.preview(self.step)
+        yield from self.on_main(lambda: [self.preview(self.step)])
         self.log(f"finished at step {self.step}, loss {self.last_loss:.4f}")
         yield Finished(step=self.step, final_loss=self.last_loss, checkpoint=final.path,
                        weights=final.path / ckpt.WEIGHTS)
@@ -278,10 +286,67 @@ class Trainer:
         while commands.paused and not commands.stop_requested:
             commands.wait_while_paused_unless_asked()
             if commands.take_sample_request():
-                yield self.preview(self.step)
+                yield from self.on_main(lambda: [self.preview(self.step)])
             if commands.take_save_request():
-                yield self.save()
+                yield self.save_together()
                 yield from self.save_notes()
+
+    # --- several processes ----------------------------------------------------------------
+    def sync_commands(self) -> None:
+        if isinstance(self.commands, FollowedCommands):
+            self.commands.sync()
+
+    def on_main(self, make: Any) -> Iterator[Any]:
+        """Events only the main process makes (previews, validation measures) from `make()`; the
+        others wait, then take its random state, so every process draws the same from there on."""
+        if self.group.world == 1:
+            yield from make()
+            return
+        events: list[Any] = []
+        failure = None
+        if self.group.main:
+            try:
+                events = list(make())
+            except UserError as exc:
+                failure = (exc.message, exc.advice)
+        self._follow_main(failure)
+        yield from events
+
+    def save_together(self) -> Checkpoint:
+        """The main process saves (and checks the model first); the others learn where, or that
+        the check failed (the same UserError everywhere, so every process ends)."""
+        if self.group.world == 1:
+            return self.save()
+        saved, failure = None, None
+        if self.group.main:
+            try:
+                saved = self.save()
+            except UserError as exc:
+                failure = (exc.message, exc.advice)
+        path = self._follow_main(failure, saved.path if saved is not None else None)
+        if saved is None:
+            self.checkpoint = path
+            saved = Checkpoint(step=self.step, path=path)
+        return saved
+
+    def _follow_main(self, failure: tuple[str, str] | None, value: Any = None) -> Any:
+        shared = self.group.share((failure, value, torch.get_rng_state(), self.noise_rng.get_state()))
+        failure, value, rng, noise = shared
+        if failure is not None:
+            raise UserError(*failure)
+        if not self.group.main:
+            torch.set_rng_state(rng)
+            self.noise_rng.set_state(noise)
+        return value
+
+    def metrics_file(self) -> Any:
+        """Where each step's row goes: metrics.jsonl, written by the main process only."""
+        import contextlib
+        import io
+
+        if self.group.main:
+            return (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        return contextlib.nullcontext(io.StringIO())
 
     # --- setting up ---------------------------------------------------------------------
     def fill_caches(self) -> Iterator[Any]:
@@ -308,32 +373,26 @@ class Trainer:
         from transferstudio.data.scan import scan_images
 
         job, project = self.job, self.project
-        taken_over = self.lock.acquire()  # first: a refused second trainer changes nothing
-        if taken_over:
-            self.notes.append(Message(taken_over, "warning"))
-        self._set_aside_damaged()  # before the choice: a damaged newest checkpoint is not "the latest"
-        self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh or job.scratch,
-                                      run_id=None if job.scratch else job.run_id,
-                                      keep_run_settings=job.keep_run_settings, scratch=job.scratch)
-        self._note_continuation(config)
-        removed = remove_orphan_runs(project, keep=self.run.folder if self.run is not None else None)
-        if removed:
-            self.notes.append(Message(f"Removed {len(removed)} unfinished run folder(s) left by a training that "
-                                      f"ended before its first checkpoint: {', '.join(removed)}.", "info"))
-        problems = config.problems()
-        if problems:
-            raise UserError("Invalid settings: " + "; ".join(problems), "Fix the values and start again.")
+        config = self._choose_together()
         self.config, self.total = config, config.steps
         self.scan = scan_images(project.images, trigger=config.trigger)
         backbone = self._scratch_backbone() if self._is_baseline() else None
         backbone = backbone or job.backbone or load_backbone(project.backbone, prediction_type=project.prediction_type)
         self.backbone = backbone
-        self.device = choose_device(config.device)
+        if self.group.world > 1 and not backbone.caps.data_parallel:
+            raise UserError(f"{backbone.caps.label or backbone.family} models train in one process only (their "
+                            "losses read the whole batch), not on several GPUs.",
+                            "Set GPUs to 1 in Settings (or train without --processes).")
+        self.device = self.group.device or choose_device(config.device)
         self.amp = autocast_dtype(self.device, config.precision)
         if config.precision in ("bf16", "fp16") and self.amp is None:
             self.notes.append(Message(f"{config.precision} was asked for, but the {self.device.type.upper()} trains "
                                       "in fp32 (faster there); the run and its exports record fp32.", "info"))
-        self.class_images = self._class_images(backbone, config)  # from the untouched base, before any adapter
+        if self.group.main:  # from the untouched base, before any adapter; the others read them
+            self.class_images = self._class_images(backbone, config)
+        self.group.barrier()
+        if not self.group.main:
+            self.class_images = self._class_images(backbone, config)
         torch.manual_seed(config.seed)
         self.trainee = Trainee(backbone, config)
         backbone.to(self.device, frozen_dtype(self.device, config.precision))
@@ -364,10 +423,52 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         self.data_rng = torch.Generator("cpu").manual_seed(config.seed)
         self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
-        self.run_dir = self.run.folder if self.run is not None else (self.run_dir or self._new_run_dir())
-        if self.new_run:  # now with the held-out pictures
-            self._write_run_settings()
+        if self.group.main:
+            self.run_dir = self.run.folder if self.run is not None else (self.run_dir or self._new_run_dir())
+            if self.new_run:  # now with the held-out pictures
+                self._write_run_settings()
+        self.run_dir = Path(self.group.share(str(self.run_dir)))
         self.prompts = preview_prompts(config, [r.caption for r in self.scan.images], backbone.caps.conditioning)
+
+    def _choose_together(self) -> TrainConfig:
+        """The main process takes the project's lock, sets damaged checkpoints aside, chooses the
+        run and tidies orphans; every process then continues the same run with the same settings."""
+        job, project = self.job, self.project
+        chosen: Any = None
+        if self.group.main:
+            taken_over = self.lock.acquire()  # first: a refused second trainer changes nothing
+            if taken_over:
+                self.notes.append(Message(taken_over, "warning"))
+            self._set_aside_damaged()  # before the choice: a damaged newest checkpoint is not "the latest"
+            try:
+                self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh or job.scratch,
+                                              run_id=None if job.scratch else job.run_id,
+                                              keep_run_settings=job.keep_run_settings, scratch=job.scratch)
+                self._note_continuation(config)
+                removed = remove_orphan_runs(project, keep=self.run.folder if self.run is not None else None)
+                if removed:
+                    self.notes.append(Message(f"Removed {len(removed)} unfinished run folder(s) left by a training "
+                                              f"that ended before its first checkpoint: {', '.join(removed)}.", "info"))
+                problems = config.problems()
+                if problems:
+                    raise UserError("Invalid settings: " + "; ".join(problems), "Fix the values and start again.")
+                if self._is_baseline() and self.run is None:
+                    self._new_run_dir()  # the baseline's random model is kept in it
+                chosen = (None, self.run.folder.name if self.run is not None else None, config.to_dict(),
+                          str(self.run_dir) if self.run_dir is not None else None)
+            except UserError as exc:
+                if self.group.world == 1:
+                    raise
+                chosen = ((exc.message, exc.advice), None, None, None)
+        if self.group.world == 1:
+            return config
+        failure, run_id, settings, run_dir = self.group.share(chosen)
+        if failure is not None:
+            raise UserError(*failure)
+        if not self.group.main:
+            self.run = find_run(project, run_id) if run_id is not None else None
+            self.run_dir = Path(run_dir) if run_dir is not None else None
+        return TrainConfig.from_dict(settings)
 
     def _is_baseline(self) -> bool:
         return self.job.scratch or (self.run is not None and self.run.baseline == "scratch")
@@ -377,11 +478,12 @@ class Trainer:
         the run's folder so that continuing it starts from the same ones."""
         from transferstudio.backbones.registry import load_backbone, random_copy
 
-        if self.run is None:
+        if self.run is None and self.run_dir is None:
             self._new_run_dir()
         folder = self.run_dir / SCRATCH_MODEL if self.run is None else self.run.folder / SCRATCH_MODEL
-        if not folder.exists():
+        if self.group.main and not folder.exists():
             random_copy(self.project.backbone, folder, seed=self.config.seed)
+        self.group.barrier()  # the others load it once it is there
         return load_backbone(folder)
 
     def _class_images(self, backbone: Backbone, config: TrainConfig) -> Any:
@@ -545,8 +647,9 @@ class Trainer:
             self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
             self.last_loss = state.get("loss", float("nan"))
             self.checkpoint = found.path
-            _truncate_metrics(self.run_dir, self.step)
-            _truncate_metrics(self.run_dir, self.step, VALIDATION)
+            if self.group.main:
+                _truncate_metrics(self.run_dir, self.step)
+                _truncate_metrics(self.run_dir, self.step, VALIDATION)
             self.validations = validation_rows(self.run_dir, self.step)
             self.warned_overfit = rising_for(self.validations) >= OVERFIT_AFTER
         self.batches = self.images.epoch_batches(self.epoch, self.config.seed, self.config.batch_size)
@@ -562,7 +665,8 @@ class Trainer:
         return Started(run_dir=self.run_dir, total_steps=self.total, start_step=self.step,
                        images=len(self.scan.images), samples_per_epoch=len(self.images),
                        skipped=tuple((str(s.path), s.reason) for s in self.scan.skipped), device=str(self.device),
-                       trainable_parameters=self.trainee.parameter_count())
+                       trainable_parameters=self.trainee.parameter_count(), processes=self.group.world,
+                       batch=self.config.batch_size, accumulation=self.config.gradient_accumulation)
 
     # --- one optimizer step -----------------------------------------------------------------
     def _next_batch(self) -> Any:
@@ -581,19 +685,30 @@ class Trainer:
         micro = [self._with_prior(self._next_batch(), self.step * accumulation + i) for i in range(accumulation)]
         ctx = StepContext(step=self.step + 1, device=self.device, amp=self.amp, generator=self.noise_rng,
                           config=config)
+        group = self.group
+        # each process trains its rows of every (global) micro-batch, its loss weighted by its share
+        shares = [(slice_batch(batch, rows), rows, rows.count / max(1, rows.size) if rows is not None else 1.0)
+                  for batch in micro for rows in [group.rows(len(batch.captions))]]
         losses: dict[str, float] = {}
         for state in self.phases:
             if not self.objective.active(state.phase, ctx.step):
                 continue
             state.optimizer.zero_grad(set_to_none=True)
             total = 0.0
-            for batch in micro:
-                loss = self.objective.loss(state.phase, batch, ctx) / config.gradient_accumulation
+            for batch, rows, share in shares:
+                if rows is not None and rows.count == 0:
+                    continue  # a batch smaller than the process count: this one has no rows of it
+                with rows_of(rows):
+                    loss = self.objective.loss(state.phase, batch, ctx) / config.gradient_accumulation
+                if rows is not None:
+                    loss = loss * share
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
                     loss.backward()
                 total += loss.item()
+            group.sum_gradients(state.params)  # before clipping: every process steps the same gradient
+            total = group.sum(total)
             if not math.isfinite(total):
                 raise UserError(f"Training became unstable at step {self.step + 1} (the loss is not a number).",
                                 self._unstable_advice())
@@ -608,6 +723,12 @@ class Trainer:
                 state.optimizer.step()
             state.schedule.step()
             losses[state.phase.name] = total
+        if any(rows is not None and rows.size < group.world for _, rows, _ in shares):
+            # a process without rows drew nothing: it takes the random state of the last process
+            # (which always has rows), so every process draws the same from here on
+            rng, noise = group.share_from(group.world - 1, (torch.get_rng_state(), self.noise_rng.get_state()))
+            torch.set_rng_state(rng)
+            self.noise_rng.set_state(noise)
         if self.ema is not None:
             self.ema.step(self.ema_params)
         self.step += 1
@@ -628,7 +749,7 @@ class Trainer:
         signals = self.objective.step_signals()
         if signals:
             row["signals"] = signals
-        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.write(json.dumps(row) + "\n")  # (the main process's file; the others' go nowhere)
         self.metrics.flush()
         return Step(step=self.step, total=self.total, loss=self.last_loss, lr=lr, images_per_s=rate,
                     eta_s=per_step * (self.total - self.step), elapsed_s=now - self.started_at,
@@ -845,7 +966,7 @@ class Trainer:
             yield Message(text + "; another picture of the same size takes its place.", "warning")
 
     def log(self, text: str) -> None:
-        if self.run_dir is None or not self.run_dir.is_dir():
+        if not self.group.main or self.run_dir is None or not self.run_dir.is_dir():
             return  # never recreate a run folder that was deleted (check_run_dir says so)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with (self.run_dir / "log.txt").open("a", encoding="utf-8") as fh:

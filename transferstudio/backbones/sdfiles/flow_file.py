@@ -3,8 +3,12 @@ Stability's / Black Forest Labs' releases and ComfyUI's `models/diffusion_models
 the text encoders inside it (SD3's all-in-one files) or as their own files beside it or in a
 ComfyUI `models/text_encoders` (or `models/clip`) and `models/vae` folder.
 
-Configs, tokenizers and the scheduler come from `resources/loading/<variant>/` (`write_loading_files`
-makes such a folder from a diffusers download: its configs and tokenizers, no weights). The variant
+Configs, the CLIP tokenizers and the scheduler come from `resources/loading/<variant>/` (written by
+`python -m transferstudio.devtools.write_flow_loading` from the published architectures;
+`write_loading_files` makes such a folder from a diffusers download). T5's tokenizer is not
+shipped: `find_t5_tokenizer` looks for one on the user's disk (a folder the user names, the loading
+folder, beside the files, ComfyUI's own copy, a diffusers SD3/FLUX download in the Hugging Face
+cache), never downloads, and checks it is T5's before it is used. The variant
 (sd3-medium, sd3.5-medium, sd3.5-large, flux-dev, flux-schnell) is read from the transformer's
 weights, never from its name. Every component is checked to fill its model exactly before it is
 loaded, as for the SD single files.
@@ -12,6 +16,7 @@ loaded, as for the SD single files.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +57,8 @@ class Parts:
     encoders: dict[str, Part | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    t5_tokenizer: Path | None = None  # the T5 tokenizer folder found (find_t5_tokenizer)
+    t5_problem: BackboneError | None = None  # why none was
 
 
 def loading_folder(variant: str) -> Path:
@@ -192,17 +199,263 @@ def find_parts(file: Path, found: Detection, header: SafetensorsHeader) -> Parts
     return parts
 
 
-def inspect_parts(file: Path, family: str | None = None) -> tuple[Detection, Parts | None]:
+def inspect_parts(file: Path, family: str | None = None, *, t5_tokenizer: Path | str | None = None
+                  ) -> tuple[Detection, Parts | None]:
     """What the file is, and where its components are (None when the file itself is unusable, or
-    is not of `family` when one is given)."""
+    is not of `family` when one is given), with the T5 tokenizer to use (`t5_tokenizer`: the
+    user's choice, else $TRANSFERSTUDIO_T5_TOKENIZER, else found: find_t5_tokenizer)."""
     header = read_safetensors_header(file)
     found = classify(header, name=f"'{Path(file).name}'")
     if not found.usable or found.family not in NEEDED or (family is not None and found.family != family):
         return found, None
-    problem = loading_problem(str(found.config_key))
+    variant = str(found.config_key)
+    problem = loading_problem(variant)
     if problem is not None:
         return found, Parts(problems=[problem[0]], advice=[problem[1]])
-    return found, find_parts(file, found, header)
+    parts = find_parts(file, found, header)
+    t5 = parts.encoders.get(t5_encoder_name(str(found.family)))
+    try:
+        parts.t5_tokenizer = find_t5_tokenizer(file, variant, chosen=t5_tokenizer,
+                                               near=[t5.file] if t5 is not None else [])
+    except BackboneError as exc:
+        parts.t5_problem = exc
+        message = exc.message.rstrip(".")
+        parts.problems.append(message[:1].lower() + message[1:])
+        parts.advice.append(exc.advice)
+    return found, parts
+
+
+def tokenizer_folders(found: Detection, parts: Parts | None) -> dict[str, Path]:
+    """Where each tokenizer of a single file comes from: the CLIP ones from its loading folder,
+    T5's from where it was found. BackboneError (what to put where) when T5's was not."""
+    family, variant = str(found.family), str(found.config_key)
+    t5 = t5_encoder_name(family).replace("text_encoder", "tokenizer")
+    if parts is None or parts.t5_tokenizer is None:
+        raise parts.t5_problem if parts is not None and parts.t5_problem is not None else \
+            BackboneError(f"{found.label} cannot be loaded from its single file.", found.advice)
+    subs = [name.replace("text_encoder", "tokenizer") for name in NEEDED[family]]
+    folders = {sub: loading_folder(variant) / sub for sub in subs}
+    folders[t5] = parts.t5_tokenizer
+    return folders
+
+
+# --- the T5 tokenizer ----------------------------------------------------------------------------
+# TransferStudio ships no T5 tokenizer (none can be built offline): it is found on the user's disk.
+
+T5_TOKENIZER_ENV = "TRANSFERSTUDIO_T5_TOKENIZER"
+T5_TOKENS = 32100  # T5's sentencepiece vocabulary (32,000 pieces) and its 100 extra ids
+T5_VOCAB = 32128  # T5-XXL's embedding rows: its 32,100 tokens padded to a multiple of 128
+_T5_PADDED = 128
+BESIDE_T5 = ("t5_tokenizer", "tokenizer_3", "tokenizer_2")  # tokenizer folders beside the user's files
+COMFY_T5 = ("comfy/text_encoders/t5_tokenizer", "comfy/t5_tokenizer")  # ComfyUI's own copy (new, old)
+_checked: dict[tuple, str | None] = {}
+
+
+def t5_encoder_name(family: str) -> str:
+    """The pipeline's name of the T5 encoder (its tokenizer: the same with `tokenizer`)."""
+    return "text_encoder_3" if family == "sd3" else "text_encoder_2"
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it (read from the environment now,
+    not when huggingface_hub was imported)."""
+    env = os.environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def looks_like_t5_tokenizer(folder: Path) -> bool:
+    """A folder holding a sentencepiece model or a T5 (Unigram) tokenizer.json — not a CLIP one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if (folder / "spiece.model").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text("utf-8"))
+        if str(config.get("tokenizer_class") or "").startswith("T5"):
+            return (folder / "tokenizer.json").is_file()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        data = json.loads((folder / "tokenizer.json").read_text("utf-8"))
+        return isinstance(data, dict) and (data.get("model") or {}).get("type") == "Unigram"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _t5_vocab(variant: str, family: str) -> int:
+    return int(_config(variant, t5_encoder_name(family)).get("vocab_size") or T5_VOCAB)
+
+
+def t5_tokenizer_problem(folder: Path, vocab_size: int = T5_VOCAB) -> str | None:
+    """None when `folder` is a T5 tokenizer for an encoder of `vocab_size` embeddings (T5-XXL's
+    32,128: its 32,100 tokens), else what is wrong, naming the folder. Kept per folder state."""
+    folder = Path(folder)
+    try:
+        stamp = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir() if f.is_file()))
+    except OSError as exc:
+        return f"the T5 tokenizer folder {folder} cannot be read ({exc.strerror or exc})"
+    key = (str(folder.resolve()), vocab_size, stamp)
+    if key not in _checked:
+        _checked[key] = _t5_problem(folder, vocab_size)
+    return _checked[key]
+
+
+def _t5_problem(folder: Path, vocab_size: int) -> str | None:
+    if not looks_like_t5_tokenizer(folder):
+        return (f"the folder {folder} is not a T5 tokenizer (it holds neither spiece.model nor a T5 "
+                "tokenizer.json)")
+    try:
+        tok = load_t5_tokenizer(folder)
+    except BackboneError as exc:
+        return exc.message.rstrip(".")
+    size = len(tok)
+    expected = (f"T5-XXL's has {T5_TOKENS:,} (32,000 pieces and 100 extra ids)" if vocab_size == T5_VOCAB
+                else f"the T5 encoder takes {vocab_size - _T5_PADDED + 1:,} to {vocab_size:,}")
+    if not vocab_size - _T5_PADDED < size <= vocab_size:
+        return f"the tokenizer in {folder} is not T5's: it has {size:,} tokens where {expected}"
+    ids = tok("a photo").input_ids
+    if (tok.pad_token_id, tok.eos_token_id, ids[-1:]) != (0, 1, [1]):
+        return (f"the tokenizer in {folder} is not T5's: its padding and end tokens are ids {tok.pad_token_id} and "
+                f"{tok.eos_token_id}, not T5's 0 and 1")
+    return None
+
+
+def load_t5_tokenizer(folder: Path) -> Any:
+    from transformers import T5TokenizerFast
+
+    try:
+        return T5TokenizerFast.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raise many kinds; each is "cannot be read"
+        raise BackboneError(f"the T5 tokenizer in {folder} cannot be read offline ({type(exc).__name__}: {exc})",
+                            "Copy the whole tokenizer folder again (tokenizer.json, or spiece.model, with its "
+                            "tokenizer_config.json and special_tokens_map.json).") from None
+
+
+def _above(path: Path) -> list[Path]:
+    """The folders above `path`, as given and with links resolved (ComfyUI models are often links)."""
+    out: list[Path] = []
+    for p in (Path(os.path.abspath(path)), Path(path).resolve()):
+        out += [a for a in p.parents if a not in out]
+    return out
+
+
+def comfyui_roots(path: Path) -> list[Path]:
+    """ComfyUI installs above a model file: folders holding `comfy/` and `models/`."""
+    return [a for a in _above(path) if (a / "comfy").is_dir() and (a / "models").is_dir()]
+
+
+def _hf_cache_candidates(family: str) -> list[Path]:
+    """T5 tokenizer folders of the diffusers SD3 and FLUX downloads in the Hugging Face cache
+    (SD3's `tokenizer_3`, FLUX's `tokenizer_2`), this family's first, newest snapshot first."""
+    hub = hf_hub_cache()
+    try:
+        repos = sorted(p for p in hub.glob("models--*") if p.is_dir())
+    except OSError:
+        return []
+    found: list[tuple[int, float, str, Path]] = []
+    for repo in repos:
+        try:
+            snapshots = [s for s in (repo / "snapshots").iterdir() if s.is_dir()]
+        except OSError:
+            continue
+        for snap in snapshots:
+            index = {}
+            try:
+                index = json.loads((snap / "model_index.json").read_text("utf-8"))
+            except (OSError, ValueError):
+                pass
+            cls = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
+            name = repo.name.lower()
+            if "StableDiffusion3" in cls or (not cls and "stable-diffusion-3" in name):
+                kind, sub = "sd3", "tokenizer_3"
+            elif "Flux" in cls or (not cls and "flux" in name):
+                kind, sub = "flux", "tokenizer_2"
+            else:
+                continue
+            if (snap / sub).is_dir():
+                try:
+                    when = snap.stat().st_mtime
+                except OSError:
+                    when = 0.0
+                found.append((0 if kind == family else 1, -when, str(snap), snap / sub))
+    return [path for *_, path in sorted(found)]
+
+
+def t5_tokenizer_candidates(file: Path, variant: str, family: str, near: list[Path] | tuple[Path, ...] = ()
+                            ) -> list[tuple[str, Path]]:
+    """(where, folder) of every place a T5 tokenizer is looked for after the user's own choice,
+    in order: the loading folder; beside the model's files (`t5_tokenizer/`, `tokenizer_3/`,
+    `tokenizer_2/`); ComfyUI's own copy above them; the Hugging Face cache."""
+    files = [Path(file), *(Path(f) for f in near)]
+    out: list[tuple[str, Path]] = []
+
+    def add(where: str, folder: Path) -> None:
+        if folder not in [p for _, p in out]:
+            out.append((where, folder))
+
+    sub = t5_encoder_name(family).replace("text_encoder", "tokenizer")
+    add("loading files", loading_folder(variant) / sub)
+    for f in files:
+        for folder in [f.parent, *search_folders(f)]:
+            for name in BESIDE_T5:
+                add("beside the model", folder / name)
+    for f in files:
+        for root in comfyui_roots(f):
+            for name in COMFY_T5:
+                add("ComfyUI", root / name)
+    for folder in _hf_cache_candidates(family):
+        add("Hugging Face cache", folder)
+    return out
+
+
+def find_t5_tokenizer(file: Path, variant: str, *, chosen: Path | str | None = None,
+                      near: list[Path] | tuple[Path, ...] = ()) -> Path:
+    """The T5 tokenizer folder to load `file` (an SD3/FLUX transformer of `variant`) with: `chosen`
+    (else $TRANSFERSTUDIO_T5_TOKENIZER) when given, else the first T5 tokenizer found in
+    `t5_tokenizer_candidates` (`near`: the model's other files, e.g. its T5 encoder file). Checked to
+    be T5's; BackboneError naming the folder when it is not, and saying what to put where when
+    there is none. Never downloads."""
+    family = "sd3" if variant.startswith("sd3") else "flux"
+    vocab = _t5_vocab(variant, family)
+    what = FLOW_VARIANTS.get(variant, variant)
+    refuse = "Use the tokenizer_2 folder of a FLUX.1 diffusers download (or tokenizer_3 of an SD3 one), or ComfyUI's " \
+             "comfy/text_encoders/t5_tokenizer."
+    chosen = chosen if chosen not in (None, "") else os.environ.get(T5_TOKENIZER_ENV) or None
+    if chosen is not None:
+        folder = Path(chosen).expanduser()
+        if not folder.is_dir():
+            raise BackboneError(f"The T5 tokenizer folder {folder} (chosen for {what}) does not exist.",
+                                f"Check the path ({T5_TOKENIZER_ENV} or the folder given), or leave it unset to "
+                                "look in the usual places.")
+        problem = t5_tokenizer_problem(folder, vocab)
+        if problem:
+            raise BackboneError(f"{problem[0].upper()}{problem[1:]}.", refuse)
+        return folder
+    for where, folder in t5_tokenizer_candidates(file, variant, family, near):
+        if not looks_like_t5_tokenizer(folder):
+            continue  # absent, or another tokenizer (SD3's tokenizer_2 is CLIP-G's)
+        problem = t5_tokenizer_problem(folder, vocab)
+        if problem:
+            raise BackboneError(f"{problem[0].upper()}{problem[1:]} (found {where}).",
+                                f"Move it away or replace it. {refuse}")
+        return folder
+    file = Path(file)
+    beside = file.parent / "t5_tokenizer"
+    roots = comfyui_roots(file)
+    comfy = (f"ComfyUI users: this ComfyUI install ({roots[0]}) has no comfy/text_encoders/t5_tokenizer; update "
+             "ComfyUI (it ships one) or copy that folder from a fresh ComfyUI download." if roots else
+             "ComfyUI users: keep the model in ComfyUI's models folder and TransferStudio uses ComfyUI's own "
+             "comfy/text_encoders/t5_tokenizer.")
+    raise BackboneError(
+        f"No T5 tokenizer was found for {what} (TransferStudio does not ship one and never downloads it).",
+        f"{comfy} Otherwise copy the tokenizer_2 folder of the FLUX.1 diffusers download "
+        f"(or the tokenizer_3 folder of an SD3 one) to {beside}, or set {T5_TOKENIZER_ENV} to such a folder; a "
+        f"diffusers SD3 or FLUX download in the Hugging Face cache ({hf_hub_cache()}) is found by itself.")
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -308,17 +561,19 @@ def _text_encoder(part: Part, variant: str, name: str, dtype: torch.dtype) -> An
     return model.to(dtype).eval()
 
 
-def load_parts(file: Path, *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def load_parts(file: Path, *, dtype: torch.dtype = torch.float32,
+               t5_tokenizer: Path | str | None = None) -> dict[str, Any]:
     """Every component of an SD3/FLUX single file and its companions: the keyword arguments of
     the family backbone (transformer, vae, encoders, tokenizers, scheduler config, variant).
-    BackboneError with advice for anything missing, fp8, or not fitting."""
+    BackboneError with advice for anything missing, fp8, or not fitting, or when no T5 tokenizer
+    is found (`t5_tokenizer`: the folder to take it from; see find_t5_tokenizer)."""
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import CLIPTokenizer
 
     from transferstudio.backbones import _sd_common as sdc
 
     file = Path(file)
-    found, parts = inspect_parts(file)
+    found, parts = inspect_parts(file, t5_tokenizer=t5_tokenizer)
     found.raise_if_unusable()
     if parts is None or parts.problems:
         problems = parts.problems if parts else ["it is not an SD3 or FLUX model"]
@@ -333,16 +588,15 @@ def load_parts(file: Path, *, dtype: torch.dtype = torch.float32) -> dict[str, A
     encoders = {name: _text_encoder(part, variant, name, dtype) for name, part in parts.encoders.items()
                 if part is not None}
     tokenizers = {}
-    for name in NEEDED[family]:
-        sub = name.replace("text_encoder", "tokenizer")
-        t5 = _config(variant, name).get("model_type") == "t5"
-        tokenizers[sub] = sdc.load_component(T5TokenizerFast if t5 else CLIPTokenizer, folder / sub,
-                                             f"{sub.replace('_', ' ')} (loading files)")
+    for sub, where in tokenizer_folders(found, parts).items():
+        tokenizers[sub] = load_t5_tokenizer(where) if where == parts.t5_tokenizer else \
+            sdc.load_component(CLIPTokenizer, where, f"{sub.replace('_', ' ')} (loading files)")
     return {"transformer": transformer, "vae": vae, "encoders": encoders, "tokenizers": tokenizers,
             "scheduler_config": sdc.scheduler_config(folder), "variant": variant, "label": what,
             "pipeline_config": json.loads((folder / "model_index.json").read_text("utf-8")),
             "files": {"transformer": file, **({"vae": parts.vae.file} if parts.vae else {}),
-                      **{n: p.file for n, p in parts.encoders.items() if p is not None}}}
+                      **{n: p.file for n, p in parts.encoders.items() if p is not None},
+                      "t5_tokenizer": parts.t5_tokenizer}}
 
 
 def describe_parts(parts: Parts | None) -> list[tuple[str, str]]:
@@ -355,6 +609,8 @@ def describe_parts(parts: Parts | None) -> list[tuple[str, str]]:
     for name, part in parts.encoders.items():
         if part is not None:
             lines.append((name.replace("_", " "), part.file.name + (" (inside)" if part.prefix else "")))
+    if parts.t5_tokenizer is not None:
+        lines.append(("T5 tokenizer", str(parts.t5_tokenizer)))
     return lines
 
 
@@ -365,5 +621,7 @@ def sizes(parts: Parts | None, file: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
-__all__ = ["inspect_parts", "load_parts", "write_loading_files", "loading_problem", "search_folders"]
+__all__ = ["inspect_parts", "load_parts", "write_loading_files", "loading_problem", "search_folders",
+           "find_t5_tokenizer", "t5_tokenizer_candidates", "t5_tokenizer_problem", "tokenizer_folders",
+           "T5_TOKENIZER_ENV"]
 
