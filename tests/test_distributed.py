@@ -164,3 +164,37 @@ def test_killed_run_continues_from_its_last_checkpoint_with_another_count(tmp_pa
     resumed = list(train(TrainJob(load_project(killed.folder))))
     assert next(e for e in resumed if isinstance(e, Started)).start_step >= 2
     assert _close(_weights(resumed), expected) < 1e-5
+
+
+@pytest.mark.timeout(300)
+def test_pause_preview_and_stop_reach_every_process(tmp_path, tiny_ddpm):
+    """The window's buttons on a 2-process run: pause holds every process, a preview asked for
+    while paused is drawn at once, stop saves where the run is."""
+    images = make_images(tmp_path / "images", n=6)
+    project = _project(tmp_path, tiny_ddpm, images, "p", steps=500, checkpoint_every=1000)
+    commands = Commands()
+    seen: list[Any] = []
+    for event in train_processes(TrainJob(load_project(project.folder)), 2, commands):
+        seen.append(event)
+        if isinstance(event, Step) and event.step == 2:
+            commands.pause()
+        elif type(event).__name__ == "Paused":
+            commands.sample_now()
+        elif isinstance(event, Preview) and event.step > 0:
+            commands.stop()
+    kinds = [type(e).__name__ for e in seen]
+    paused_at = next(e.step for e in seen if type(e).__name__ == "Paused")
+    assert kinds[-1] == "Stopped" and seen[-1].step == paused_at
+    assert "Resumed" in kinds  # stop wakes the paused run, which then saves
+    assert [c.step for c in complete_checkpoints(seen[-1].checkpoint.parent.parent)] == [paused_at]
+
+
+@pytest.mark.timeout(300)
+def test_cli_processes_option(tmp_path, tiny_ddpm, capsys):
+    from transferstudio.cli import main
+
+    images = make_images(tmp_path / "images", n=4)
+    project = _project(tmp_path, tiny_ddpm, images, "cli", steps=2, batch_size=2)
+    assert main(["train", str(project.folder), "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 processes train together" in out and "finished at step 2" in out
