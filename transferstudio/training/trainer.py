@@ -453,6 +453,7 @@ class Trainer:
                 if problems:
                     raise UserError("Invalid settings: " + "; ".join(problems), "Fix the values and start again.")
                 if self._is_baseline() and self.run is None:
+                    self.config = config
                     self._new_run_dir()  # the baseline's random model is kept in it
                 chosen = (None, self.run.folder.name if self.run is not None else None, config.to_dict(),
                           str(self.run_dir) if self.run_dir is not None else None)
