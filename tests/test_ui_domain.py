@@ -31,12 +31,12 @@ def test_the_model_panel_shows_the_verdict_and_then_the_saved_one_at_once(qtbot,
     assert panel.domain_advice.text() == info["advice"] and panel.domain_detail.text() == info["explanation"]
     assert not panel.domain_bar.isVisible()
     assert (project.folder / "domain-check.json").is_file()
-    qtbot.waitUntil(lambda: window._domain_task is None, timeout=LONG)
+    qtbot.waitUntil(lambda: window.checks.domain_task is None, timeout=LONG)
 
     again = make_window()  # the same project again: the saved check shows with no measuring
     with qtbot.waitSignal(again.domain_checked, timeout=LONG) as shown:
         assert again.open_project(project.folder)
-    assert shown.args[0] == info and again._domain_task is None
+    assert shown.args[0] == info and again.checks.domain_task is None
     assert again.backbone_panel.domain_verdict.text() == panel.domain_verdict.text()
 
 
@@ -54,4 +54,4 @@ def test_a_check_that_cannot_run_is_one_line_and_the_window_carries_on(qtbot, ma
     assert "\n" not in text and panel.domain_advice.level() == "warning"
     assert panel.domain() is None and not panel.domain_bar.isVisible()
     assert window.inspection["usable"] and not window.answers.problems  # no dialog, the model is still ready
-    qtbot.waitUntil(lambda: window._domain_task is None, timeout=LONG)
+    qtbot.waitUntil(lambda: window.checks.domain_task is None, timeout=LONG)

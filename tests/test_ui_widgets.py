@@ -14,7 +14,7 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QComboBox, QSpinBox  # noqa: E402
 
 from transferstudio.project.config import TrainConfig  # noqa: E402
-from transferstudio.ui import images_panel as images_panel_module  # noqa: E402
+from transferstudio.qt import pictures as pictures_module  # noqa: E402
 from transferstudio.ui.backbone_panel import BackbonePanel  # noqa: E402
 from transferstudio.ui.images_panel import ImagesPanel, ThumbReadyRole  # noqa: E402
 from transferstudio.ui.new_project_dialog import LocateDialog  # noqa: E402
@@ -39,7 +39,7 @@ def make_panel(qtbot):
     for panel in panels:
         panel.shutdown()
         assert panel.loader.pool.activeThreadCount() == 0
-        assert panel._scan_pool.activeThreadCount() == 0
+        assert panel.scanner.pool.activeThreadCount() == 0
     assert QThreadPool.globalInstance().waitForDone(5000)
 
 
@@ -293,13 +293,13 @@ def test_thousands_of_images_scan_off_the_gui_thread(qtbot, make_panel, tmp_path
         (folder / f"img_{i:04d}.png").write_bytes(data)
 
     scan_threads: list[threading.Thread] = []
-    real_scan = images_panel_module.scan_images
+    real_scan = pictures_module.scan_images
 
     def recording_scan(*args, **kwargs):
         scan_threads.append(threading.current_thread())
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(images_panel_module, "scan_images", recording_scan)
+    monkeypatch.setattr(pictures_module, "scan_images", recording_scan)
     panel = make_panel()
     panel.resize(900, 600)
     panel.show()

@@ -6,6 +6,7 @@ stops after the current step and saves a checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -366,7 +367,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _run_training(lambda commands: train(job, commands, group), quiet=not group.main)
         finally:
             group.close()
-    processes = args.processes or project.config.processes
+    processes = args.processes
+    if not processes:  # the project's GPUs setting, as far as this computer has them
+        from transferstudio.training.launch import processes_here
+
+        processes, note = processes_here(project.config.processes, project.config.device)
+        if note:
+            print(f"info: {note}", file=sys.stderr)
     if processes > 1:
         from transferstudio.training.launch import train_processes
 
@@ -391,10 +398,13 @@ def _run_training(events: Any, quiet: bool = False) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     printer = _TrainPrinter.make()
     try:
-        if quiet:  # the main process says it all; this one only ends with the run's exit code
+        if quiet:  # the main process says it all; this one says only a failure of its own
             for event in events(commands):
                 kind = type(event).__name__
                 printer.code = 2 if kind == "Failed" else 130 if kind == "Stopped" else printer.code
+                if kind == "Failed":
+                    print(f"error (process {os.environ.get('RANK', '?')}): {event.message} {event.advice}".rstrip(),
+                          file=sys.stderr)
         else:
             printer.run(events(commands))
     finally:

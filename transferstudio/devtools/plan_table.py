@@ -66,17 +66,19 @@ def plans(batch_size: int = 1) -> list[dict[str, Any]]:
 
 
 def flow_plans(batch_size: int = 1, models: tuple = FLOW_MODELS) -> list[dict[str, Any]]:
-    """The SD3 / FLUX rows: LoRA rank 16, bf16, gradient checkpointing off and on."""
+    """The SD3 / FLUX rows: LoRA rank 16, bf16, gradient checkpointing off and on, and on with
+    the frozen weights in fp8 (`fp8_base`)."""
     from transferstudio.training.memory_plan import MemoryPlanner
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, family, variant, resolution in models:
             planner = MemoryPlanner(flow_planning_folder(variant, Path(tmp)), family=family, device="cuda")
-            for checkpointing in (False, True):
+            for checkpointing, fp8 in ((False, False), (True, False), (True, True)):
                 config = TrainConfig(method="lora", batch_size=batch_size, resolution=resolution,
-                                     gradient_checkpointing=checkpointing, precision="bf16", **METHODS[0][1])
-                rows.append({"model": label, "method": "lora", "checkpointing": checkpointing,
+                                     gradient_checkpointing=checkpointing, precision="bf16", fp8_base=fp8,
+                                     **METHODS[0][1])
+                rows.append({"model": label, "method": "lora", "checkpointing": checkpointing, "fp8": fp8,
                              "resolution": resolution, "plan": planner.plan(config, advise=False)})
     return rows
 
@@ -88,7 +90,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "context + slack | total |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         plan = row["plan"]
-        method = "LoRA r16" if row["method"] == "lora" else "full"
+        method = ("LoRA r16" if row["method"] == "lora" else "full") + (", fp8 base" if row.get("fp8") else "")
         lines.append(f"| {row['model']} {row['resolution']} px | {method} | {'on' if row['checkpointing'] else 'off'} | "
                      f"{gb(plan.weights)} | {gb(plan.gradients)} | {gb(plan.optimizer)} | {gb(plan.activations)} | "
                      f"{gb(plan.overhead)} | **{gb(plan.total)}** |")

@@ -9,14 +9,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from transferstudio.core.errors import UserError
 from transferstudio.project.run import (Run, best_validation, continuable_run, find_run, latest_checkpoint,
                                         project_runs, validation_rows)
 from transferstudio.training.previews import preview_steps  # torch-free (PIL only, lazily)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ def has_trained_weights(project: Any) -> bool:
 
 def read_metrics(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(steps, losses) from metrics.jsonl; damaged lines are skipped."""
+    import numpy as np
+
     steps: list[int] = []
     losses: list[float] = []
     path = Path(run_dir) / "metrics.jsonl"
@@ -105,6 +108,8 @@ def read_metrics(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_series(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The per-phase losses ("loss: generator", "loss: discriminator") and other charted numbers
     ("d_accuracy", "augment_p", …) of metrics.jsonl, by name: {name: (steps, values)}."""
+    import numpy as np
+
     series: dict[str, tuple[list[int], list[float]]] = {}
     path = Path(run_dir) / "metrics.jsonl"
     try:
@@ -128,6 +133,8 @@ def read_series(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def read_validation(run_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, float] | None]:
     """(steps, validation losses, (best step, best loss) or None) from validation.jsonl."""
+    import numpy as np
+
     rows = validation_rows(Path(run_dir))
     return (np.asarray([r["step"] for r in rows], dtype=np.float64),
             np.asarray([r["val_loss"] for r in rows], dtype=np.float64), best_validation(rows))
@@ -215,6 +222,8 @@ def read_table(run_dir: Path) -> dict[str, np.ndarray]:
     """metrics.jsonl as columns: "step", "loss", "lr", "time" (NaN where a row lacks it), "images/s"
     (from the step times and `images_per_step`, NaN where unknown) and "loss: <phase>" per phase.
     A step written twice (a resumed run) counts once: the last."""
+    import numpy as np
+
     rows: dict[int, dict[str, Any]] = {}
     path = Path(run_dir) / "metrics.jsonl"
     try:
@@ -252,6 +261,8 @@ def rates_from_times(steps: np.ndarray, times: np.ndarray, per_step: int) -> np.
     """images/s at each step: `per_step` over the median time of the last RATE_WINDOW consecutive
     steps (the pause of a preview or a save at one step does not make the speed dip); NaN where the
     step before is missing (the first step, a resumed run's first) or the batch size is unknown."""
+    import numpy as np
+
     out = np.full(len(steps), np.nan)
     if per_step <= 0 or len(steps) < 2:
         return out
@@ -274,6 +285,8 @@ def metrics_csv(table: dict[str, np.ndarray], smoothed: np.ndarray, validation: 
     """The run's numbers as CSV text: one row per step, the CSV_COLUMNS, then one column per phase
     when there are several ("loss: generator", …). `rates` (images/s a live run reported, by step)
     win over the ones worked out from the step times; empty cells where a number is unknown."""
+    import numpy as np
+
     import csv
     import io
 

@@ -20,7 +20,10 @@ def detect_gpu() -> dict[str, Any] | None:
     found = _detect()
     if found is None:
         return None
-    return {"name": found.name, "free": found.free, "total": found.total, "tier": tier_for(found.total)}
+    import torch
+
+    return {"name": found.name, "free": found.free, "total": found.total, "tier": tier_for(found.total),
+            "count": torch.cuda.device_count()}
 
 
 def model_facts(path: str | Path) -> dict[str, Any]:

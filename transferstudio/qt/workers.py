@@ -187,7 +187,19 @@ class TrainingWorker(QObject):
 
             job = TrainJob(self.project, steps=self.total_steps, fresh=self.fresh,
                            keep_run_settings=self.keep_run_settings, scratch=self.scratch)
-            for event in (self._train_fn or train)(job, self.commands):
+            run = self._train_fn or train
+            asked = int(getattr(self.project.config, "processes", 1) or 1)
+            if self._train_fn is None and asked > 1:  # several GPUs: the app starts the processes
+                from transferstudio.core.events import Message
+                from transferstudio.training.launch import processes_here, train_processes
+
+                processes, note = processes_here(asked, self.project.config.device)
+                if note:
+                    self._signals.handle(Message(note, "info"))
+                if processes > 1:
+                    def run(job: Any, commands: Any) -> Any:
+                        return train_processes(job, processes, commands)
+            for event in run(job, self.commands):
                 self._dispatch(event)
             if self._end is None:  # the contract says one end event; never leave the GUI waiting
                 self._flush()

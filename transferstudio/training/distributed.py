@@ -96,6 +96,11 @@ class Together(Alone):
         process whose share of a small batch was empty), flattened per dtype into one call each."""
         import torch.distributed as dist
 
+        # which parameters got a gradient anywhere (a layer an adapter's module dropout skipped
+        # everywhere keeps none, as it would alone: the optimizer then leaves it as it is)
+        had = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self._carrier)
+        dist.all_reduce(had, op=dist.ReduceOp.MAX)
+        params = [p for p, got in zip(params, had.tolist()) if got]
         by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
         for p in params:
             if p.grad is None:

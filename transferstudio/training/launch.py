@@ -22,7 +22,6 @@ import traceback
 from typing import Any, Iterator
 
 from transferstudio.core.commands import Commands
-from transferstudio.core.errors import UserError
 from transferstudio.core.events import Failed, Finished, Stopped
 
 END_EVENTS = (Finished, Stopped, Failed)
@@ -56,7 +55,12 @@ def process_count_problem(processes: int, device: str = "auto") -> str | None:
 
 def _child(rank: int, world: int, port: int, job: Any, commands: Commands, events: Any, cpu: bool) -> None:
     """One process of the run (spawned): the environment `accelerate launch` sets, then `train`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the run cleanly
+    # Ctrl-C, a closed terminal, a logout reach the parent, which stops the run and lets the main
+    # process save; a process whose parent is gone (killed, crashed) ends itself
+    for name in ("SIGINT", "SIGHUP", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    _end_with_parent(os.getppid())
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
                        "HF_HUB_OFFLINE": "1"})
@@ -84,6 +88,36 @@ def _child(rank: int, world: int, port: int, job: Any, commands: Commands, event
             group.close()
 
 
+def _end_with_parent(parent: int) -> None:
+    """A watchdog thread: when the process that started this one is gone, end at once (the last
+    complete checkpoint stays; an orphan would train on unseen, holding the GPUs and the lock)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def processes_here(asked: int, device: str = "auto") -> tuple[int, str | None]:
+    """How many processes a project's saved GPUs setting gives on this computer, and a note when
+    that is fewer: at most one per CUDA GPU, one without CUDA (an explicit --processes is taken
+    as asked)."""
+    if asked < 2:
+        return 1, None
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() and device in ("auto", "cuda") else 0
+    if gpus >= asked:
+        return asked, None
+    if gpus >= 2:
+        return gpus, f"The project asks for {asked} GPUs; this computer has {gpus}, so {gpus} train together."
+    return 1, f"The project asks for {asked} GPUs; this computer has {'one' if gpus else 'no CUDA GPU'}, so one " \
+              "process trains (the result is the same, only slower)."
+
+
 def train_processes(job: Any, processes: int, commands: Commands | None = None, *,
                     cpu: bool | None = None) -> Iterator[Any]:
     """The events of `job` trained by `processes` data-parallel processes (see the module doc).
@@ -97,8 +131,9 @@ def train_processes(job: Any, processes: int, commands: Commands | None = None, 
         raise ValueError("a data-parallel run loads its model in each process: pass no backbone")
     problem = process_count_problem(processes, job.project.config.device)
     if problem:
-        raise UserError(f"The run cannot start {processes} training processes: {problem}.",
-                        "Set GPUs to fewer (Settings), or train with one process.")
+        yield Failed(f"The run cannot start {processes} training processes: {problem}.",
+                     "Set GPUs to fewer in Settings ▸ Advanced (or --processes), or train with one process.")
+        return
     if cpu is None:
         import torch
 
@@ -110,9 +145,14 @@ def train_processes(job: Any, processes: int, commands: Commands | None = None, 
                                   nprocs=processes, join=False, start_method="spawn")
     relay = _Relay(user, shared)
     ended = None
+    elsewhere: tuple[Failed, float] | None = None  # another process's failure, while rank 0 may still say more
     try:
         while ended is None:
             relay.forward()
+            if elsewhere is not None and time.monotonic() > elsewhere[1]:
+                ended = elsewhere[0]
+                yield ended
+                break
             try:
                 rank, event = events.get(timeout=POLL_S)
             except queue_module.Empty:
@@ -128,11 +168,12 @@ def train_processes(job: Any, processes: int, commands: Commands | None = None, 
                 ended = _died(dead, relay.step)
                 yield ended
                 break
-            if rank != 0:  # another process failed (out of memory on its GPU…): the run ends with it
-                ended = Failed(f"Training process {rank} of {processes}: {event.message}", event.advice,
-                               step=event.step, checkpoint=event.checkpoint)
-                yield ended
-                break
+            if rank != 0:  # another process failed: the run ends with it, or with rank 0's word on the
+                # same problem (a problem every process meets, e.g. an unstable loss) when that follows
+                if elsewhere is None:
+                    elsewhere = (Failed(f"Training process {rank} of {processes}: {event.message}", event.advice,
+                                        step=event.step, checkpoint=event.checkpoint), time.monotonic() + 5.0)
+                continue
             relay.seen(event)
             if isinstance(event, END_EVENTS):
                 ended = event
@@ -169,9 +210,11 @@ class _Relay:
 
 
 def _dead(spawned: Any) -> tuple[int, int] | None:
-    """(rank, exit code) of a process that ended while the run was still going."""
+    """(rank, exit code) of a process that ended abnormally while the run was still going (a
+    process that ended normally said so through the queue, or is one of the others leaving after
+    the last step while rank 0 still sends its last events)."""
     for rank, process in enumerate(spawned.processes):
-        if process.exitcode is not None:
+        if process.exitcode not in (None, 0):
             return rank, process.exitcode
     return None
 

@@ -43,12 +43,12 @@ PERIODIC_STEPS = 16  # the trace takes a step that is a multiple of this (terms 
 # previews…) leave them as they are, so a measure is reused when only those change.
 ACTIVATION_SETTINGS = (
     "method", "adapter", "rank", "conv_rank", "layers", "dora", "train_text_encoder", "resolution",
-    "batch_size", "gradient_checkpointing", "precision", "class_pictures", "masked_loss",
+    "batch_size", "gradient_checkpointing", "precision", "fp8_base", "class_pictures", "masked_loss",
     "discriminator_start", "consistency_weight", "freeze_discriminator_blocks", "r1_gamma", "augment",
 )
 # Settings that change which weights exist, which train, or their number format.
 WEIGHT_SETTINGS = (
-    "method", "adapter", "rank", "conv_rank", "layers", "dora", "train_text_encoder", "precision",
+    "method", "adapter", "rank", "conv_rank", "layers", "dora", "train_text_encoder", "precision", "fp8_base",
     "discriminator_start", "consistency_weight", "freeze_discriminator_blocks",
 )
 OPTIMIZER_LABELS = {"adamw": "AdamW", "adamw8bit": "AdamW 8-bit", "adafactor": "Adafactor", "prodigy": "Prodigy"}
@@ -338,14 +338,16 @@ def _fake_batch(size: int, resolution: int, prior: bool) -> Any:
     return batch
 
 
-def _count_weights(backbone: Any, trainee: Any, objective: Any) -> _Weights:
+def _count_weights(backbone: Any, trainee: Any, objective: Any, fp8: list[torch.Tensor] = ()) -> _Weights:
+    """`fp8`: frozen weights kept in 8-bit floats (one byte each, whatever their format here)."""
     trained = list(trainee.parameters())
     trained_ids = {id(p) for p in trained}
     tensors = list(_unique_tensors(_modules_of(backbone)))
+    saved = sum(t.numel() * (t.element_size() - 1) for t in {id(t): t for t in fp8}.values())
     roles = objective.ema_roles()
     full = trainee.full_roles()
     roles = full if roles is None else [r for r in roles if r in full]
-    return _Weights(weights=_bytes(t for _, _, t, _ in tensors), gradients=_bytes(trained),
+    return _Weights(weights=_bytes(t for _, _, t, _ in tensors) - saved, gradients=_bytes(trained),
                     phases=[([_Shape(p) for p in trainee.role_parameters(phase.roles)], phase.betas)
                             for phase in objective.phases],
                     ema=_bytes(trainee.role_parameters(roles)) if roles else 0, ema_objective=objective,
@@ -474,7 +476,8 @@ class MemoryPlanner:
         if weight_key not in self._weights or activation_key not in self._activations:
             backbone, trainee, objective = self._prepared(config)  # one model serves both measures
             if weight_key not in self._weights:
-                self._weights[weight_key] = _count_weights(backbone, trainee, objective)
+                self._weights[weight_key] = _count_weights(backbone, trainee, objective,
+                                                           fp8=self._fp8_weights(backbone, config))
             if activation_key not in self._activations:
                 precision = resolved_precision(config, self.device)
                 self._activations[activation_key] = _trace(
@@ -487,6 +490,17 @@ class MemoryPlanner:
         return _Measure(weights=weights.weights, gradients=weights.gradients, optimizer=optimizer,
                         ema=weights.ema if weights.wants_ema(config) else 0, activations=activations,
                         trainable=weights.trainable, frozen=weights.frozen), weights.native
+
+    def _fp8_weights(self, backbone: Any, config: TrainConfig) -> list[torch.Tensor]:
+        """The frozen weights a GPU run keeps in fp8 (`fp8_base`; the trainer's own choice of layers).
+        The trace runs without the casting hooks: a layer's compute-format copy lives only while
+        the layer runs."""
+        if not getattr(config, "fp8_base", False) or self.device != "cuda" or config.method != "lora" \
+                or resolved_precision(config, self.device) == "fp32":
+            return []
+        from transferstudio.training.low_memory import fp8_layers
+
+        return [p for layer in fp8_layers(backbone) for p in layer.parameters(recurse=False)]
 
     def _prepared(self, config: TrainConfig) -> tuple[Any, Any, Any]:
         """(backbone, trainee, objective) of a run with `config`, on the meta device, each part in

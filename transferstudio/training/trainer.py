@@ -238,9 +238,7 @@ class Trainer:
             return
         yield from self.fill_caches()
         if self.step == 0:
-            yield from self.on_main(lambda: [Progress("Drawing the previews of the untrained model", 0,
-                                                      len(self.config.preview_seeds)),
-                                             self.preview(0), *self.validate(0)])
+            yield from self.on_main(self._first_previews)
         self.trainee.train_mode(True)
         self.started_at = time.perf_counter()
         with self.metrics_file() as self.metrics:
@@ -267,15 +265,14 @@ class Trainer:
                 measure_every = self.config.validation_every
                 measured = (measure_every and self.step % measure_every == 0) or (not measure_every and previewed)
                 if previewed or measured:
-                    yield from self.on_main(lambda: [*([self.preview(self.step)] if previewed else []),
-                                                     *(self.validate(self.step) if measured else [])])
+                    yield from self.on_main(lambda: self._previews_and_measures(previewed, measured))
                 if commands.take_save_request() or self.step % self.config.checkpoint_every == 0:
                     yield self.save_together()
                     yield from self.save_notes()
         final = self.save_together()
         yield from self.save_notes()
         yield final
-        yield from self.on_main(lambda: [self.preview(self.step)])
+        yield from self.on_main(self._previews_and_measures)
         self.log(f"finished at step {self.step}, loss {self.last_loss:.4f}")
         yield Finished(step=self.step, final_loss=self.last_loss, checkpoint=final.path,
                        weights=final.path / ckpt.WEIGHTS)
@@ -286,10 +283,21 @@ class Trainer:
         while commands.paused and not commands.stop_requested:
             commands.wait_while_paused_unless_asked()
             if commands.take_sample_request():
-                yield from self.on_main(lambda: [self.preview(self.step)])
+                yield from self.on_main(self._previews_and_measures)
             if commands.take_save_request():
                 yield self.save_together()
                 yield from self.save_notes()
+
+    def _first_previews(self) -> Iterator[Any]:
+        yield Progress("Drawing the previews of the untrained model", 0, len(self.config.preview_seeds))
+        yield self.preview(0)
+        yield from self.validate(0)
+
+    def _previews_and_measures(self, previewed: bool = True, measured: bool = False) -> Iterator[Any]:
+        if previewed:
+            yield self.preview(self.step)
+        if measured:
+            yield from self.validate(self.step)
 
     # --- several processes ----------------------------------------------------------------
     def sync_commands(self) -> None:
@@ -300,17 +308,16 @@ class Trainer:
         """Events only the main process makes (previews, validation measures) from `make()`; the
         others wait, then take its random state, so every process draws the same from there on."""
         if self.group.world == 1:
-            yield from make()
+            yield from make()  # as they come: the first preview's progress before the preview
             return
-        events: list[Any] = []
         failure = None
         if self.group.main:
             try:
-                events = list(make())
+                for event in make():
+                    yield event
             except UserError as exc:
                 failure = (exc.message, exc.advice)
         self._follow_main(failure)
-        yield from events
 
     def save_together(self) -> Checkpoint:
         """The main process saves (and checks the model first); the others learn where, or that
@@ -330,13 +337,11 @@ class Trainer:
         return saved
 
     def _follow_main(self, failure: tuple[str, str] | None, value: Any = None) -> Any:
-        shared = self.group.share((failure, value, torch.get_rng_state(), self.noise_rng.get_state()))
-        failure, value, rng, noise = shared
+        failure, value, state = self.group.share((failure, value, self._random_state()))
         if failure is not None:
             raise UserError(*failure)
         if not self.group.main:
-            torch.set_rng_state(rng)
-            self.noise_rng.set_state(noise)
+            self._set_random_state(state)
         return value
 
     def metrics_file(self) -> Any:
@@ -396,6 +401,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.trainee = Trainee(backbone, config)
         backbone.to(self.device, frozen_dtype(self.device, config.precision))
+        if getattr(config, "fp8_base", False):
+            self.notes.append(self._fp8_base(backbone))
         if config.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
         self.notes.extend(apply_speed_settings(backbone, config, self.device))
@@ -436,11 +443,11 @@ class Trainer:
         job, project = self.job, self.project
         chosen: Any = None
         if self.group.main:
-            taken_over = self.lock.acquire()  # first: a refused second trainer changes nothing
-            if taken_over:
-                self.notes.append(Message(taken_over, "warning"))
-            self._set_aside_damaged()  # before the choice: a damaged newest checkpoint is not "the latest"
             try:
+                taken_over = self.lock.acquire()  # first: a refused second trainer changes nothing
+                if taken_over:
+                    self.notes.append(Message(taken_over, "warning"))
+                self._set_aside_damaged()  # before the choice: a damaged newest checkpoint is not "the latest"
                 self.run, config = choose_run(project, steps=job.steps, fresh=job.fresh or job.scratch,
                                               run_id=None if job.scratch else job.run_id,
                                               keep_run_settings=job.keep_run_settings, scratch=job.scratch)
@@ -471,6 +478,18 @@ class Trainer:
             self.run_dir = Path(run_dir) if run_dir is not None else None
         return TrainConfig.from_dict(settings)
 
+    def _fp8_base(self, backbone: Backbone) -> Message:
+        """The frozen weights in 8-bit floats on a CUDA GPU (training.low_memory); elsewhere
+        they stay as they are, and a note says so."""
+        if self.device.type != "cuda" or self.amp is None:
+            return Message(f"fp8 base weights are for CUDA GPUs: on the {self.device.type.upper()} the model keeps "
+                           f"its weights in {_precision_name(self.amp)}.", "info")
+        from transferstudio.training.low_memory import store_frozen_in_fp8
+
+        count = store_frozen_in_fp8(backbone, self.amp)
+        return Message(f"{count / 1e9:.2f} billion frozen weights are kept in 8-bit floats (fp8 base), computed in "
+                       f"{_precision_name(self.amp)}.", "info")
+
     def _is_baseline(self) -> bool:
         return self.job.scratch or (self.run is not None and self.run.baseline == "scratch")
 
@@ -499,6 +518,10 @@ class Trainer:
         resolution = config.resolution or backbone.caps.native_resolution
         key = prior.class_key(self.project.backbone, config, resolution)
         folder = prior.class_folder(self.project.folder, key)
+        if not prior.ready(folder) and not self.group.main:  # the main process made them just before
+            raise UserError(f"The class pictures in {folder} are not there for training process {self.group.rank}.",
+                            "The processes must see the same project folder (on several machines: a shared "
+                            "disk at the same path).")
         if not prior.ready(folder):
             backbone.to(self.device, frozen_dtype(self.device, config.precision))
             self.log(f"making {config.class_pictures} class pictures with the base model")
@@ -509,6 +532,36 @@ class Trainer:
         records = scan_images(folder).images
         return TrainingImages(records, resolution, backbone.caps.resolution_multiple, buckets=False, flip=False,
                               crop="center")
+
+    def _shares(self, batch: Any) -> list[tuple[Any, Any, float]]:
+        """(this process's rows of `batch`, which rows, their loss's weight) for one micro-batch.
+        Alone: the batch as it is. Together: its rows of your pictures, weighted by their share;
+        with prior preservation the class pictures are a part of their own — cut by their own
+        count (a class set's last batch may be smaller) and weighted by their share and the prior
+        weight — trained after yours, as the objective does alone, so every picture draws the same."""
+        group = self.group
+        if group.world == 1:
+            return [(batch, None, 1.0)]
+        prior = getattr(batch, "prior", None)
+        rows = group.rows(len(batch.captions))
+        parts = [(slice_batch(dataclasses.replace(batch, prior=None), rows), rows, rows.count / max(1, rows.size))]
+        if prior is not None:
+            own = group.rows(len(prior.captions))
+            weight = float(getattr(self.config, "prior_loss_weight", 1.0))
+            parts.append((slice_batch(prior, own), own, weight * own.count / max(1, own.size)))
+        return parts
+
+    def _random_state(self) -> tuple[Any, ...]:
+        """What every process must draw alike from: torch's, the noise generator's and the GPU's."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), self.noise_rng.get_state(), cuda
+
+    def _set_random_state(self, state: tuple[Any, ...]) -> None:
+        rng, noise, cuda = state
+        torch.set_rng_state(rng)
+        self.noise_rng.set_state(noise)
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)
 
     def _with_prior(self, batch: Any, index: int) -> Any:
         """The `index`-th micro-batch of the run gets its class pictures: a fixed order over epochs
@@ -688,8 +741,7 @@ class Trainer:
                           config=config)
         group = self.group
         # each process trains its rows of every (global) micro-batch, its loss weighted by its share
-        shares = [(slice_batch(batch, rows), rows, rows.count / max(1, rows.size) if rows is not None else 1.0)
-                  for batch in micro for rows in [group.rows(len(batch.captions))]]
+        shares = [part for batch in micro for part in self._shares(batch)]
         losses: dict[str, float] = {}
         for state in self.phases:
             if not self.objective.active(state.phase, ctx.step):
@@ -727,9 +779,7 @@ class Trainer:
         if any(rows is not None and rows.size < group.world for _, rows, _ in shares):
             # a process without rows drew nothing: it takes the random state of the last process
             # (which always has rows), so every process draws the same from here on
-            rng, noise = group.share_from(group.world - 1, (torch.get_rng_state(), self.noise_rng.get_state()))
-            torch.set_rng_state(rng)
-            self.noise_rng.set_state(noise)
+            self._set_random_state(group.share_from(group.world - 1, self._random_state()))
         if self.ema is not None:
             self.ema.step(self.ema_params)
         self.step += 1

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QLineEdit, QProgr
 from transferstudio.qt import history
 from transferstudio.qt.tasks import ComparePair, CompareSession
 from transferstudio.qt.workers import TaskWorker
-from transferstudio.ui.train_view import PreviewGrid
+from transferstudio.ui.preview_grid import PreviewGrid
 from transferstudio.ui.widgets import ElidedLabel
 
 

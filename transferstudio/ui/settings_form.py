@@ -35,13 +35,13 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from transferstudio.core.errors import UserError
 from transferstudio.project import presets as preset_store
 from transferstudio.project.config import TrainConfig
 from transferstudio.qt.plan import PlanSession
 from transferstudio.qt.workers import TaskWorker
+from transferstudio.ui.collapsible import Collapsible
 from transferstudio.ui.widgets import HintLine, MessageLabel
 
 ESTIMATE_DELAY_MS = 400  # settle after typing before the memory is estimated again
@@ -89,6 +89,7 @@ LABELS = {
     "warmup_steps": "Warm-up steps",
     "precision": "Precision",
     "gradient_checkpointing": "Gradient checkpointing",
+    "fp8_base": "fp8 base weights",
     "masked_loss": "Masked loss",
     "timestep_sampling": "Timestep sampling",
     "timestep_low": "Lowest noise level",
@@ -112,6 +113,7 @@ LABELS = {
     "input_perturbation": "Input perturbation",
     "keep_checkpoints": "Keep checkpoints",
     "device": "Device",
+    "processes": "GPUs",
     "pyramid_weight": "Structure weight",
     "kl_weight": "KL weight",
     "discriminator_start": "Discriminator from step",
@@ -374,7 +376,7 @@ class SettingsForm(QWidget):
 
         basic_box = QGroupBox("Basic")
         self._basic_form = self._new_form(basic_box)
-        self.advanced = QCollapsible("Advanced")
+        self.advanced = Collapsible("Advanced")
         self.advanced.setCollapsedIcon("▸")
         self.advanced.setExpandedIcon("▾")
         self.advanced.setDuration(150)
@@ -388,6 +390,10 @@ class SettingsForm(QWidget):
         for f in fields(TrainConfig):
             if f.name not in BASIC:
                 self._add_field(self._advanced_form, f)
+
+        for f in fields(TrainConfig):  # e.g. GPUs: shown once the estimate finds more than one
+            if f.metadata.get("multi_gpu"):
+                self._set_row_visible(f.name, False)
 
         self.method_note = MessageLabel()
         self._basic_form.insertRow(1, "", self.method_note)
@@ -857,7 +863,20 @@ class SettingsForm(QWidget):
         self.memory_line.show_message(text, level, f"{MEMORY_TOOLTIP}\n\n{details}")
         self._advice = list(info["advice"]) if info["fits"] is False else []
         self._show_note()
+        self.show_gpu_count(int(gpu.get("count", 1)) if gpu else 0)
         self.memory_estimated.emit(info)
+
+    def show_gpu_count(self, count: int) -> None:
+        """Offer "GPUs: 1 … count" when the computer has several CUDA GPUs (or the project already
+        asks for several); otherwise the row stays hidden."""
+        editor = self.editors.get("processes")
+        if editor is None:
+            return
+        asked = int(editor.value()) if isinstance(editor, QSpinBox) else 1
+        several = count > 1 or asked > 1
+        if isinstance(editor, QSpinBox) and count > 1:
+            editor.setMaximum(max(count, asked))
+        self._set_row_visible("processes", several)
 
     def _estimate_failed(self, session: PlanSession, why: str) -> None:
         if session is not self._plan_session:

@@ -8,27 +8,27 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QImage, QPainter, QPalette, QPixmap
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QPalette
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSizePolicy, QSlider, QSplitter, QVBoxLayout, QWidget)
+                               QPushButton, QSlider, QSplitter, QVBoxLayout, QWidget)
 
 from transferstudio.core.events import Failed, Finished, Stopped
 from transferstudio.qt import history
+from transferstudio.qt.run_metrics import EXTRA_CHARTS, EtaEstimator, LossBuffer, ema_weight
 from transferstudio.qt.workers import PreviewImages, TrainingWorker
+from transferstudio.ui.preview_grid import PreviewGrid
 from transferstudio.ui.widgets import ElidedLabel
 
+if TYPE_CHECKING:
+    from transferstudio.ui.loss_chart import LossCharts
 
+__all__ = ["TrainView", "EtaEstimator", "LossBuffer", "PreviewGrid", "ema_weight", "format_duration", "EXTRA_CHARTS"]
 
-def ema_weight(total_steps: int) -> float:
-    """Smoothing of the loss line, averaging over ~1/20 of the run (5…100 steps): per-step
-    diffusion loss is very noisy, but a fixed long window lags far behind a short run."""
-    window = min(100.0, max(5.0, total_steps / 20))
-    return 1.0 - 1.0 / window
+CHART_NAMES = ("plot", "signal_plot", "extra_plot", "raw_curve", "smooth_curve", "val_curve", "best_marker",
+               "extra_curve", "series_curves")
 
 
 def format_duration(seconds: float) -> str:
@@ -44,200 +44,10 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-class EtaEstimator:
-    """Time left, from the wall-clock pace since the run started or last resumed: the time spent
-    drawing previews and saving counts (it recurs), the time spent loading or paused does not.
-    `reset()` at start, pause, resume and stop; `update()` answers None until a few steps and
-    seconds have passed since then (the first steps after a (re)start are the slow ones)."""
-
-    MIN_STEPS = 3
-    MIN_SECONDS = 2.0
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._anchor: tuple[int, float] | None = None
-
-    def update(self, step: int, total: int, now: float) -> float | None:
-        if self._anchor is None or step < self._anchor[0]:
-            self._anchor = (step, now)
-            return None
-        first, since = self._anchor
-        done, elapsed = step - first, now - since
-        if done < self.MIN_STEPS or elapsed < self.MIN_SECONDS:
-            return None
-        return max(0.0, (total - step) * elapsed / done)
-
-
-class StepAxis(pg.AxisItem):
-    """Steps are whole numbers: ticks only at integers, written as integers."""
-
-    def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:  # noqa: N802, N803
-        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size)
-                  if spacing >= 1 and float(spacing).is_integer()]
-        return levels or [(1.0, 0.0)]
-
-    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:  # noqa: N802
-        return [str(int(round(v * scale))) for v in values]
-
-
-class LossAxis(pg.AxisItem):
-    """Loss values with as many decimals as the tick spacing needs, never more than four
-    significant digits of difference (no "0.066400000000001")."""
-
-    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:  # noqa: N802
-        if self.logMode:
-            return super().tickStrings(values, scale, spacing)
-        return [format_loss_tick(v * scale, spacing * scale) for v in values]
-
-
-def format_loss_tick(value: float, spacing: float) -> str:
-    if not math.isfinite(value):
-        return ""
-    if abs(value) < 1e-12:
-        return "0"
-    if abs(value) >= 10_000 or abs(value) < 1e-4:
-        return f"{value:.3g}"
-    places = 0 if spacing <= 0 or spacing >= 1 else math.ceil(-math.log10(spacing) - 1e-9)
-    magnitude = math.floor(math.log10(abs(value)))  # digits before the point
-    places = min(places, max(0, 3 - magnitude))  # at most four significant digits
-    return f"{value:.{places}f}"
-
-
-_SERIES_NAMES = {"loss: generator": "generator", "loss: discriminator": "discriminator",
-                 "loss: autoencoder": "reconstruction", "d_accuracy": "discriminator accuracy",
-                 "augment_p": "augmentation strength", "loss: your pictures": "your pictures",
-                 "loss: class pictures": "class pictures (prior)"}
-_SERIES_COLOURS = {"loss: discriminator": "#e07b39", "d_accuracy": "#e07b39", "augment_p": "#4c9f70",
-                   "loss: class pictures": "#e07b39"}
-VALIDATION_COLOUR = "#8e44ad"
-VALIDATION_COLOUR_DARK = "#c39bd3"  # the same purple, light enough to read on a dark chart
-# The small chart under the loss: what it can show (key in the run's numbers, menu text, axis label).
-EXTRA_CHARTS = (("lr", "Learning rate", "lr"), ("images/s", "Images per second", "images/s"),
-                ("", "Nothing", ""))
-_UNCHARTED = {"d_real", "d_fake"}  # kept in metrics.jsonl; the accuracy says the same to a person
-
-
-class LossBuffer:
-    """Growing numpy buffers of (step, loss, smoothed loss) with amortised appends."""
-
-    def __init__(self) -> None:
-        self.weight = ema_weight(500)
-        self.clear()
-
-    def clear(self, total_steps: int | None = None) -> None:
-        if total_steps:
-            self.weight = ema_weight(total_steps)
-        self._x = np.empty(1024)
-        self._y = np.empty(1024)
-        self._s = np.empty(1024)
-        self.n = 0
-        self._ema = 0.0
-        self._weight = 0.0  # for the start-up bias correction of the EMA
-
-    def extend(self, steps: Any, losses: Any) -> None:
-        steps = np.asarray(steps, dtype=np.float64)
-        losses = np.asarray(losses, dtype=np.float64)
-        need = self.n + len(steps)
-        if need > len(self._x):
-            size = max(need, 2 * len(self._x))
-            self._x, self._y, self._s = (np.resize(a, size) for a in (self._x, self._y, self._s))
-        for i, (x, y) in enumerate(zip(steps, losses)):
-            if math.isfinite(y):
-                self._ema = self.weight * self._ema + (1 - self.weight) * y
-                self._weight = self.weight * self._weight + (1 - self.weight)
-            j = self.n + i
-            self._x[j], self._y[j] = x, y
-            self._s[j] = self._ema / self._weight if self._weight else y
-        self.n = need
-
-    @property
-    def steps(self) -> np.ndarray:
-        return self._x[: self.n]
-
-    @property
-    def losses(self) -> np.ndarray:
-        return self._y[: self.n]
-
-    @property
-    def smoothed(self) -> np.ndarray:
-        return self._s[: self.n]
-
-
-class PreviewGrid(QWidget):
-    """Paints one step's samples as large as the space allows, captioned by seed (and prompt)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._pixmaps: list[QPixmap] = []
-        self._captions: list[str] = []
-        self._placeholder = "Previews appear here while training."
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumSize(200, 160)
-
-    def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(600, 400)
-
-    def set_images(self, images: list[QImage], captions: list[str]) -> None:
-        self._pixmaps = [QPixmap.fromImage(i) for i in images]  # GUI thread only
-        self._captions = captions
-        self.update()
-
-    def clear(self, placeholder: str | None = None) -> None:
-        self._pixmaps, self._captions = [], []
-        if placeholder is not None:
-            self._placeholder = placeholder
-        self.update()
-
-    def image_count(self) -> int:
-        return len(self._pixmaps)
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802
-        painter = QPainter(self)
-        rect = self.rect()
-        if not self._pixmaps:
-            painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
-            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, self._placeholder)
-            return
-        n = len(self._pixmaps)
-        text_h = self.fontMetrics().height() + 4
-        gap = 8
-        # Choose the column count that gives the biggest tiles.
-        best = (0.0, 1)
-        for cols in range(1, n + 1):
-            rows = math.ceil(n / cols)
-            w = (rect.width() - gap * (cols + 1)) / cols
-            h = (rect.height() - gap * (rows + 1)) / rows - text_h
-            side = min(w, h)
-            if side > best[0]:
-                best = (side, cols)
-        side, cols = best
-        if side <= 4:
-            return
-        rows = math.ceil(n / cols)
-        x0 = (rect.width() - (cols * side + (cols - 1) * gap)) / 2
-        y0 = gap  # top-aligned, right under the gallery's title
-        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
-        for i, pix in enumerate(self._pixmaps):
-            r, c = divmod(i, cols)
-            x = x0 + c * (side + gap)
-            y = y0 + r * (side + text_h + gap)
-            # Small model outputs stay crisp (nearest neighbour); large ones are smoothed.
-            small = pix.width() * 2 <= side
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, not small)
-            scale = min(side / pix.width(), side / pix.height())
-            w, h = pix.width() * scale, pix.height() * scale
-            painter.drawPixmap(QRectF(x + (side - w) / 2, y + (side - h) / 2, w, h), pix,
-                               QRectF(pix.rect()))
-            caption = self.fontMetrics().elidedText(self._captions[i] if i < len(self._captions) else "",
-                                                    Qt.TextElideMode.ElideRight, int(side))
-            painter.drawText(QRectF(x, y + side + 2, side, text_h), Qt.AlignmentFlag.AlignHCenter, caption)
-
-
 class TrainView(QWidget):
     start_requested = Signal()  # the window decides: continue the last run or start fresh
     running_changed = Signal(bool)
+    run_state_changed = Signal(str)  # idle | starting | running | pausing | paused | stopping
     run_started = Signal(object)  # Started
     run_finished = Signal(object)  # Finished | Stopped | Failed | None (crash); the thread has ended
     failed = Signal(object)  # Failed: the window shows it with the engine's advice
@@ -259,7 +69,6 @@ class TrainView(QWidget):
         self._preview_every = 0  # of the running run: the steps after which it draws previews
         self._drawing = False  # previews are being drawn (the steps stop meanwhile)
         self._planned_total = 1  # the chart's step axis spans this while it is empty
-        self._chart_empty = True
 
         # --- controls
         self.start_button = QPushButton("Start training")
@@ -320,75 +129,21 @@ class TrainView(QWidget):
         progress_row.addSpacing(8)
         progress_row.addWidget(self.validation_label)
 
-        # --- loss chart
-        self.plot = pg.PlotWidget(axisItems={"bottom": StepAxis("bottom"), "left": LossAxis("left")})
-        self.plot.setMinimumHeight(160)
-        self._style_plot()
-        item = self.plot.getPlotItem()
-        item.setLabel("bottom", "step")
-        item.setLabel("left", "loss")
-        item.showGrid(x=True, y=True, alpha=0.2)
-        item.getAxis("left").enableAutoSIPrefix(False)  # "loss (x0.001)" made 0.066 read as 66
-        item.addLegend(offset=(-10, 10), brush=self._legend_brush())
-        # Thousands of points stay smooth: draw only what is visible, peak-downsampled.
-        item.setDownsampling(auto=True, mode="peak")
-        item.setClipToView(True)
-        item.getViewBox().setLimits(xMin=-0.5)  # no negative steps (auto-range pads), step 0 whole
-        accent = self.palette().color(QPalette.ColorRole.Highlight)
-        raw = pg.mkColor(accent)
-        raw.setAlpha(70)
-        self.raw_curve = self.plot.plot(pen=pg.mkPen(raw, width=1), name="loss")
-        self.smooth_curve = self.plot.plot(pen=pg.mkPen(accent, width=2), name="smoothed")
-        # The loss on held-out pictures (never trained on), measured every few steps, and its lowest
-        # point: where it turns up while the training loss keeps falling, the model is overfitting.
-        self.val_steps, self.val_losses = np.zeros(0), np.zeros(0)
-        purple = self._validation_colour()
-        self.val_curve = self.plot.plot(pen=pg.mkPen(purple, width=2), symbol="o", symbolSize=5,
-                                        symbolBrush=purple, symbolPen=None)
-        self.best_marker = pg.InfiniteLine(angle=90, movable=False,
-                                           pen=pg.mkPen(purple, width=1, style=Qt.PenStyle.DashLine),
-                                           label="best",  # at the foot: the legend covers the top
-                                           labelOpts={"position": 0.08, "color": purple})
-        self.best_marker.hide()
-        self.plot.addItem(self.best_marker)
+        # --- loss chart: the numbers live here; the charts (pyqtgraph) are made once the tab is on
+        # screen (`charts`), so the window appears before pyqtgraph and numpy have loaded.
+        self._charts: LossCharts | None = None
+        self.chart_box = _ChartSlot(self)
+        self.val_steps: Any = []  # the loss on held-out pictures (never trained on), every few steps
+        self.val_losses: Any = []
         self.best_step: int | None = None
-        # Models trained in phases (a GAN's generator and discriminator, a VAE with a discriminator)
-        # get one smoothed curve per phase here, and the discriminator's accuracy and the
-        # augmentation strength (0–1) on a second chart below.
+        # Models trained in phases (a GAN's generator and discriminator, a VAE with a discriminator):
+        # one smoothed loss per phase, the discriminator's accuracy and the augmentation strength.
         self.series: dict[str, LossBuffer] = {}
-        self.series_curves: dict[str, Any] = {}
-        self.signal_plot = pg.PlotWidget(axisItems={"bottom": StepAxis("bottom")})
-        self.signal_plot.setMinimumHeight(90)
-        self.signal_plot.setMaximumHeight(150)
-        self._style_plot(self.signal_plot)
-        signal_item = self.signal_plot.getPlotItem()
-        signal_item.setLabel("left", "0 – 1")
-        signal_item.showGrid(x=True, y=True, alpha=0.2)
-        signal_item.addLegend(offset=(-10, 5), brush=self._legend_brush())
-        signal_item.setYRange(0, 1, padding=0.05)
-        signal_item.setXLink(self.plot.getPlotItem())
-        self.signal_plot.setToolTip("Discriminator accuracy: how often it tells your pictures from generated ones. "
-                                    "Near 100% for long means it is memorising your pictures (more augmentation, "
-                                    "FreezeD or fewer steps help); near 50% means it cannot tell them apart.")
-        self.signal_plot.hide()
 
         # The learning rate or the speed, on a small chart under the loss (same steps).
         self.extra: dict[str, tuple[list[float], list[float]]] = {"lr": ([], []), "images/s": ([], [])}
         self._live_rates: dict[int, float] = {}  # images/s a live run reported (not in metrics.jsonl)
         self.run_dir: Path | None = None  # whose numbers the charts show
-        self.extra_plot = pg.PlotWidget(axisItems={"bottom": StepAxis("bottom"), "left": LossAxis("left")})
-        self.extra_plot.setMinimumHeight(70)
-        self.extra_plot.setMaximumHeight(130)
-        self._style_plot(self.extra_plot)
-        extra_item = self.extra_plot.getPlotItem()
-        extra_item.showGrid(x=True, y=True, alpha=0.2)
-        extra_item.getAxis("left").enableAutoSIPrefix(False)  # 0.0005, not "(x1e-06)" 500
-        extra_item.setXLink(self.plot.getPlotItem())
-        extra_item.getViewBox().enableAutoRange(x=False)  # the steps the loss chart shows
-        extra_item.setDownsampling(auto=True, mode="peak")
-        extra_item.setClipToView(True)
-        self.extra_curve = self.extra_plot.plot(pen=pg.mkPen(self.palette().color(QPalette.ColorRole.Highlight),
-                                                             width=2))
         self.extra_choice = QComboBox()
         for key, text, _axis in EXTRA_CHARTS:
             self.extra_choice.addItem(text, key)
@@ -440,13 +195,7 @@ class TrainView(QWidget):
         c = QVBoxLayout(charts)
         c.setContentsMargins(0, 0, 0, 0)
         c.setSpacing(2)
-        # One width for the charts' value axes, so their step axes line up.
-        width = self.fontMetrics().horizontalAdvance("0.00000") + self.fontMetrics().height() + 12
-        for chart in (self.plot, self.signal_plot, self.extra_plot):
-            chart.getPlotItem().getAxis("left").setWidth(width)
-        c.addWidget(self.plot, 1)
-        c.addWidget(self.signal_plot)
-        c.addWidget(self.extra_plot)
+        c.addWidget(self.chart_box, 1)
         c.addLayout(extra_row)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(charts)
@@ -461,7 +210,30 @@ class TrainView(QWidget):
         layout.addWidget(split, 1)
         layout.addWidget(self.log)
         self._update_buttons()
-        self._fit_ranges(force=True)
+
+    # --- the charts, made when first needed -----------------------------------------------------
+    @property
+    def charts(self) -> "LossCharts":
+        """The charts, made now if they are not yet (the first time the tab is painted, or asked)."""
+        if self._charts is None:
+            from transferstudio.ui.loss_chart import LossCharts
+
+            self._charts = LossCharts(self)
+            self.chart_box.set_chart(self._charts)
+            # Laid out before the first drawing: the linked step axes and clipping need real sizes.
+            self.chart_box.layout().activate()
+            self._charts.set_planned_total(self._planned_total)
+            self._charts.redraw()
+        return self._charts
+
+    def has_charts(self) -> bool:
+        return self._charts is not None
+
+    def __getattr__(self, name: str) -> Any:
+        # view.plot, view.raw_curve…: the charts' items (made on first use).
+        if name in CHART_NAMES:
+            return getattr(self.charts, name)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     # --- public --------------------------------------------------------------------
     @property
@@ -490,12 +262,9 @@ class TrainView(QWidget):
 
     def clear(self) -> None:
         self.loss.clear()
-        self.raw_curve.setData([], [])
-        self.smooth_curve.setData([], [])
-        self.val_steps, self.val_losses = np.zeros(0), np.zeros(0)
-        self.val_curve.setData([], [])
+        self.val_steps, self.val_losses = [], []
         self._show_best(None)
-        self._clear_series()
+        self.series.clear()
         self.run_dir = None
         self._live_rates.clear()
         for xs, ys in self.extra.values():
@@ -536,7 +305,7 @@ class TrainView(QWidget):
         steps, losses = history.read_metrics(run_dir)
         self.loss.clear(total_steps)
         self.loss.extend(steps, losses)
-        self._clear_series()
+        self.series.clear()
         for name, (xs, ys) in history.read_series(run_dir).items():
             self._series_buffer(name, total_steps).extend(xs, ys)
         self.val_steps, self.val_losses, best = history.read_validation(run_dir)
@@ -659,6 +428,11 @@ class TrainView(QWidget):
             self._log(f"{event.task}: done ({event.total}).")
 
     def _on_steps(self, batch: list[Any]) -> None:
+        if self.loss.n:  # steps the run's history (read when it started) already holds are not added twice
+            last = int(self.loss.steps[-1])
+            batch = [s for s in batch if s.step > last]
+            if not batch:
+                return
         self.loss.extend([s.step for s in batch], [s.loss for s in batch])
         for step in batch:
             for name, value in history.step_series(step).items():
@@ -698,19 +472,17 @@ class TrainView(QWidget):
             self.status.setText("Training…")
 
     def _on_validation(self, event: Any) -> None:
-        keep = self.val_steps < event.step  # a resumed run measures its first step again
-        self.val_steps = np.append(self.val_steps[keep], event.step)
-        self.val_losses = np.append(self.val_losses[keep], event.loss)
+        keep = [i for i, s in enumerate(self.val_steps) if s < event.step]  # a resumed run measures its first step again
+        self.val_steps = [float(self.val_steps[i]) for i in keep] + [float(event.step)]
+        self.val_losses = [float(self.val_losses[i]) for i in keep] + [float(event.loss)]
         self._show_best((event.best_step, event.best_loss))
         self._redraw_loss()
 
     def _show_best(self, best: tuple[int, float] | None) -> None:
         self.best_step = best[0] if best is not None else None
-        self.best_marker.setVisible(best is not None and len(self.val_steps) > 1)
         if best is None:
             self.validation_label.clear()
             return
-        self.best_marker.setValue(best[0])
         last = float(self.val_losses[-1]) if len(self.val_losses) else best[1]
         self.validation_label.setText(f"validation {last:.4f} · best at step {best[0]}")
 
@@ -808,9 +580,11 @@ class TrainView(QWidget):
             self._log("A checkpoint will be saved after this step.")
 
     def _set_state(self, state: str) -> None:
-        was = self.is_running()
+        was, before = self.is_running(), self._state
         self._state = state
         self._update_buttons()
+        if state != before:
+            self.run_state_changed.emit(state)
         if was != self.is_running():
             self.running_changed.emit(self.is_running())
 
@@ -826,31 +600,8 @@ class TrainView(QWidget):
         self.save_button.setEnabled(active or s in ("pausing", "paused"))
 
     def _redraw_loss(self) -> None:
-        phased = any(name.startswith("loss: ") for name in self.series)
-        if phased == self.raw_curve.isVisible():  # the phases' own curves say it all
-            legend = self.plot.getPlotItem().legend
-            for curve, name in ((self.raw_curve, "loss"), (self.smooth_curve, "smoothed")):
-                curve.setVisible(not phased)
-                if phased:
-                    legend.removeItem(curve)
-                else:
-                    legend.addItem(curve, name)
-        self.raw_curve.setData(self.loss.steps, self.loss.losses)
-        self.smooth_curve.setData(self.loss.steps, self.loss.smoothed)
-        self.smooth_curve.setSymbol("o" if self.loss.n == 1 else None)  # one point draws no line
-        if self.loss.n == 1:
-            self.smooth_curve.setSymbolBrush(self.smooth_curve.opts["pen"].color())
-        self.val_curve.setData(self.val_steps, self.val_losses)
-        legend = self.plot.getPlotItem().legend
-        listed = any(getattr(sample, "item", None) is self.val_curve for sample, _ in legend.items)
-        if bool(len(self.val_steps)) != listed:  # named in the legend only when there is a validation split
-            legend.addItem(self.val_curve, "validation") if len(self.val_steps) else legend.removeItem(self.val_curve)
-        for name, curve in self.series_curves.items():
-            curve.setData(self.series[name].steps, self.series[name].smoothed)
-        self._log_scale = self._losses_of_different_scales()
-        self.plot.getPlotItem().setLogMode(y=self._log_scale)
-        self.signal_plot.setVisible(any(not name.startswith("loss: ") for name in self.series_curves))
-        self._fit_ranges()
+        if self._charts is not None:
+            self._charts.redraw_loss()
 
     def extra_key(self) -> str:
         """What the small chart shows: "lr", "images/s" or "" (nothing)."""
@@ -861,22 +612,8 @@ class TrainView(QWidget):
 
     def _redraw_extra(self, *_: Any) -> None:
         self.export_csv_button.setEnabled(self.run_dir is not None)
-        key = self.extra_key()
-        self.extra_plot.setVisible(bool(key))
-        if not key:
-            return
-        xs, ys = (np.asarray(v, dtype=np.float64) for v in self.extra[key])
-        keep = np.isfinite(ys)
-        xs, ys = xs[keep], ys[keep]
-        self.extra_curve.setData(xs, ys)
-        view = self.extra_plot.getPlotItem().getViewBox()
-        if ys.size and float(ys.max() - ys.min()) > 1e-9 * max(1e-12, float(np.abs(ys).max())):
-            view.enableAutoRange(y=True)
-        else:  # nothing yet, or a constant learning rate: from 0 to a little above it (not ±0.5)
-            top = float(np.abs(ys).max()) * 1.25 if ys.size and np.abs(ys).max() > 0 else 1.0
-            self.extra_plot.setYRange(min(0.0, float(ys.min())) if ys.size else 0.0, top, padding=0)
-        label = next(axis for k, _t, axis in EXTRA_CHARTS if k == key)
-        self.extra_plot.getPlotItem().setLabel("left", label)
+        if self._charts is not None:
+            self._charts.redraw_extra()
 
     def metrics_csv(self) -> str:
         """The CSV text of the shown run's numbers (see `history.metrics_csv`)."""
@@ -914,78 +651,15 @@ class TrainView(QWidget):
 
     def _set_planned_total(self, total: int) -> None:
         self._planned_total = max(1, int(total))
-        if self._chart_empty:
-            self._fit_ranges(force=True)
-
-    def _fit_ranges(self, force: bool = False) -> None:
-        """An empty chart spans the planned steps and losses 0–1 (not pyqtgraph's 0.1 … 0.9 steps);
-        one point or a flat line gets a readable span around it (auto-range would make it ±0.5, with
-        negative steps and losses, or 15-digit ticks); from two steps on, auto-range takes over."""
-        ys = [self.loss.losses, self.val_losses] + [b.smoothed for n, b in self.series.items()
-                                                    if n in self.series_curves and n.startswith("loss: ")]
-        xs = [self.loss.steps, self.val_steps] + [b.steps for n, b in self.series.items()
-                                                  if n in self.series_curves and n.startswith("loss: ")]
-        y = np.concatenate([np.asarray(v, dtype=np.float64) for v in ys])
-        x = np.concatenate([np.asarray(v, dtype=np.float64) for v in xs])
-        y = y[np.isfinite(y)]
-        view = self.plot.getPlotItem().getViewBox()
-        if y.size == 0:
-            mode = "empty"
-        elif x.max() - x.min() < 2 or y.max() - y.min() <= 1e-9 * max(1.0, float(np.abs(y).max())):
-            mode = "few"
-        else:
-            mode = "auto"
-        if mode == "auto":
-            if self._chart_empty or force:  # hand the ranges back to auto-range once
-                view.enableAutoRange()
-            self._chart_empty = False
-            return
-        self._chart_empty = True
-        if mode == "empty":
-            self.plot.setXRange(0, max(4, self._planned_total), padding=0.02)
-            self.plot.setYRange(0, 1, padding=0.02)
-            return
-        self.plot.setXRange(max(0.0, float(x.min()) - 2), float(x.max()) + 2, padding=0)
-        if getattr(self, "_log_scale", False):  # a log axis takes log10 values
-            y = np.log10(y[y > 0]) if np.any(y > 0) else np.zeros(1)
-            self.plot.setYRange(float(y.min()) - 0.1, float(y.max()) + 0.1, padding=0)
-            return
-        level = max(float(np.abs(y).max()), 1e-6)
-        low, high = float(y.min()) - 0.1 * level, float(y.max()) + 0.1 * level
-        if float(y.min()) >= 0:
-            low = max(0.0, low)  # a loss is not negative
-        self.plot.setYRange(low, high, padding=0)
-
-    def _losses_of_different_scales(self) -> bool:
-        """Phases whose losses differ tenfold or more (a VAE's reconstruction beside its
-        discriminator) share the chart on a log scale, so both stay readable."""
-        levels = [float(np.median(b.smoothed)) for n, b in self.series.items() if n.startswith("loss: ") and b.n]
-        if not levels and self.loss.n:
-            levels.append(float(np.median(self.loss.smoothed)))
-        if len(self.val_losses):  # the validation measure beside the losses (a GAN's is another kind)
-            levels.append(float(np.median(self.val_losses)))
-        levels = [v for v in levels if v > 0 and math.isfinite(v)]
-        return len(levels) > 1 and max(levels) / min(levels) >= 10
+        if self._charts is not None:
+            self._charts.set_planned_total(self._planned_total)
 
     def _series_buffer(self, name: str, total_steps: int | None) -> "LossBuffer":
         buffer = self.series.get(name)
         if buffer is None:
             buffer = self.series[name] = LossBuffer()
             buffer.clear(total_steps)
-            chart = self.plot if name.startswith("loss: ") else self.signal_plot
-            if name in _UNCHARTED:
-                return buffer
-            colour = _SERIES_COLOURS.get(name) or self.palette().color(QPalette.ColorRole.Highlight)
-            self.series_curves[name] = chart.plot(pen=pg.mkPen(colour, width=2), name=_SERIES_NAMES.get(name, name))
         return buffer
-
-    def _clear_series(self) -> None:
-        for name, curve in self.series_curves.items():
-            chart = self.plot if name.startswith("loss: ") else self.signal_plot
-            chart.getPlotItem().removeItem(curve)
-        self.series.clear()
-        self.series_curves.clear()
-        self.signal_plot.hide()
 
     def _refresh_slider(self) -> None:
         n = len(self._previews)
@@ -1022,60 +696,39 @@ class TrainView(QWidget):
         """A line in the run's message log from the window (e.g. what is queued next)."""
         self._log(text)
 
-    def _legend_brush(self) -> Any:
-        """The chart's background, nearly opaque, behind the legend (curves pass under it)."""
-        colour = self.palette().color(QPalette.ColorRole.Base)
-        colour.setAlpha(220)
-        return pg.mkBrush(colour)
-
     def is_dark(self) -> bool:
         """Whether the palette is a dark one (light text on a dark background)."""
         pal = self.palette()
         return pal.color(QPalette.ColorRole.Base).lightness() < pal.color(QPalette.ColorRole.Text).lightness()
 
-    def _validation_colour(self) -> str:
-        return VALIDATION_COLOUR_DARK if self.is_dark() else VALIDATION_COLOUR
-
-    def changeEvent(self, event: Any) -> None:  # noqa: N802
-        super().changeEvent(event)
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) and \
-                hasattr(self, "extra_curve"):
-            self.restyle()
-
     def restyle(self) -> None:
         """Colour the charts from the palette again (the theme changed: light ↔ dark)."""
-        pal = self.palette()
-        accent = pal.color(QPalette.ColorRole.Highlight)
-        raw = pg.mkColor(accent)
-        raw.setAlpha(70)
-        for plot in (self.plot, self.signal_plot, self.extra_plot):
-            self._style_plot(plot)
-            legend = plot.getPlotItem().legend
-            if legend is not None:
-                legend.setBrush(self._legend_brush())
-                legend.setLabelTextColor(pal.color(QPalette.ColorRole.Text))
-        self.raw_curve.setPen(pg.mkPen(raw, width=1))
-        self.smooth_curve.setPen(pg.mkPen(accent, width=2))
-        if self.loss.n == 1:
-            self.smooth_curve.setSymbolBrush(accent)
-        self.extra_curve.setPen(pg.mkPen(accent, width=2))
-        purple = self._validation_colour()
-        self.val_curve.setPen(pg.mkPen(purple, width=2))
-        self.val_curve.setSymbolBrush(purple)
-        self.best_marker.setPen(pg.mkPen(purple, width=1, style=Qt.PenStyle.DashLine))
-        self.best_marker.label.setColor(purple)
-        for name, curve in self.series_curves.items():
-            if name not in _SERIES_COLOURS:
-                curve.setPen(pg.mkPen(accent, width=2))
-        self.update()
+        if self._charts is not None:
+            self._charts.restyle()
 
-    def _style_plot(self, plot: Any = None) -> None:
-        # Follow the system palette (light or dark) instead of pyqtgraph's black default.
-        plot = plot or self.plot
-        pal = self.palette()
-        plot.setBackground(pal.color(QPalette.ColorRole.Base))
-        fg = pal.color(QPalette.ColorRole.Text)
-        for name in ("left", "bottom"):
-            axis = plot.getPlotItem().getAxis(name)
-            axis.setPen(pg.mkPen(fg))
-            axis.setTextPen(pg.mkPen(fg))
+
+class _ChartSlot(QWidget):
+    """Where the charts go: empty until the Train tab has first been painted, then the charts are
+    made (just after that paint, so the window shows before pyqtgraph loads)."""
+
+    def __init__(self, view: TrainView) -> None:
+        super().__init__()
+        self._view = view
+        self._asked = False
+        self.setMinimumHeight(160 + 70)
+        QVBoxLayout(self).setContentsMargins(0, 0, 0, 0)
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        # What the charts ask for once made (pyqtgraph's plots), so the tab is laid out the same
+        # before and after: nothing moves when they arrive.
+        return super().sizeHint() if self._view.has_charts() else QSize(600, 612)
+
+    def set_chart(self, chart: QWidget) -> None:
+        self.layout().addWidget(chart)
+        chart.show()  # a child added to a widget already on screen is not shown by itself
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802
+        super().paintEvent(event)
+        if not self._asked and not self._view.has_charts():
+            self._asked = True
+            QTimer.singleShot(0, lambda: self._view.charts)

@@ -1,0 +1,71 @@
+"""Frozen weights stored in 8-bit floats (`fp8_base`): half the memory of the frozen model.
+
+Under an adapter the base model never changes, so its weights can be kept in float8 (e4m3) and
+brought to the run's compute format (bf16/fp16) one layer at a time as the layer runs — what
+kohya's `--fp8_base` and ComfyUI's fp8 checkpoints do. diffusers' layerwise-casting hook does
+the per-layer work (cast up before the layer's forward, back after). Which layers: the linear and
+convolution layers of the denoiser and of every frozen text encoder (T5-XXL: 9.5 GB in bf16,
+4.8 GB in fp8), except position/patch embeddings, the first and last projections, the model's own
+keep-in-fp32 layers, and the adapters' own (trained, fp32) layers. The VAE stays as it is.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+FP8 = torch.float8_e4m3fn
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# Layers that lose too much in fp8 (diffusers' defaults). Normalisation layers are never cast (they
+# are not linear or convolution layers); the linear layers that make an adaptive norm's scale and
+# shift (FLUX's and SD3's `norm1.linear`, a quarter of FLUX's weights) are, as ComfyUI's and
+# kohya's fp8 weights are.
+_SKIP = ("pos_embed", "patch_embed", "^proj_in$", "^proj_out$")
+
+
+def _adapter_patterns() -> tuple[str, ...]:
+    """Names of the adapters' own layers (peft's LoRA, LoHa, LoKr): they train, so they stay."""
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+    from peft.tuners.lora.layer import LoraLayer
+
+    return tuple(name for layer in (LoraLayer, LoHaLayer, LoKrLayer) for name in layer.adapter_layer_names)
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def fp8_layers(backbone: Any) -> list[nn.Module]:
+    """The layers whose weights `store_frozen_in_fp8` keeps in fp8 (the memory plan counts them)."""
+    denoiser, vae = backbone.denoiser, getattr(backbone, "vae", None)
+    encoders = [m for m in backbone.plain_modules() if m is not None and m is not denoiser and m is not vae
+                and not _trains(m)]
+    adapters = _adapter_patterns()
+    found: list[nn.Module] = []
+    for model in (denoiser, *encoders):
+        skip = _SKIP + adapters + tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ()) + \
+            tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+        found += _walk(model, skip, "")
+    return found
+
+
+def _walk(module: nn.Module, skip: tuple[str, ...], prefix: str) -> list[nn.Module]:
+    if prefix and any(re.search(pattern, prefix) for pattern in skip):
+        return []
+    if isinstance(module, _LAYERS):
+        return [] if _trains(module) else [module]
+    return [layer for name, child in module.named_children()
+            for layer in _walk(child, skip, f"{prefix}.{name}" if prefix else name)]
+
+
+def store_frozen_in_fp8(backbone: Any, compute: torch.dtype) -> int:
+    """Keep the frozen layers' weights in fp8, computing in `compute`; how many parameters that is."""
+    from diffusers.hooks import apply_layerwise_casting_hook
+
+    layers = fp8_layers(backbone)
+    for layer in layers:
+        apply_layerwise_casting_hook(layer, FP8, compute, False)
+    return sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
