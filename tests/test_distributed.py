@@ -137,6 +137,20 @@ def test_two_processes_train_a_text_model_as_one(tmp_path, tiny_sd1_dir):
 
 
 @pytest.mark.timeout(300)
+def test_two_processes_with_class_pictures_train_as_one(tmp_path, tiny_sd1_dir):
+    """Prior preservation: 6 class pictures in batches of 4 make a last class batch of 2; each
+    process trains its rows of both sets, each weighted by its own share."""
+    images = make_images(tmp_path / "images", n=4)
+    settings = dict(resolution=64, steps=3, checkpoint_every=3, class_pictures=6, class_prompt="a picture",
+                    preview_steps=1)
+    one = _project(tmp_path, tiny_sd1_dir, images, "one", **settings)
+    two = _project(tmp_path, tiny_sd1_dir, images, "two", **settings)
+    alone = list(train(TrainJob(load_project(one.folder))))
+    together = list(train_processes(TrainJob(load_project(two.folder)), 2))
+    assert _close(_weights(alone), _weights(together)) < 1e-5
+
+
+@pytest.mark.timeout(300)
 def test_killed_run_continues_from_its_last_checkpoint_with_another_count(tmp_path, tiny_ddpm):
     images = make_images(tmp_path / "images", n=6)
     reference = _project(tmp_path, tiny_ddpm, images, "reference", steps=6)
