@@ -197,14 +197,17 @@ _BUILTIN: dict[str, dict[str, tuple[tuple[str, dict[str, Any], str], ...]]] = {
                rank=16, alpha=16.0, optimizer="adamw"),
         ),
     },
-    # SD3 and FLUX (python -m transferstudio.devtools.plan_table --flow): the frozen weights alone, T5-XXL's 8.9 GB
-    # among them, take 14.6 GB (SD3 medium) to 31.5 GB (FLUX.1 dev), so nothing below 24 GB; with gradient
-    # checkpointing at 1024 px: SD3 medium 15.7 GB, SD3.5 medium 16.7 GB, SD3.5 large 27.7 GB, FLUX.1 dev 34.1 GB.
+    # SD3 and FLUX (python -m transferstudio.devtools.plan_table --flow; 1024 px, gradient checkpointing):
+    # bf16 weights SD3 medium 15.7 GB, SD3.5 medium 16.7, SD3.5 large 27.7, FLUX.1 dev 34.1 GB; with the
+    # frozen weights in fp8 (fp8_base) 10.4, 11.3, 18.7 and 22.6 GB. T5-XXL is 8.9 GB of it in bf16.
     "flow-transformer": {
         "lora": (
-            _p("24", "About 16.7 GB for SD3.5 medium at 1024 px (SD3 medium 15.7 GB); SD3.5 large needs about "
-               "28 GB and FLUX.1 dev about 34 GB (a 40 GB+ card).", method="lora", batch_size=1,
-               gradient_checkpointing=True, rank=16, alpha=16.0, optimizer="adamw"),
+            _p("12", "About 10.4 GB for SD3 medium and 11.3 GB for SD3.5 medium at 1024 px, with the frozen "
+               "weights in fp8; SD3.5 large (18.7 GB) and FLUX.1 dev (22.6 GB) need a 24 GB card.", method="lora",
+               batch_size=1, gradient_checkpointing=True, fp8_base=True, rank=16, alpha=16.0, optimizer="adamw"),
+            _p("24", "About 22.6 GB for FLUX.1 dev and 18.7 GB for SD3.5 large at 1024 px, with the frozen weights "
+               "in fp8; SD3/SD3.5 medium also fit without fp8 (16.7 GB).", method="lora", batch_size=1,
+               gradient_checkpointing=True, fp8_base=True, rank=16, alpha=16.0, optimizer="adamw"),
         ),
     },
     "reconstruction": {

@@ -5,7 +5,7 @@ brought to the run's compute format (bf16/fp16) one layer at a time as the layer
 kohya's `--fp8_base` and ComfyUI's fp8 checkpoints do. diffusers' layerwise-casting hook does
 the per-layer work (cast up before the layer's forward, back after). Which layers: the linear and
 convolution layers of the denoiser and of every frozen text encoder (T5-XXL: 9.5 GB in bf16,
-4.8 GB in fp8), except position/patch embeddings, the first and last projections, the model's own
+4.8 GB in fp8), except normalisation layers, position/patch embeddings, the model's own
 keep-in-fp32 layers, and the adapters' own (trained, fp32) layers. The VAE stays as it is.
 """
 from __future__ import annotations
@@ -18,11 +18,9 @@ from torch import nn
 
 FP8 = torch.float8_e4m3fn
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-# Layers that lose too much in fp8 (diffusers' defaults). Normalisation layers are never cast (they
-# are not linear or convolution layers); the linear layers that make an adaptive norm's scale and
-# shift (FLUX's and SD3's `norm1.linear`, a quarter of FLUX's weights) are, as ComfyUI's and
-# kohya's fp8 weights are.
-_SKIP = ("pos_embed", "patch_embed", "^proj_in$", "^proj_out$")
+# Layers that lose too much in fp8: diffusers' defaults, plus each model's own list (FLUX and SD3
+# keep the linear layers of their adaptive norms, T5 its `wo` projections, in the compute format).
+_SKIP = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$")
 
 
 def _adapter_patterns() -> tuple[str, ...]:
