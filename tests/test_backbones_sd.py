@@ -16,8 +16,10 @@ import torch  # noqa: E402
 from tiny_single_file import (build_tiny_models, fake_checkpoint_keys, write_fake_safetensors,  # noqa: E402
                               write_tiny_config_root)
 from transferstudio.backbones.registry import inspect_backbone, load_backbone  # noqa: E402
-from transferstudio.backbones.sd import SDBackbone, SDFamily  # noqa: E402
-from transferstudio.backbones.sdxl import SDXLBackbone, SDXLFamily  # noqa: E402
+from transferstudio.backbones.sd import SDFamily  # noqa: E402
+from transferstudio.backbones.sd_backbone import SDBackbone  # noqa: E402
+from transferstudio.backbones.sdxl import SDXLFamily  # noqa: E402
+from transferstudio.backbones.sdxl_backbone import SDXLBackbone  # noqa: E402
 from transferstudio.core.errors import BackboneError  # noqa: E402
 from transferstudio.adapt.adapters import add_lora, lora_state_dict  # noqa: E402
 

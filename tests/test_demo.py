@@ -123,7 +123,7 @@ def test_short_vae_demo_runs_end_to_end(tmp_path, capsys):
     from PIL import Image
 
     from transferstudio import cli
-    from transferstudio.backbones.vae import VAEBackbone
+    from transferstudio.backbones.vae_backbone import VAEBackbone
     from transferstudio.starter.demo import held_out_cities, run_vae_demo, vae_quality
 
     lines: list[str] = []

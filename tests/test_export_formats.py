@@ -214,8 +214,8 @@ def test_merged_single_file_loads_in_library_and_diffusers_like_base_plus_lora(t
                                                                                tiny_sdxl_dir):
     import diffusers
 
-    from transferstudio.backbones.sd import SDBackbone
-    from transferstudio.backbones.sdxl import SDXLBackbone
+    from transferstudio.backbones.sd_backbone import SDBackbone
+    from transferstudio.backbones.sdxl_backbone import SDXLBackbone
     from transferstudio.backbones.sdfiles.single_file import load_single_file
 
     folder = tiny_sd1_dir if family == "sd1" else _tiny_sdxl_distinct_widths(tmp_path / "sdxl", tiny_sdxl_dir)

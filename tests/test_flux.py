@@ -110,7 +110,8 @@ def test_training_inputs_are_the_pipelines(dev_dir):
     """Packing, positions, timestep and guidance as FluxPipeline gives them to the transformer."""
     from diffusers import FluxPipeline
 
-    from transferstudio.backbones.flux import TRAINING_GUIDANCE, image_ids, pack, unpack
+    from transferstudio.backbones.flux import TRAINING_GUIDANCE
+    from transferstudio.backbones.flux_backbone import image_ids, pack, unpack
     from transferstudio.backbones.registry import load_backbone
 
     x = torch.randn(2, 4, 16, 12)

@@ -86,7 +86,7 @@ def test_decoder_fine_tune_through_the_cli_exports_both_formats(vae_project, tmp
     assert torch.equal(base.quant_conv.weight, adapted.quant_conv.weight)
     assert not torch.equal(base.decoder.conv_out.weight, adapted.decoder.conv_out.weight)
     # The reconstruction error on the training pictures went down.
-    from transferstudio.backbones.vae import _to_tensor
+    from transferstudio.backbones.vae_backbone import _to_tensor
 
     pixels = _to_tensor([Image.open(p) for p in sorted(images.glob("*.png"))])
     with torch.no_grad():

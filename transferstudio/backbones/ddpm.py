@@ -2,21 +2,19 @@
 
 Layouts: a pipeline folder (model_index.json, unet/, scheduler/) like google/ddpm-*,
 or a bare UNet folder (config.json + weights), which gets a default 1000-step scheduler.
+This module reads configs only (no torch); the loaded model is ddpm_backbone.py's.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from transferstudio.backbones.diffusion import DiffusionBackbone
-from transferstudio.backbones.base import (resized_channels, Backbone, Capabilities, Conditioning, DomainScale, Family,
-                                           Inspection,
-                                           count_parameters, folder_size)
 from transferstudio.backbones.diffusers_folder import component_problems, read_json, weight_problems
+from transferstudio.backbones.spec import Capabilities, DomainScale, Family, Inspection, folder_size, resized_channels
 from transferstudio.core.errors import BackboneError
+
+if TYPE_CHECKING:
+    from transferstudio.backbones.base import Backbone
 
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000,
@@ -55,12 +53,15 @@ def _caps(resolution: int, multiple: int, prediction_type: str) -> Capabilities:
 
 class DDPMFamily(Family):
     key = "ddpm"
+    torch_module = "transferstudio.backbones.ddpm_backbone"
+    backbone_name = "DDPMBackbone"
 
     def initialize(self, folder: Path, *, resolution: int = 32, seed: int = 0, size: str = "starter",
                    like: Path | None = None) -> Path:
         """A DDPM pipeline folder with seeded random weights: the architecture and noise schedule
         of the DDPM at `like` (default: the starter model), narrower ("tiny") or wider ("large"),
         at `resolution` px (what `transferstudio pretrain --family ddpm` starts from)."""
+        import torch
         from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
         from transferstudio.core.paths import resource
@@ -135,7 +136,7 @@ class DDPMFamily(Family):
         sched = dict(read_json(path / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER)
         if prediction_type:
             sched["prediction_type"] = prediction_type
-        return DDPMBackbone(unet, sched, source=path)
+        return self.backbone_class()(unet, sched, source=path)
 
     def skeleton(self, path: Path) -> Backbone:
         from diffusers import UNet2DModel
@@ -145,80 +146,5 @@ class DDPMFamily(Family):
         if unet_dir is None:
             raise BackboneError(f"{path} is not an unconditional diffusion model folder.")
         unet = UNet2DModel.from_config(UNet2DModel.load_config(unet_dir))
-        return DDPMBackbone(unet, dict(read_json(path / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER),
+        return self.backbone_class()(unet, dict(read_json(path / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER),
                             source=path)
-
-
-class DDPMBackbone(DiffusionBackbone):
-    family = "ddpm"
-
-    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], *, source: Path) -> None:
-        self.unet = unet.float().eval()
-        self.unet.requires_grad_(False)
-        self.scheduler_config = scheduler_config
-        self.source = Path(source)
-        config = unet.config
-        size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-        self.caps = _caps(int(size), _downsampling(dict(config)),
-                          str(scheduler_config.get("prediction_type", "epsilon")))
-        self.device = torch.device("cpu")
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.unet
-
-    def parameters_total(self) -> int:
-        return count_parameters(self.unet)
-
-    def lora_targets(self) -> list[str]:
-        # Small pixel UNets have attention only at the lowest resolution: adapting the
-        # resnet convolutions and time projections too is what lets LoRA change the look.
-        return ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
-
-    def adapter_targets(self, layers: str) -> tuple[list[str], list[str]]:
-        # Every preset: attention alone does not change such a model's look (above); the 3x3
-        # resnet convolutions take the conv rank/alpha.
-        return self.lora_targets(), ["conv1", "conv2"]
-
-    def text_encoder_lora_targets(self) -> list[str]:
-        return []
-
-    def to(self, device: torch.device, dtype: torch.dtype) -> "DDPMBackbone":
-        self.device = torch.device(device)
-        self.unet.to(self.device)
-        return self
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels
-
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return self.unet(noisy, timesteps).sample
-
-    def sample(self, *, seeds: Sequence[int], prompts: Sequence[str] | None = None, steps: int = 30,
-               guidance: float = 7.0, size: tuple[int, int] | None = None,
-               negative_prompt: str = "") -> list[Any]:
-        from diffusers import DDIMPipeline, DDIMScheduler
-
-        pipe = DDIMPipeline(unet=self.unet, scheduler=DDIMScheduler.from_config(self.scheduler_config))
-        pipe.set_progress_bar_config(disable=True)
-        was_training = self.unet.training
-        self.unet.eval()
-        try:
-            with torch.no_grad():
-                # One generator per image on the CPU: the same seed gives the same picture
-                # whatever the batch or device, exactly as in a plain diffusers script.
-                gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-                out = pipe(batch_size=len(gens), generator=gens, num_inference_steps=steps, eta=0.0,
-                           output_type="pil")
-        finally:
-            self.unet.train(was_training)
-        return list(out.images)
-
-    def plain_modules(self) -> list[nn.Module]:
-        return [self.unet]
-
-    def save_full(self, folder: Path) -> None:
-        from diffusers import DDPMPipeline, DDPMScheduler
-
-        pipe = DDPMPipeline(unet=self.unet, scheduler=DDPMScheduler.from_config(self.scheduler_config))
-        pipe.save_pretrained(folder, safe_serialization=True)

@@ -1,7 +1,7 @@
 """The GAN family's networks, in plain torch: a compact StyleGAN2-like generator and a residual
 discriminator, both described by a `GANConfig` that is saved as JSON beside (or inside) the
-safetensors weights. Nothing here imports the rest of TransferStudio, so an exported generator
-loads with a few lines (see `load_generator`).
+safetensors weights (gan_config.py, standard library only). Nothing here imports the rest of
+TransferStudio but that, so an exported generator loads with a few lines (see `load_generator`).
 
 Generator: a mapping network (z → w, with the running mean of w kept for the truncation trick),
 a learned 4×4 constant, then per resolution two modulated 3×3 convolutions (style-scaled inputs,
@@ -14,43 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferstudio.backbones.gan_config import GANConfig
+
 _GAIN = math.sqrt(2.0)  # keeps activations' scale through leaky ReLU
-
-
-@dataclass
-class GANConfig:
-    resolution: int = 32
-    z_dim: int = 128
-    w_dim: int = 128
-    mapping_layers: int = 4
-    g_channels: list[int] = field(default_factory=lambda: [128, 128, 64, 64])  # at 4, 8, 16, … px
-    d_channels: list[int] = field(default_factory=lambda: [64, 64, 128, 128])  # at res, res/2, … 4 px
-
-    def __post_init__(self) -> None:
-        levels = int(round(math.log2(self.resolution))) - 1
-        if 2 ** (levels + 1) != self.resolution or self.resolution < 8:
-            raise ValueError(f"resolution must be a power of two ≥ 8, not {self.resolution}")
-        if len(self.g_channels) != levels or len(self.d_channels) != levels:
-            raise ValueError(f"a {self.resolution} px GAN needs {levels} channel counts for each network")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GANConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+__all__ = ["GANConfig", "Generator", "Discriminator", "latents", "load_generator"]
 
 
 class EqualLinear(nn.Module):

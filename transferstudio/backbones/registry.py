@@ -1,7 +1,9 @@
 """Finds the family that claims a path, and loads it. Families are imported lazily.
 
 Adding a family is one module (a `Family` and its `Backbone`) plus one line in BUILTIN, or
-`register(MyFamily())` for one that lives outside the package (a plug-in, a test).
+`register(MyFamily())` for one that lives outside the package (a plug-in, a test). Nothing here
+imports torch, nor do the built-in family modules: inspecting a path reads configs and headers
+only; each family imports its torch module (`Family.torch_module`) when it loads a model.
 """
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import importlib
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from transferstudio.backbones.base import Backbone, Family, Inspection, folder_size
+from transferstudio.backbones.spec import Family, Inspection, folder_size
 from transferstudio.core.errors import BackboneError
+
+if TYPE_CHECKING:
+    from transferstudio.backbones.base import Backbone
 
 
 # (module, class) of the built-in families, asked in this order. Single-file checkpoints are

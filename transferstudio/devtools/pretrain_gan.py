@@ -72,7 +72,8 @@ def main(argv=None) -> int:
 
 
 def write_card(folder: Path, data: Path, wall: float, args: argparse.Namespace) -> None:
-    from transferstudio.backbones.gan import GANFamily, to_pictures
+    from transferstudio.backbones.gan import GANFamily
+    from transferstudio.backbones.gan_backbone import to_pictures
     from transferstudio.starter.metric import swd
     from transferstudio.starter.procedural import make_grid
 

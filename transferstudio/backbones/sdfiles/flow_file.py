@@ -20,14 +20,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from transferstudio.backbones.sdfiles._paths import loading_root
 from transferstudio.backbones.sdfiles.detect import (FLOW_VARIANTS, SD3_TEXT_PREFIXES, UNET, Detection,
                                                      SafetensorsHeader, classify, read_safetensors_header)
 from transferstudio.core.errors import BackboneError
+
+if TYPE_CHECKING:  # torch only where a model loads: inspecting a file reads its header alone
+    import torch
 
 SUFFIXES = (".safetensors", ".sft")
 # The text encoders each family needs: pipeline name -> (what it is, words its files are named with)
@@ -561,17 +562,20 @@ def _text_encoder(part: Part, variant: str, name: str, dtype: torch.dtype) -> An
     return model.to(dtype).eval()
 
 
-def load_parts(file: Path, *, dtype: torch.dtype = torch.float32,
+def load_parts(file: Path, *, dtype: torch.dtype | None = None,
                t5_tokenizer: Path | str | None = None) -> dict[str, Any]:
     """Every component of an SD3/FLUX single file and its companions: the keyword arguments of
     the family backbone (transformer, vae, encoders, tokenizers, scheduler config, variant).
     BackboneError with advice for anything missing, fp8, or not fitting, or when no T5 tokenizer
-    is found (`t5_tokenizer`: the folder to take it from; see find_t5_tokenizer)."""
+    is found (`t5_tokenizer`: the folder to take it from; see find_t5_tokenizer). `dtype`: float32
+    unless given."""
+    import torch
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
     from transformers import CLIPTokenizer
 
     from transferstudio.backbones import _sd_common as sdc
 
+    dtype = torch.float32 if dtype is None else dtype
     file = Path(file)
     found, parts = inspect_parts(file, t5_tokenizer=t5_tokenizer)
     found.raise_if_unusable()
