@@ -62,6 +62,21 @@ class ScanResult:
         return text
 
 
+def caption_path(image: Path) -> Path:
+    """The `.txt` sidecar that holds `image`'s caption (kohya's convention: same name, `.txt`)."""
+    return Path(image).with_suffix(".txt")
+
+
+def write_caption(image: Path, text: str) -> Path:
+    """Write `text` as `image`'s caption file, atomically (a reader never sees half a file); the
+    file written. OSError when it cannot be written."""
+    from transferstudio.core.atomic import write_text_atomic
+
+    target = caption_path(image)
+    write_text_atomic(target, text.strip())
+    return target
+
+
 def read_caption(path: Path) -> str:
     """Caption text with whitespace collapsed; "" when unreadable.
 

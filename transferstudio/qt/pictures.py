@@ -12,7 +12,6 @@ from PySide6.QtCore import (QAbstractListModel, QModelIndex, QObject, QPersisten
                             QThreadPool, Signal)
 from PySide6.QtGui import QImage, QPixmap
 
-from transferstudio.core.atomic import write_text_atomic
 from transferstudio.core.errors import UserError
 from transferstudio.qt.thumbnails import ThumbnailCache, ThumbnailLoader
 
@@ -23,10 +22,12 @@ ThumbReadyRole = Qt.ItemDataRole.UserRole + 1  # True once the real thumbnail is
 PathRole = Qt.ItemDataRole.UserRole + 2
 
 
-# --- caption files ------------------------------------------------------------------------------
+# --- caption files (the data layer reads and writes them; widgets never touch the files) ----------
 def caption_path(image: Path) -> Path:
-    """The `.txt` sidecar the scanner reads for `image`."""
-    return image.with_suffix(".txt")
+    """The `.txt` sidecar of `image` (data.scan.caption_path)."""
+    from transferstudio.data.scan import caption_path as sidecar
+
+    return sidecar(image)
 
 
 def load_caption(image: Path) -> tuple[str, bool]:
@@ -40,11 +41,11 @@ def load_caption(image: Path) -> tuple[str, bool]:
 
 
 def save_caption(record: ImageRecord, text: str) -> tuple[Path, ImageRecord]:
-    """Write `text` as the caption of `record`'s picture (atomically: a reader never sees half a
-    file). The file written and the record with the new caption; OSError when it cannot be written."""
-    target = caption_path(record.path)
-    write_text_atomic(target, text.strip())
-    return target, replace(record, caption=" ".join(text.split()))
+    """Write `text` as the caption of `record`'s picture (data.scan.write_caption, atomic). The file
+    written and the record with the new caption; OSError when it cannot be written."""
+    from transferstudio.data.scan import write_caption
+
+    return write_caption(record.path, text), replace(record, caption=" ".join(text.split()))
 
 
 def scan_images(folder: str | Path, trigger: str = "") -> "ScanResult":
