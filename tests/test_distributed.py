@@ -123,6 +123,7 @@ def test_two_processes_train_what_one_trains(tmp_path, tiny_ddpm):
     assert out.stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_train_a_text_model_as_one(tmp_path, tiny_sd1_dir):
     """Stable Diffusion: the latent samples, caption dropout and offset noise of each picture are
@@ -136,6 +137,7 @@ def test_two_processes_train_a_text_model_as_one(tmp_path, tiny_sd1_dir):
     assert _close(_weights(alone), _weights(together)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_with_class_pictures_train_as_one(tmp_path, tiny_sd1_dir):
     """Prior preservation: 6 class pictures in batches of 4 make a last class batch of 2; each
