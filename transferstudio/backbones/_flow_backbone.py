@@ -28,14 +28,7 @@ from transferstudio.backbones.flow import FlowObjective, FlowSchedule
 from transferstudio.core.errors import BackboneError
 
 
-def _first_dtype(module: nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        return p.dtype
-    return torch.float32
-
-
-def _trainable(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
+_first_dtype, _trainable = sdb._first_dtype, sdb._trainable  # the same rules as SD's
 
 
 def _has_adapter(module: nn.Module) -> bool:

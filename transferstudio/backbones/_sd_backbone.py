@@ -44,9 +44,15 @@ def cast_frozen(module: nn.Module, dtype: torch.dtype, *, once_training: bool = 
             param.data = param.data.to(dtype)
 
 
+_STORAGE_ONLY = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
+
+
 def _first_dtype(module: nn.Module) -> torch.dtype:
+    """The number format a module computes in: its first weight's, passing over weights kept in
+    fp8 for storage only (fp8 base weights are computed in bf16/fp16, layer by layer)."""
     for p in module.parameters():
-        return p.dtype
+        if p.dtype not in _STORAGE_ONLY:
+            return p.dtype
     return torch.float32
 
 
