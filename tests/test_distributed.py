@@ -195,6 +195,10 @@ def test_pause_preview_and_stop_reach_every_process(tmp_path, tiny_ddpm):
         if isinstance(event, Step) and event.step == 2:
             commands.pause()
         elif type(event).__name__ == "Paused":
+            from transferstudio.project.lock import LOCK_FILE
+
+            owner = json.loads((project.folder / LOCK_FILE).read_text())
+            assert owner["pid"] == os.getpid()  # the app that started the run owns its lock (it may export)
             commands.sample_now()
         elif isinstance(event, Preview) and event.step > 0:
             commands.stop()
@@ -203,6 +207,7 @@ def test_pause_preview_and_stop_reach_every_process(tmp_path, tiny_ddpm):
     assert kinds[-1] == "Stopped" and seen[-1].step == paused_at
     assert "Resumed" in kinds  # stop wakes the paused run, which then saves
     assert [c.step for c in complete_checkpoints(seen[-1].checkpoint.parent.parent)] == [paused_at]
+    assert not (project.folder / "training.lock").exists()  # released when the run ended
 
 
 @pytest.mark.timeout(300)

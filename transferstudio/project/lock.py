@@ -27,6 +27,20 @@ LOCK_FILE = "training.lock"
 _WRITE_GRACE_S = 2.0  # a lock file younger than this may still be being written by its owner
 
 
+# A training process that another process started for it (a data-parallel run's main process)
+# takes the lock in the name of that one: the app that started the run owns it, as when it trains
+# in its own process (it may export meanwhile), and the lock goes when the app goes.
+OWNER_PID_VARIABLE = "TRANSFERSTUDIO_LOCK_FOR_PID"
+
+
+def _owner_pid() -> int:
+    try:
+        given = int(os.environ.get(OWNER_PID_VARIABLE, "") or 0)
+    except ValueError:
+        given = 0
+    return given if given > 0 and _pid_alive(given) else os.getpid()
+
+
 class ProjectBusy(UserError):
     """The project is being trained by another process (or another trainer in this one)."""
 
@@ -104,9 +118,10 @@ class ProjectLock:
         if self.owner is not None:
             return None
         note = None
+        pid = _owner_pid()
         for _ in range(20):  # each round either takes the lock, refuses, or clears a stale one
-            owner = LockOwner(pid=os.getpid(), host=_host(), started=time.time(),
-                              proc_start=_proc_start(os.getpid()), token=uuid.uuid4().hex)
+            owner = LockOwner(pid=pid, host=_host(), started=time.time(),
+                              proc_start=_proc_start(pid), token=uuid.uuid4().hex)
             try:
                 made = _create(self.path, json.dumps(owner.to_dict(), indent=1) + "\n")
             except OSError as exc:

@@ -61,6 +61,9 @@ def _child(rank: int, world: int, port: int, job: Any, commands: Commands, event
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     _end_with_parent(os.getppid())
+    from transferstudio.project.lock import OWNER_PID_VARIABLE
+
+    os.environ[OWNER_PID_VARIABLE] = str(os.getppid())  # the app that started the run owns its lock
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
                        "HF_HUB_OFFLINE": "1"})
