@@ -62,6 +62,14 @@ def test_draws_for_rows_are_the_global_draws_cut():
                        torch.randn((3,), generator=torch.Generator().manual_seed(1)))
 
 
+def test_gradients_are_summed_in_buckets(monkeypatch):
+    from transferstudio.training import distributed
+
+    monkeypatch.setattr(distributed, "BUCKET_ELEMENTS", 10)
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (4, 4, 4, 12, 1)]
+    assert [[p.numel() for p in b] for b in distributed._buckets(params)] == [[4, 4], [4], [12], [1]]
+
+
 def test_slicing_a_batch_keeps_rows_together(image_folder):
     from transferstudio.data.dataset import TrainingImages
     from transferstudio.data.scan import scan_images

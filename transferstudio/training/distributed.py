@@ -106,14 +106,15 @@ class Together(Alone):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             by_dtype.setdefault(p.grad.dtype, []).append(p)
-        for group in by_dtype.values():
-            flat = torch.cat([p.grad.reshape(-1) for p in group]).to(self._carrier)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in group:
-                n = p.grad.numel()
-                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-                offset += n
+        for same in by_dtype.values():
+            for bucket in _buckets(same):
+                flat = torch.cat([p.grad.reshape(-1) for p in bucket]).to(self._carrier)
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                offset = 0
+                for p in bucket:
+                    n = p.grad.numel()
+                    p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+                    offset += n
 
     def sum(self, value: float) -> float:
         import torch.distributed as dist
@@ -152,6 +153,22 @@ class Together(Alone):
                 dist.destroy_process_group()
             except (RuntimeError, ValueError):
                 pass
+
+
+BUCKET_ELEMENTS = 1 << 25  # 32 M numbers (128 MB in fp32) per all-reduce: a full fine-tune's
+# gradients are summed a bucket at a time instead of copied whole
+
+
+def _buckets(params: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]:
+    out: list[list[torch.nn.Parameter]] = [[]]
+    size = 0
+    for p in params:
+        if out[-1] and size + p.numel() > BUCKET_ELEMENTS:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += p.numel()
+    return [b for b in out if b]
 
 
 def slice_batch(batch: Any, rows: Rows | None) -> Any:
