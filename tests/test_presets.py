@@ -196,3 +196,22 @@ def test_flow_transformer_presets_fit_their_tier(tmp_path):
         preset = next(p for p in builtin_presets("flow-transformer") if p.tier == tier)
         plan = planner.plan(preset.apply(TrainConfig(precision="bf16", resolution=1024)), advise=False)
         assert plan.total <= 0.95 * int(preset.tier) * GIB, (variant, preset.name, plan.describe())
+
+
+def test_purpose_presets_set_how_a_lora_learns_and_combine_with_the_gpu_size():
+    from transferstudio.project.presets import matching_purpose, purpose_presets
+
+    sd = SimpleNamespace(objective="diffusion", latent=True, prediction_type="epsilon", supports_full_finetune=True,
+                         methods=("lora", "full"), suggested=())
+    assert [p.purpose for p in purpose_presets("latent-diffusion")] == ["style", "character", "object"]
+    assert purpose_presets("pixel-diffusion") == [] and purpose_presets("latent-diffusion", "full") == []
+    gpu_names = set().union(*(dict(p.settings) for p in builtin_presets("latent-diffusion", "lora")))
+    for preset in purpose_presets("latent-diffusion"):
+        assert not set(preset.overrides) & gpu_names  # nothing a GPU preset sets: they combine
+        assert preset.describe()
+    character = new_project_settings(sd, "lora", "8", purpose="character")
+    assert character.flip is False and character.keep_tags == 1 and character.batch_size == 2
+    assert matching_purpose("latent-diffusion", character).purpose == "character"
+    assert matching_purpose("latent-diffusion", new_project_settings(sd, "lora", "8")) is None
+    flow_object = next(p for p in purpose_presets("flow-transformer") if p.purpose == "object")
+    assert "min_snr_gamma" not in flow_object.overrides  # flow matching refuses Min-SNR

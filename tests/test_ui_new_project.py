@@ -249,6 +249,37 @@ def test_settings_form_presets(qtbot, tiny_sd1_dir, user_home, gpu_12gb):
     form.shutdown()
 
 
+def test_what_it_learns_combines_with_the_gpu_preset(qtbot, tiny_sd1_dir, tiny_ddpm, user_home, gpu_12gb):
+    """Style / character / object set how a LoRA learns and keep the GPU preset's memory settings;
+    a model without prompts has no such row."""
+    form = show_form(qtbot, tiny_sd1_dir)
+    names = [form.purpose_combo.itemText(i) for i in range(form.purpose_combo.count())]
+    assert names == ["Anything (your settings)", "A style", "A character", "An object"]
+    assert form._plan_form.isRowVisible(form.purpose_combo) and form.purpose_combo.toolTip()
+    gpu = names_of(form.preset_combo).index("8 GB GPU")
+    form.preset_combo.activated.emit(gpu)
+    form.purpose_combo.activated.emit(names.index("A character"))
+    config = form.config()
+    assert (config.flip, config.keep_tags, config.layers, config.shuffle_tags) == (False, 1, "attention", True)
+    assert (config.batch_size, config.gradient_checkpointing) == (2, True)  # the GPU preset's, kept
+    assert form.purpose_combo.currentText() == "A character" and form.preset_combo.currentText() == "8 GB GPU"
+    form.purpose_combo.activated.emit(names.index("A style"))
+    assert (form.config().layers, form.config().caption_dropout, form.config().flip) == ("attention+ff", 0.1, True)
+    assert form.preset_combo.currentText() == "8 GB GPU"
+    form.editors["flip"].setChecked(False)
+    assert form.purpose_combo.currentText() == "Anything (your settings)"  # edited: no longer the purpose
+    qtbot.waitUntil(lambda: not form.estimating(), timeout=LONG)
+    form.shutdown()
+    unconditional = show_form(qtbot, tiny_ddpm)
+    assert not unconditional._plan_form.isRowVisible(unconditional.purpose_combo)
+    qtbot.waitUntil(lambda: not unconditional.estimating(), timeout=LONG)
+    unconditional.shutdown()
+
+
+def names_of(combo) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
 def test_a_damaged_preset_file_is_named_in_the_form(qtbot, tiny_ddpm, user_home, no_gpu):
     folder = user_home / "presets"
     folder.mkdir(parents=True)

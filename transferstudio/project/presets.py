@@ -112,6 +112,7 @@ class Preset:
     kind: str = ""
     tier: str = ""
     note: str = ""
+    purpose: str = ""  # what a LoRA learns ("style", "character", "object"); "" for GPU-size presets
     builtin: bool = True
     path: Path | None = None  # a user preset's file
 
@@ -233,6 +234,55 @@ def builtin_presets(kind: str, method: str | None = None) -> list[Preset]:
     return out
 
 
+# --- what you are teaching it -------------------------------------------------------------------
+# A second axis beside the GPU size: how a LoRA learns, for what it learns. They set only learning
+# settings (layers, caption handling, flips), never what a GPU preset sets, so a purpose and a
+# GPU preset combine. Starting points from the practice of kohya_ss / OneTrainer users, not
+# measured here (no such model can be downloaded to this machine): a style wants more capacity
+# (the feed-forward layers too) and captions that drop out now and then so it does not hide in the
+# words; a character keeps its trigger word first and is not mirrored (a parting, a scar, a logo);
+# an object is a small thing to learn, best kept close to the base model.
+PURPOSES = ("style", "character", "object")
+PURPOSE_LABELS = {"style": "A style", "character": "A character", "object": "An object"}
+_PURPOSE_KINDS = ("latent-diffusion", "large-latent-diffusion", "flow-transformer")  # text models, LoRA
+_PURPOSES: dict[str, tuple[dict[str, Any], str]] = {
+    "style": ({"layers": "attention+ff", "caption_dropout": 0.1, "shuffle_tags": True, "keep_tags": 1, "flip": True},
+              "How pictures look (a painter's hand, a medium, a look): the attention and feed-forward layers learn, "
+              "captions are dropped one time in ten and tags shuffled after the first, pictures mirrored."),
+    "character": ({"layers": "attention", "caption_dropout": 0.05, "shuffle_tags": True, "keep_tags": 1,
+                   "flip": False},
+                  "A person or creature: the attention layers learn, the trigger word stays first, no mirroring (it "
+                  "would swap a parting, a scar or a logo)."),
+    "object": ({"layers": "attention", "caption_dropout": 0.0, "shuffle_tags": False, "flip": True,
+                "min_snr_gamma": 5.0},
+               "A thing (a product, a toy, a building): the attention layers learn from the captions as written, "
+               "noise levels weighted by Min-SNR (γ 5: fewer steps to a sharp likeness; not for SD3/FLUX). "
+               "Turn on class pictures with a class prompt (e.g. 'a photo of a mug') to keep what the model knew "
+               "about the class."),
+}
+# (The adapter's size stays the GPU preset's: rank is a memory setting there too.)
+
+
+def purpose_presets(kind: str, method: str | None = "lora") -> list[Preset]:
+    """The presets of what a LoRA learns (style, character, object) for this kind of model; none
+    for models without prompts or other methods."""
+    if kind not in _PURPOSE_KINDS or method not in (None, "lora"):
+        return []
+    skip = _NOT_FOR_FLOW if kind == "flow-transformer" else ()
+    return [Preset(name=PURPOSE_LABELS[p], settings=tuple((k, v) for k, v in _PURPOSES[p][0].items() if k not in skip),
+                   kind=kind, note=_PURPOSES[p][1], purpose=p) for p in PURPOSES]
+
+
+_NOT_FOR_FLOW = ("min_snr_gamma",)  # a noise-prediction weighting: flow matching refuses it
+
+
+def matching_purpose(kind: str, config: TrainConfig) -> Preset | None:
+    """The purpose preset these settings follow, if any."""
+    values = config.to_dict()
+    return next((p for p in purpose_presets(kind, config.method)
+                 if all(values.get(k) == v for k, v in p.overrides.items())), None)
+
+
 def _tier_range_label(tier: str, upper: str | None) -> str:
     """"12 GB GPU" for a preset of one tier, "8–12 GB GPU" for several, "16 GB+ GPU" for the top."""
     if tier == "cpu":
@@ -269,17 +319,20 @@ def method_for_tier(kind: str, wanted: str, tier: str, offered: Iterable[str]) -
     return wanted
 
 
-def new_project_settings(caps: Any, method: str, tier: str, preset: Preset | None = None) -> TrainConfig:
+def new_project_settings(caps: Any, method: str, tier: str, preset: Preset | None = None,
+                         purpose: str = "") -> TrainConfig:
     """What a new project starts from: the defaults, the rate and length that suit the kind of
     model and the method, the family's own suggestions over those (they know the model better),
-    then `preset` (default: the built-in one of the tier)."""
+    then `preset` (default: the built-in one of the tier), then the `purpose` preset if any."""
     kind = model_kind(caps)
     chosen = TrainConfig(method=method).default_method_for(caps)  # `method` when the model offers it
     config = TrainConfig.from_dict({**TrainConfig(method=chosen).to_dict(),
                                     **METHOD_DEFAULTS.get(kind, {}).get(chosen, {})})
     config.suggest_for(caps, given={"method"})
     preset = preset if preset is not None else choose_preset(kind, chosen, tier)
-    return preset.apply(config) if preset is not None else config
+    config = preset.apply(config) if preset is not None else config
+    learned = next((p for p in purpose_presets(kind, config.method) if p.purpose == purpose), None)
+    return learned.apply(config) if learned is not None else config
 
 
 # --- the person's own presets -----------------------------------------------------------------------
@@ -372,4 +425,5 @@ def _read_preset(path: Path) -> Preset:
 
 __all__ = ["Preset", "TIERS", "TIER_LABELS", "KINDS", "KIND_LABELS", "METHOD_DEFAULTS", "model_kind", "tier_for",
            "tier_bytes", "builtin_presets", "choose_preset", "method_for_tier", "new_project_settings",
+           "PURPOSES", "PURPOSE_LABELS", "purpose_presets", "matching_purpose",
            "save_user_preset", "load_user_presets", "user_presets_dir"]

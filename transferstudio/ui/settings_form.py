@@ -48,6 +48,9 @@ ESTIMATE_DELAY_MS = 400  # settle after typing before the memory is estimated ag
 PRESET_TOOLTIP = ("Named sets of settings. The built-in ones are made for a GPU of each size, for this kind of "
                   "model and method, so that a run fits its memory; yours are the settings you saved. Choosing "
                   "one changes the settings it names and leaves the rest (trigger word, prompts) alone.")
+PURPOSE_TOOLTIP = ("What the LoRA is to learn: a style, a character or an object. Each sets how it learns — which "
+                   "layers, the adapter's size, caption dropout and tag shuffling, mirroring — and leaves the GPU "
+                   "preset's memory settings alone, so the two combine. Starting points, not rules.")
 MEMORY_TOOLTIP = ("How much GPU memory a run with these settings will take at its peak: the weights, gradients, "
                   "optimizer state and the activations of one batch, estimated from the model's shapes without "
                   "loading it. Compared with the free memory of the GPU found here.")
@@ -453,6 +456,15 @@ class SettingsForm(QWidget):
         preset_label.setBuddy(self.preset_combo)
         preset_label.setToolTip(PRESET_TOOLTIP)
         form.addRow(preset_label, row)
+        self.purpose_combo = QComboBox()
+        self.purpose_combo.setToolTip(PURPOSE_TOOLTIP)
+        self.purpose_combo.setAccessibleName("What it learns")
+        self.purpose_combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.purpose_combo.activated.connect(self._purpose_chosen)
+        purpose_label = QLabel("&Learns")
+        purpose_label.setBuddy(self.purpose_combo)
+        purpose_label.setToolTip(PURPOSE_TOOLTIP)
+        form.addRow(purpose_label, self.purpose_combo)
         memory_label = QLabel("Memory")
         memory_label.setToolTip(MEMORY_TOOLTIP)
         form.addRow(memory_label, self.memory_line)
@@ -670,6 +682,7 @@ class SettingsForm(QWidget):
         self._running = running
         self._update_dependencies()
         self.preset_combo.setEnabled(not running)
+        self.purpose_combo.setEnabled(not running)
         self.save_preset_button.setEnabled(not running)
         self.kohya_button.setEnabled(not running)
         if not running and self._estimate_waiting:
@@ -755,10 +768,32 @@ class SettingsForm(QWidget):
                 combo.setItemData(combo.count() - 1, f"Your preset, saved in {preset.path}",
                                   Qt.ItemDataRole.ToolTipRole)
             combo.setCurrentIndex(self._matching_preset(config))
+        self._fill_purposes(kind, config)
         if problems:
             self._show_preset_note(f"{len(problems)} preset file(s) could not be read: {problems[0]}", "warning")
         elif self._preset_message[1] == "warning":
             self._show_preset_note("", "plain")
+
+    def _fill_purposes(self, kind: str, config: TrainConfig) -> None:
+        """What the LoRA learns (style, character, object) for text models: a second kind of preset
+        that sets how it learns, beside the GPU size's; the row is hidden where there is none."""
+        combo = self.purpose_combo
+        offered = preset_store.purpose_presets(kind, config.method) if kind else []
+        with QSignalBlocker(combo):
+            combo.clear()
+            combo.addItem("Anything (your settings)", None)
+            for preset in offered:
+                combo.addItem(preset.name, preset)
+                combo.setItemData(combo.count() - 1, preset.describe(), Qt.ItemDataRole.ToolTipRole)
+            found = preset_store.matching_purpose(kind, config) if offered else None
+            combo.setCurrentIndex(combo.findText(found.name) if found is not None else 0)
+        if hasattr(self, "_plan_form"):
+            self._plan_form.setRowVisible(combo, bool(offered))
+
+    def _purpose_chosen(self, index: int) -> None:
+        preset = self.purpose_combo.itemData(index)
+        if isinstance(preset, preset_store.Preset) and not self._running:
+            self.apply_preset(preset)
 
     def _matching_preset(self, config: TrainConfig) -> int:
         values = config.to_dict()
