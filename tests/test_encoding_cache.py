@@ -116,3 +116,19 @@ def test_changing_the_cache_setting_does_not_block_continuing_a_run(tmp_path, ti
     project.save()
     events = list(train(TrainJob(project, steps=3)))
     assert isinstance(events[-1], Finished) and events[-1].step == 3
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_models_cache_latents_and_t5_features_with_the_same_training(tmp_path, captioned, family):
+    """SD3 / FLUX: the VAE and the text encoders (T5 among them) run once per picture and caption;
+    the losses equal encoding at every step."""
+    from tiny_mmdit import make_tiny_flux, make_tiny_sd3
+
+    model = make_tiny_sd3(tmp_path / "sd3", version="3") if family == "sd3" else \
+        make_tiny_flux(tmp_path / "flux", variant="dev")
+    settings = dict(shuffle_tags=True, caption_dropout=0.3, resolution=32)
+    plain, _ = _run(tmp_path / "plain", model, captioned, cache="off", **settings)
+    cached, events = _run(tmp_path / "cached", model, captioned, cache="memory", **settings)
+    assert _losses(cached) == pytest.approx(_losses(plain), rel=1e-4, abs=1e-6)
+    progress = [e for e in events if isinstance(e, Progress) and "cache" in e.task]
+    assert progress and progress[-1].done == progress[-1].total == 3 * 2

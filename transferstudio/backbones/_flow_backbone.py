@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from transferstudio.backbones import _sd_backbone as sdb
-from transferstudio.backbones import batch_draws as draws
 from transferstudio.backbones import mmdit_layout as layout
 from transferstudio.backbones._flow_common import DOMAIN, LAYER_CHOICES, PIPELINE_MULTIPLE, _lcm, vae_scale_factor
-from transferstudio.backbones.base import Capabilities, ExportSpec
+from transferstudio.backbones.base import Capabilities, Conditioning, ExportSpec
 from transferstudio.backbones.diffusion import DiffusionBackbone
 from transferstudio.backbones.flow import FlowObjective, FlowSchedule
 from transferstudio.core.errors import BackboneError
@@ -147,19 +146,37 @@ class FlowBackbone(DiffusionBackbone):
         return [self.transformer, self.vae, *self._all_encoders()]
 
     # --- training ------------------------------------------------------------------------------
+    # The posterior of the VAE, as SD's: (mean − shift) · scale and std · scale, sampled with noise
+    # drawn as diffusers draws it (the VAE's dtype), per picture of the global batch in a
+    # data-parallel run; the encoding caches keep (mean, std) and draw the same.
+    latent_distribution = sdb.StableDiffusionBase.latent_distribution
+    sample_latents = sdb.StableDiffusionBase.sample_latents
+    encoder_fingerprint = sdb.StableDiffusionBase.encoder_fingerprint
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, *, sample: bool = True,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels in [-1, 1] -> (latents − shift) · scale (fp32), as the pipelines undo it."""
-        dist = self.vae.encode(pixels.to(self.device, _first_dtype(self.vae))).latent_dist
-        # the posterior's sample drawn as diffusers draws it (randn of the mean's shape and dtype),
-        # per picture of the global batch in a data-parallel run
-        latents = dist.mean + dist.std * draws.randn(dist.mean.shape, generator=generator, device=dist.mean.device,
-                                                     dtype=dist.mean.dtype) if sample else dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift is not None:
-            latents = latents - shift
-        return (latents * self.vae.config.scaling_factor).float()
+        mean, std = self.latent_distribution(pixels)
+        return self.sample_latents(mean, std, generator=generator) if sample else mean
+
+    # Text features per caption for the text cache (T5-XXL then runs once per caption, not per
+    # step): the conditioning's per-caption tensors, put back together by `conditioning_from`.
+    def text_features(self, captions: Sequence[str], *, train_text_encoder: bool = False) -> dict[str, torch.Tensor]:
+        cond = self.encode_conditioning(captions, train_text_encoder=train_text_encoder)
+        return {name: value for name, value in cond.kwargs.items() if name not in self.shared_text_names}
+
+    def conditioning_from(self, features: dict[str, torch.Tensor] | None, *,
+                          original_sizes: Sequence[tuple[int, int]] = (),
+                          crop_top_left: Sequence[tuple[int, int]] = (),
+                          target_size: tuple[int, int] = (0, 0)) -> Conditioning:
+        return Conditioning(kwargs={**(features or {}), **self.shared_text_inputs(features or {})})
+
+    shared_text_names: tuple[str, ...] = ()  # conditioning inputs the same for every caption
+
+    def shared_text_inputs(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Conditioning inputs that are the same for every caption (FLUX's text positions)."""
+        return {}
 
     def flow_schedule(self) -> FlowSchedule:
         return FlowSchedule.from_config(self.scheduler_config, tokens_per_latent=self.tokens_per_latent())

@@ -138,31 +138,14 @@ def _snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
     return alphas / (1 - alphas)
 
 
-class DiffusionObjective(Objective):
-    """Noise the encoded pictures at random timesteps; score the denoiser against its target."""
+class EncodingCaches:
+    """The pictures' latents and the captions' text features, from the encoding stores the trainer
+    hands over (training.caching) where they have them: the diffusion and flow objectives share it.
+    Needs of the backbone: latent_distribution, sample_latents, encode_images, text_features,
+    conditioning_from and encode_conditioning."""
 
-    phases = (Phase("denoiser"),)
+    backbone: Any
 
-    def __init__(self, backbone: Backbone, config: Any) -> None:
-        self.backbone = backbone
-        self.config = config
-        self.scheduler = noise_scheduler(backbone.scheduler_config)
-
-    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
-        loss = self._loss_of(batch, ctx)
-        prior = getattr(batch, "prior", None)
-        if prior is None:
-            return loss
-        prior_loss = self._loss_of(prior, ctx)  # class pictures: what the base model knew about the class
-        if torch.is_grad_enabled():
-            self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
-        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
-
-    def loss_terms(self) -> dict[str, float]:
-        terms, self.terms = getattr(self, "terms", {}), {}
-        return terms
-
-    # --- encodings, cached when the trainer hands over stores ------------------------------
     latent_store: Any = None  # data.encoding_cache.EncodingStore of (mean, std) per picture variant
     text_store: Any = None  # ... of text features per caption
 
@@ -202,15 +185,18 @@ class DiffusionObjective(Objective):
         return (torch.stack([f["mean"].to(device) for f in found]),
                 torch.stack([f["std"].to(device) for f in found]))
 
-    def _latents(self, batch: Any, ctx: StepContext, *, sample: bool = True) -> torch.Tensor:
+    def _latents(self, batch: Any, ctx: StepContext, *, sample: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """The batch's latents: sampled from the posterior with `generator` (the global one when
+        None), or its mean; from the store where it has them — the same draw either way."""
         backbone = self.backbone
         with torch.no_grad():
             if self.latent_store is None or getattr(batch, "keys", None) is None:
                 pixels = batch.pixels.to(ctx.device)
-                return (backbone.encode_images(pixels) if sample else
+                return (backbone.encode_images(pixels, generator=generator) if sample else
                         backbone.encode_images(pixels, sample=False)).float()
             mean, std = self._latent_parts(batch)
-            return backbone.sample_latents(mean, std) if sample else mean
+            return backbone.sample_latents(mean, std, generator=generator) if sample else mean
 
     def _conditioning(self, batch: Any, *, train_text_encoder: bool) -> Any:
         backbone = self.backbone
@@ -232,6 +218,31 @@ class DiffusionObjective(Objective):
             return backbone.encode_conditioning(batch.captions, train_text_encoder=False, **sizes)
         stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
         return backbone.conditioning_from(stacked, **sizes)
+
+
+class DiffusionObjective(EncodingCaches, Objective):
+    """Noise the encoded pictures at random timesteps; score the denoiser against its target."""
+
+    phases = (Phase("denoiser"),)
+
+    def __init__(self, backbone: Backbone, config: Any) -> None:
+        self.backbone = backbone
+        self.config = config
+        self.scheduler = noise_scheduler(backbone.scheduler_config)
+
+    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
+        loss = self._loss_of(batch, ctx)
+        prior = getattr(batch, "prior", None)
+        if prior is None:
+            return loss
+        prior_loss = self._loss_of(prior, ctx)  # class pictures: what the base model knew about the class
+        if torch.is_grad_enabled():
+            self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
+        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
+
+    def loss_terms(self) -> dict[str, float]:
+        terms, self.terms = getattr(self, "terms", {}), {}
+        return terms
 
     def _loss_of(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone, config = self.backbone, self.config

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from transferstudio.backbones import batch_draws as draws
-from transferstudio.backbones.diffusion import multires_noise, per_sample_errors
+from transferstudio.backbones.diffusion import EncodingCaches, multires_noise, per_sample_errors
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 from transferstudio.core.errors import UserError
 
@@ -141,7 +141,7 @@ def flow_errors(backbone: Any, clean: torch.Tensor, cond: Any, *, generator: tor
     return torch.stack(errors).mean(dim=0)
 
 
-class FlowObjective(Objective):
+class FlowObjective(EncodingCaches, Objective):
     """Noise the encoded pictures along the straight path at drawn noise levels; score the
     predicted velocity. Prior preservation adds the class pictures' term, as for diffusion."""
 
@@ -173,17 +173,13 @@ class FlowObjective(Objective):
         terms, self.terms = getattr(self, "terms", {}), {}
         return terms
 
-    def _conditioning(self, batch: Any, train_text_encoder: bool) -> Any:
-        return self.backbone.encode_conditioning(batch.captions, original_sizes=batch.original_sizes,
-                                                 crop_top_left=batch.crop_top_left, target_size=batch.target_size,
-                                                 train_text_encoder=train_text_encoder)
-
     def _loss_of(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone, config = self.backbone, self.config
-        with torch.no_grad():  # the latents are drawn from the run's generator too (restored on resume)
-            clean = backbone.encode_images(batch.pixels.to(ctx.device), generator=ctx.generator).float()
+        # the latents are drawn from the run's generator too (restored on resume), from the cache
+        # where it has the picture (T5 and the VAE then run once per caption and picture, not per step)
+        clean = self._latents(batch, ctx, generator=ctx.generator)
         with torch.autocast(ctx.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
-            cond = self._conditioning(batch, bool(config.train_text_encoder))
+            cond = self._conditioning(batch, train_text_encoder=bool(config.train_text_encoder))
             masks = getattr(batch, "masks", None)
             return flow_loss(backbone, clean, cond, generator=ctx.generator, sampling=config.timestep_sampling,
                              low=float(config.timestep_low), high=float(config.timestep_high),
@@ -195,7 +191,7 @@ class FlowObjective(Objective):
 
     def evaluate(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         with torch.no_grad():
-            clean = self.backbone.encode_images(batch.pixels.to(ctx.device), generator=ctx.generator).float()
+            clean = self._latents(batch, ctx, generator=ctx.generator)
             with torch.autocast(ctx.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
-                cond = self._conditioning(batch, False)
+                cond = self._conditioning(batch, train_text_encoder=False)
                 return flow_errors(self.backbone, clean, cond, generator=ctx.generator)

@@ -108,6 +108,13 @@ class FluxBackbone(flowb.FlowBackbone):
         return Conditioning(kwargs={"encoder_hidden_states": embeds.float(), "pooled_projections": pooled.float(),
                                     "txt_ids": text_ids.float()})
 
+    shared_text_names = ("txt_ids",)
+
+    def shared_text_inputs(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """FLUX's text positions: zeros, one row per token (as FluxPipeline.encode_prompt makes them)."""
+        embeds = features["encoder_hidden_states"]
+        return {"txt_ids": torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=torch.float32)}
+
     def predict(self, noisy: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity at noise levels `sigmas` on (B, C, H, W) latents: packed into tokens, the
         transformer given σ as its timestep (it scales by 1000 itself) and, for dev, the training
