@@ -132,3 +132,42 @@ def test_flow_models_cache_latents_and_t5_features_with_the_same_training(tmp_pa
     assert _losses(cached) == pytest.approx(_losses(plain), rel=1e-4, abs=1e-6)
     progress = [e for e in events if isinstance(e, Progress) and "cache" in e.task]
     assert progress and progress[-1].done == progress[-1].total == 3 * 2
+
+
+def _encoder_calls_during_steps(tmp_path, name, backbone_dir, images, **settings):
+    """(text encoder forwards between the first and the last step, the run's messages)."""
+    from transferstudio.backbones.registry import load_backbone
+    from transferstudio.core.events import Step
+
+    backbone = load_backbone(backbone_dir)
+    calls = []
+    for encoder in backbone.text_encoders():
+        encoder.register_forward_pre_hook(lambda *_: calls.append(1))
+    project = create_project(tmp_path / name, backbone=backbone_dir, images=images,
+                             config=_config(cache="memory", **settings))
+    during, counted, messages = 0, None, []
+    for event in train(TrainJob(project, backbone=backbone)):
+        if isinstance(event, Step):
+            if counted is not None:
+                during += len(calls) - counted
+            counted = len(calls)
+        elif isinstance(event, Message):
+            messages.append(event.text)
+    return during, messages
+
+
+def test_text_encoders_leave_the_gpu_once_every_caption_is_encoded(tmp_path, tiny_sd1_dir, captioned, monkeypatch):
+    """On a GPU (simulated: the move is to the CPU here) the frozen text encoders are not needed
+    while training once every caption the run can meet is cached; previews still draw."""
+    from transferstudio.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_can_free_text_encoders", lambda self: True)
+    during, messages = _encoder_calls_during_steps(tmp_path, "closed", tiny_sd1_dir, captioned, caption_dropout=0.3,
+                                                   steps=6)
+    assert during == 0 and any("Every caption is encoded" in m for m in messages)
+    # shuffled tags make captions no list can hold: the encoders stay and encode new ones as they come
+    for n, caption in enumerate(sorted(captioned.glob("*.txt"))):
+        caption.write_text(f"tag{n}, red, square, bright, small")
+    during, messages = _encoder_calls_during_steps(tmp_path, "open", tiny_sd1_dir, captioned, shuffle_tags=True,
+                                                   steps=6)
+    assert not any("Every caption is encoded" in m for m in messages) and during > 0

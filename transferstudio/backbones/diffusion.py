@@ -198,6 +198,27 @@ class EncodingCaches:
             mean, std = self._latent_parts(batch)
             return backbone.sample_latents(mean, std, generator=generator) if sample else mean
 
+    # Called before the text encoders run (a caption the store lacks), so that encoders moved off
+    # the GPU after `encode_all_captions` can come back first (set by the trainer).
+    before_encoding: Any = None
+
+    def encode_all_captions(self, captions: list[str], batch_size: int = 8) -> bool:
+        """Put every caption's text features in the text store; whether it now holds them all
+        (then training never needs the frozen text encoders)."""
+        from transferstudio.data.encoding_cache import caption_key
+
+        store = self.text_store
+        if store is None:
+            return False
+        missing = [c for c in captions if caption_key(c) not in store]
+        for k in range(0, len(missing), batch_size):
+            chunk = missing[k:k + batch_size]
+            with torch.no_grad():
+                features = self.backbone.text_features(chunk)
+            for row, caption in enumerate(chunk):
+                store.put(caption_key(caption), {name: t[row] for name, t in features.items()})
+        return all(caption_key(c) in store for c in captions)
+
     def _conditioning(self, batch: Any, *, train_text_encoder: bool) -> Any:
         backbone = self.backbone
         sizes = dict(original_sizes=batch.original_sizes, crop_top_left=batch.crop_top_left,
@@ -208,6 +229,8 @@ class EncodingCaches:
 
         keys = [caption_key(c) for c in batch.captions]
         missing = sorted({c for c, k in zip(batch.captions, keys) if k not in self.text_store})
+        if missing and self.before_encoding is not None:
+            self.before_encoding()
         if missing:
             with torch.no_grad():
                 features = backbone.text_features(missing)

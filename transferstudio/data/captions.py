@@ -24,6 +24,18 @@ class CaptionVariation:
     def active(self) -> bool:
         return self.dropout > 0 or self.shuffle or self.tag_dropout > 0
 
+    def possible(self, caption: str) -> list[str] | None:
+        """Every caption `apply` can make of `caption`, or None when there are too many to list
+        (shuffled or dropped tags): what a text cache must hold to never need the encoders again."""
+        if not self.active:
+            return [caption]
+        tags = [t.strip() for t in caption.split(",") if t.strip()]
+        if self.shuffle and len(tags) - max(0, self.keep) > 1:
+            return None
+        if self.tag_dropout > 0 and len(tags) > max(0, self.keep):
+            return None
+        return [", ".join(tags)] + ([""] if self.dropout > 0 else [])
+
     def apply(self, caption: str, rng: torch.Generator) -> str:
         if not self.active:
             return caption

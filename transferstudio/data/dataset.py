@@ -211,6 +211,18 @@ class TrainingImages:
             samples.append((ri, resized, original, top, left, flip, caption))
         return self._batch(samples, (bh, bw))
 
+    def possible_captions(self) -> list[str] | None:
+        """Every caption training can give these pictures (with their caption variation), or None
+        when there are too many to list."""
+        found: set[str] = set()
+        for record in self.records:
+            options = self.captions.possible(record.caption)
+            if options is None:
+                return None
+            found.update(options)
+            found.add(record.caption)  # as written: batches loaded without variation (checks, validation)
+        return sorted(found)
+
     def encoding_variants(self) -> list[tuple[int, bool]]:
         """(record, flipped) for every picture as training can cut it with a centre crop: what an
         encoding cache holds. Both flips when flipping is on."""

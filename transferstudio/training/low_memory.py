@@ -36,11 +36,17 @@ def _trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def frozen_text_encoders(backbone: Any) -> list[nn.Module]:
+    """The text encoders that do not train: every module of the model but the denoiser and the VAE."""
+    denoiser, vae = backbone.denoiser, getattr(backbone, "vae", None)
+    return [m for m in backbone.plain_modules() if m is not None and m is not denoiser and m is not vae
+            and not _trains(m)]
+
+
 def fp8_layers(backbone: Any) -> list[nn.Module]:
     """The layers whose weights `store_frozen_in_fp8` keeps in fp8 (the memory plan counts them)."""
-    denoiser, vae = backbone.denoiser, getattr(backbone, "vae", None)
-    encoders = [m for m in backbone.plain_modules() if m is not None and m is not denoiser and m is not vae
-                and not _trains(m)]
+    denoiser = backbone.denoiser
+    encoders = frozen_text_encoders(backbone)
     adapters = _adapter_patterns()
     found: list[nn.Module] = []
     for model in (denoiser, *encoders):
@@ -67,3 +73,46 @@ def store_frozen_in_fp8(backbone: Any, compute: torch.dtype) -> int:
     for layer in layers:
         apply_layerwise_casting_hook(layer, FP8, compute, False)
     return sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
+
+
+class TextEncodersAway:
+    """Frozen text encoders moved to the computer's memory once every caption the run can meet is
+    in the text cache (T5-XXL: 9.5 GB in bf16 that training then never uses); brought back to the
+    GPU while previews are drawn, and for good if a caption turns up that was not encoded."""
+
+    def __init__(self, backbone: Any, device: torch.device) -> None:
+        self.modules = frozen_text_encoders(backbone)
+        self.device = device
+        self.away = False
+
+    def size(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.modules for p in m.parameters())
+
+    def send_away(self) -> None:
+        for module in self.modules:
+            module.to("cpu")
+        self.away = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def back(self) -> None:
+        for module in self.modules:
+            module.to(self.device)
+        self.away = False
+
+    def nearby(self) -> Any:
+        """A block in which they are on the GPU (previews), away again after it."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def block() -> Any:
+            if not self.away:
+                yield
+                return
+            self.back()
+            try:
+                yield
+            finally:
+                self.send_away()
+
+        return block()

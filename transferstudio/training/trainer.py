@@ -237,6 +237,7 @@ class Trainer:
             yield Stopped(step=self.step, checkpoint=self.checkpoint)
             return
         yield from self.fill_caches()
+        yield from self.free_text_encoders()
         if self.step == 0:
             yield from self.on_main(self._first_previews)
         self.trainee.train_mode(True)
@@ -371,6 +372,48 @@ class Trainer:
             offset += count
         if last is not None:
             self.log(f"encoded {last} picture variants for the cache in {time.perf_counter() - started:.1f} s")
+
+    def free_text_encoders(self) -> Iterator[Any]:
+        """On a GPU, once every caption the run can meet is in the text cache (no shuffled or
+        dropped tags), the frozen text encoders leave the GPU: training never needs them again."""
+        if not self._can_free_text_encoders():
+            return
+        captions = self.images.possible_captions()
+        for other in (self.class_images, self.validation_images):
+            if captions is not None and other is not None:
+                more = other.possible_captions()
+                captions = None if more is None else captions + more
+        if captions is None or not self.objective.encode_all_captions(sorted(set(captions))):
+            return
+        from transferstudio.training.low_memory import TextEncodersAway
+
+        away = TextEncodersAway(self.backbone, self.device)
+        if not away.modules:
+            return
+        away.send_away()
+        self.encoders_away = away
+        self.objective.before_encoding = self._text_encoders_back
+        text = (f"Every caption is encoded ({len(set(captions))}), so the text encoders ({away.size() / 1024 ** 3:.1f} "
+                "GB) wait in the computer's memory while training, and come back for previews.")
+        self.log(text)
+        yield Message(text, "info")
+
+    def _can_free_text_encoders(self) -> bool:
+        return self.device.type == "cuda" and getattr(self.objective, "text_store", None) is not None
+
+    def _text_encoders_back(self) -> None:
+        """A caption the cache lacks: the text encoders come back to stay."""
+        away = getattr(self, "encoders_away", None)
+        if away is not None and away.away:
+            away.back()
+            self.log("a caption that was not encoded turned up: the text encoders are back on the GPU")
+        self.objective.before_encoding = None
+
+    def _text_encoders_nearby(self) -> Any:
+        import contextlib
+
+        away = getattr(self, "encoders_away", None)
+        return away.nearby() if away is not None else contextlib.nullcontext()
 
     def prepare(self) -> None:
         from transferstudio.backbones.registry import load_backbone
@@ -813,7 +856,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         seeds = list(config.preview_seeds)
         labels = self.prompts
-        with _EMAWeights(self.ema, getattr(self, "ema_params", [])):
+        with _EMAWeights(self.ema, getattr(self, "ema_params", [])), self._text_encoders_nearby():
             if self.references:  # held-out pictures beside their reconstructions, and how close they are
                 pics = self.backbone.sample(seeds=seeds, references=self.references)
                 metrics = self.backbone.reconstruction_metrics(self.references)
