@@ -138,6 +138,27 @@ def _snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
     return alphas / (1 - alphas)
 
 
+class ClassPictureLoss:
+    """The loss of a batch of your pictures plus, with prior preservation, its class pictures'
+    (weighted by `prior_loss_weight`), each reported as a term. Needs `_loss_of(batch, ctx)`."""
+
+    config: Any
+
+    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
+        loss = self._loss_of(batch, ctx)
+        prior = getattr(batch, "prior", None)
+        if prior is None:
+            return loss
+        prior_loss = self._loss_of(prior, ctx)  # class pictures: what the base model knew about the class
+        if torch.is_grad_enabled():
+            self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
+        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
+
+    def loss_terms(self) -> dict[str, float]:
+        terms, self.terms = getattr(self, "terms", {}), {}
+        return terms
+
+
 class EncodingCaches:
     """The pictures' latents and the captions' text features, from the encoding stores the trainer
     hands over (training.caching) where they have them: the diffusion and flow objectives share it.
@@ -243,7 +264,7 @@ class EncodingCaches:
         return backbone.conditioning_from(stacked, **sizes)
 
 
-class DiffusionObjective(EncodingCaches, Objective):
+class DiffusionObjective(ClassPictureLoss, EncodingCaches, Objective):
     """Noise the encoded pictures at random timesteps; score the denoiser against its target."""
 
     phases = (Phase("denoiser"),)
@@ -252,20 +273,6 @@ class DiffusionObjective(EncodingCaches, Objective):
         self.backbone = backbone
         self.config = config
         self.scheduler = noise_scheduler(backbone.scheduler_config)
-
-    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
-        loss = self._loss_of(batch, ctx)
-        prior = getattr(batch, "prior", None)
-        if prior is None:
-            return loss
-        prior_loss = self._loss_of(prior, ctx)  # class pictures: what the base model knew about the class
-        if torch.is_grad_enabled():
-            self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
-        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
-
-    def loss_terms(self) -> dict[str, float]:
-        terms, self.terms = getattr(self, "terms", {}), {}
-        return terms
 
     def _loss_of(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone, config = self.backbone, self.config

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from transferstudio.backbones import batch_draws as draws
-from transferstudio.backbones.diffusion import EncodingCaches, multires_noise, per_sample_errors
+from transferstudio.backbones.diffusion import ClassPictureLoss, EncodingCaches, multires_noise, per_sample_errors
 from transferstudio.backbones.objective import Objective, Phase, StepContext
 from transferstudio.core.errors import UserError
 
@@ -141,7 +141,7 @@ def flow_errors(backbone: Any, clean: torch.Tensor, cond: Any, *, generator: tor
     return torch.stack(errors).mean(dim=0)
 
 
-class FlowObjective(EncodingCaches, Objective):
+class FlowObjective(ClassPictureLoss, EncodingCaches, Objective):
     """Noise the encoded pictures along the straight path at drawn noise levels; score the
     predicted velocity. Prior preservation adds the class pictures' term, as for diffusion."""
 
@@ -158,20 +158,6 @@ class FlowObjective(EncodingCaches, Objective):
         self.backbone = backbone
         self.config = config
         self.weighting = weighting
-
-    def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
-        loss = self._loss_of(batch, ctx)
-        prior = getattr(batch, "prior", None)
-        if prior is None:
-            return loss
-        prior_loss = self._loss_of(prior, ctx)
-        if torch.is_grad_enabled():
-            self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
-        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
-
-    def loss_terms(self) -> dict[str, float]:
-        terms, self.terms = getattr(self, "terms", {}), {}
-        return terms
 
     def _loss_of(self, batch: Any, ctx: StepContext) -> torch.Tensor:
         backbone, config = self.backbone, self.config
