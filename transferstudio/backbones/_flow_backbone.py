@@ -11,7 +11,6 @@ the folder's own FlowMatchEulerDiscreteScheduler, so a plain diffusers script gi
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -235,26 +234,13 @@ class FlowBackbone(DiffusionBackbone):
             raise ValueError(f"preview size {width}x{height} must be a multiple of {multiple}")
         pipe = self._pipeline(self._scheduler())
         pipe.set_progress_bar_config(disable=True)
-        modules = self.plain_modules()
-        modes = [m.training for m in modules]
-        low = [d for d in (_first_dtype(m) for m in modules) if d != torch.float32]
-        autocast = torch.autocast(self.device.type, dtype=low[0]) if low else nullcontext()
-        for m in modules:
-            m.eval()
-        try:
-            with torch.no_grad():
-                gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-                with autocast:
-                    out = self._call(pipe, texts, gens, steps=steps,
-                                     guidance=self.default_guidance if guidance is None else float(guidance),
-                                     width=width, height=height, negative_prompt=negative_prompt,
-                                     output_type="latent" if low else "pil")
-                if low:
-                    return self._decode(pipe, self._latents_for_vae(out.images, width, height))
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
-        return list(out.images)
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        return sdb.run_pipeline(
+            self.plain_modules(), self.device,
+            lambda output_type: self._call(pipe, texts, gens, steps=steps, guidance=guidance, width=width,
+                                           height=height, negative_prompt=negative_prompt, output_type=output_type),
+            lambda latents: self._decode(pipe, self._latents_for_vae(latents, width, height)))
 
     def _decode(self, pipe: Any, latents: torch.Tensor) -> list[Any]:
         config = self.vae.config

@@ -47,6 +47,28 @@ def cast_frozen(module: nn.Module, dtype: torch.dtype, *, once_training: bool = 
 _STORAGE_ONLY = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 
 
+def run_pipeline(modules: Sequence[nn.Module], device: torch.device, call: Any, decode: Any) -> list[Any]:
+    """A family's pipeline run for previews: `modules` in eval mode (put back after), no gradients,
+    under autocast in their half format when some are in one — then `call("latent")` and the
+    latents decoded by `decode` outside autocast, in the VAE's own dtype (a force_upcast VAE, SDXL's,
+    stays fp32: no black pictures) — else `call("pil")`. PIL pictures."""
+    modes = [m.training for m in modules]
+    low = [d for d in (_first_dtype(m) for m in modules) if d != torch.float32]
+    autocast = torch.autocast(device.type, dtype=low[0]) if low else nullcontext()
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            with autocast:
+                out = call("latent" if low else "pil")
+            if low:
+                return decode(out.images)
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    return list(out.images)
+
+
 def _first_dtype(module: nn.Module) -> torch.dtype:
     """The number format a module computes in: its first weight's, passing over weights kept in
     fp8 for storage only (fp8 base weights are computed in bf16/fp16, layer by layer)."""
@@ -302,26 +324,13 @@ class StableDiffusionBase(DiffusionBackbone):
         # pipeline forces it off anyway, the SDXL one does not).
         pipe = self._pipeline(DDIMScheduler.from_config(self.scheduler_config, clip_sample=False))
         pipe.set_progress_bar_config(disable=True)
-        modules = [self.unet, self.vae, *self._text_encoders]
-        modes = [m.training for m in modules]
-        low = [d for d in (_first_dtype(m) for m in modules) if d != torch.float32]
-        autocast = torch.autocast(self.device.type, dtype=low[0]) if low else nullcontext()
-        for m in modules:
-            m.eval()
-        try:
-            with torch.no_grad():
-                gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-                with autocast:  # denoising in half precision; with it, the latents (not pictures) come out
-                    out = pipe(texts, negative_prompt=[negative_prompt] * len(texts) if negative_prompt else None,
-                               num_inference_steps=steps,
-                               guidance_scale=guidance, width=width, height=height, eta=0.0, generator=gens,
-                               output_type="latent" if low else "pil")
-                if low:  # decoded outside autocast, in the VAE's own dtype: a force_upcast VAE (SDXL's)
-                    return self._decode_to_pictures(pipe, out.images)  # stays fp32, no black pictures
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
-        return list(out.images)
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        return run_pipeline(
+            [self.unet, self.vae, *self._text_encoders], self.device,
+            lambda output_type: pipe(texts, negative_prompt=[negative_prompt] * len(texts) if negative_prompt else None,
+                                     num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                                     eta=0.0, generator=gens, output_type=output_type),
+            lambda latents: self._decode_to_pictures(pipe, latents))
 
     def _decode_to_pictures(self, pipe: Any, latents: torch.Tensor) -> list[Any]:
         """Scaled latents -> PIL pictures, as the pipelines' own last step, in the VAE's dtype."""
