@@ -175,6 +175,16 @@ def check_not_training(folder: Path) -> None:
         raise owner.busy_error()
 
 
+def release_left_for(folder: Path, pid: int) -> bool:
+    """Remove the lock a process took in `pid`'s name (OWNER_PID_VARIABLE) and could not give back
+    (it was killed): called by `pid` once that process has ended. Whether one was removed."""
+    path = Path(folder) / LOCK_FILE
+    found, text = _read_settled(path)
+    if text is None or found is None or found.pid != pid or not found.here:
+        return False
+    return _remove_if_same(path, text)
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 def _host() -> str:

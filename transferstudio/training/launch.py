@@ -182,7 +182,7 @@ def train_processes(job: Any, processes: int, commands: Commands | None = None, 
                 ended = event
             yield event
     finally:
-        _finish(spawned, graceful=ended is not None and not isinstance(ended, Failed))
+        _finish(spawned, job.project.folder, graceful=ended is not None and not isinstance(ended, Failed))
         events.close()
 
 
@@ -243,16 +243,19 @@ def _died(dead: tuple[int, int], step: int) -> Failed:
                   "processes as you like).", step=step)
 
 
-def _finish(spawned: Any, *, graceful: bool) -> None:
-    """Wait for the processes to leave (a finished run's do, after the main one's last save);
-    end those that do not."""
+def _finish(spawned: Any, project_folder: Any, *, graceful: bool) -> None:
+    """Wait for the processes to leave (a finished run's do, after the main one's last save); end
+    those that do not (they ignore SIGTERM: the parent stops a run, so only a kill ends them), and
+    remove the project's lock if the main process could not give it back (it was killed)."""
+    from transferstudio.project.lock import release_left_for
+
     deadline = time.monotonic() + (GRACE_S if graceful else 2.0)
     for process in spawned.processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
     for process in spawned.processes:
         if process.is_alive():
-            process.terminate()
-    for process in spawned.processes:
-        process.join(timeout=5.0)
-        if process.is_alive():
             process.kill()
+    for process in spawned.processes:
+        process.join(timeout=10.0)
+    if not any(process.is_alive() for process in spawned.processes):
+        release_left_for(project_folder, os.getpid())
