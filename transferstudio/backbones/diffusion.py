@@ -1,6 +1,7 @@
 """The denoising training objective, shared by every diffusion family (DDPM, SD, SDXL)."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,7 +153,18 @@ class ClassPictureLoss:
         prior_loss = self._loss_of(prior, ctx)  # class pictures: what the base model knew about the class
         if torch.is_grad_enabled():
             self.terms = {"your pictures": float(loss.detach()), "class pictures": float(prior_loss.detach())}
-        return loss + float(getattr(self.config, "prior_loss_weight", 1.0)) * prior_loss
+        return loss + self._prior_weight() * prior_loss
+
+    def parts(self, batch: Any) -> list[tuple[Any, float]]:
+        """Your pictures, then the class pictures with their weight (cut apart in a data-parallel
+        run: a class set's last batch may be smaller than yours)."""
+        prior = getattr(batch, "prior", None)
+        if prior is None:
+            return [(batch, 1.0)]
+        return [(dataclasses.replace(batch, prior=None), 1.0), (prior, self._prior_weight())]
+
+    def _prior_weight(self) -> float:
+        return float(getattr(self.config, "prior_loss_weight", 1.0))
 
     def loss_terms(self) -> dict[str, float]:
         terms, self.terms = getattr(self, "terms", {}), {}

@@ -46,6 +46,11 @@ class Objective(ABC):
     def loss(self, phase: Phase, batch: Any, ctx: StepContext) -> torch.Tensor:
         """The scalar loss of `phase` on one micro-batch (pixels in [-1, 1], captions, sizes)."""
 
+    def parts(self, batch: Any) -> list[tuple[Any, float]]:
+        """The batch as (part, weight) pairs whose weighted losses add up to `loss` of the batch:
+        a data-parallel run cuts each part by its own count (default: the batch, whole)."""
+        return [(batch, 1.0)]
+
     def reported(self, losses: dict[str, float]) -> float:
         """The one number shown as "loss" from the phases' losses (default: their sum)."""
         return float(sum(losses.values()))

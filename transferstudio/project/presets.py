@@ -124,6 +124,11 @@ class Preset:
     def method(self) -> str | None:
         return self.overrides.get("method")
 
+    def matches(self, config: TrainConfig) -> bool:
+        """Whether `config` has every setting this preset sets (project-specific ones aside)."""
+        values = config.to_dict()
+        return all(values.get(k) == v for k, v in self.overrides.items() if k not in PROJECT_SETTINGS)
+
     def apply(self, config: TrainConfig) -> TrainConfig:
         """`config` with this preset's settings put over it (a new object; project-specific
         settings such as the trigger word stay as they were)."""
@@ -278,9 +283,7 @@ _NOT_FOR_FLOW = ("min_snr_gamma",)  # a noise-prediction weighting: flow matchin
 
 def matching_purpose(kind: str, config: TrainConfig) -> Preset | None:
     """The purpose preset these settings follow, if any."""
-    values = config.to_dict()
-    return next((p for p in purpose_presets(kind, config.method)
-                 if all(values.get(k) == v for k, v in p.overrides.items())), None)
+    return next((p for p in purpose_presets(kind, config.method) if p.matches(config)), None)
 
 
 def _tier_range_label(tier: str, upper: str | None) -> str:

@@ -172,7 +172,8 @@ def _buckets(params: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]
 
 
 def slice_batch(batch: Any, rows: Rows | None) -> Any:
-    """This process's rows of a global batch (its class pictures cut the same way)."""
+    """This process's rows of a global batch (class pictures are a part of their own: the
+    objective's `parts` hands them over separately, to be cut by their own count)."""
     if rows is None:
         return batch
     import dataclasses
@@ -185,9 +186,6 @@ def slice_batch(batch: Any, rows: Rows | None) -> Any:
         changes["masks"] = batch.masks[cut]
     if getattr(batch, "keys", None) is not None:
         changes["keys"] = list(batch.keys[cut])
-    prior = getattr(batch, "prior", None)
-    if prior is not None:
-        changes["prior"] = slice_batch(prior, Rows(rows.start, rows.stop, len(prior.captions)))
     return dataclasses.replace(batch, **changes)
 
 

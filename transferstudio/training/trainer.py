@@ -383,7 +383,8 @@ class Trainer:
             if captions is not None and other is not None:
                 more = other.possible_captions()
                 captions = None if more is None else captions + more
-        if captions is None or not self.objective.encode_all_captions(sorted(set(captions))):
+        captions = sorted(set(captions)) if captions is not None else None
+        if captions is None or not self.objective.encode_all_captions(captions):
             return
         from transferstudio.training.low_memory import TextEncodersAway
 
@@ -393,7 +394,7 @@ class Trainer:
         away.send_away()
         self.encoders_away = away
         self.objective.before_encoding = self._text_encoders_back
-        text = (f"Every caption is encoded ({len(set(captions))}), so the text encoders ({away.size() / 1024 ** 3:.1f} "
+        text = (f"Every caption is encoded ({len(captions)}), so the text encoders ({away.size() / 1024 ** 3:.1f} "
                 "GB) wait in the computer's memory while training, and come back for previews.")
         self.log(text)
         yield Message(text, "info")
@@ -578,21 +579,17 @@ class Trainer:
 
     def _shares(self, batch: Any) -> list[tuple[Any, Any, float]]:
         """(this process's rows of `batch`, which rows, their loss's weight) for one micro-batch.
-        Alone: the batch as it is. Together: its rows of your pictures, weighted by their share;
-        with prior preservation the class pictures are a part of their own — cut by their own
-        count (a class set's last batch may be smaller) and weighted by their share and the prior
-        weight — trained after yours, as the objective does alone, so every picture draws the same."""
+        Alone: the batch as it is. Together: each of the objective's parts (your pictures, the
+        class pictures of prior preservation) cut by its own count and weighted by this process's
+        share of it, in the objective's order, so every picture draws what it draws alone."""
         group = self.group
         if group.world == 1:
             return [(batch, None, 1.0)]
-        prior = getattr(batch, "prior", None)
-        rows = group.rows(len(batch.captions))
-        parts = [(slice_batch(dataclasses.replace(batch, prior=None), rows), rows, rows.count / max(1, rows.size))]
-        if prior is not None:
-            own = group.rows(len(prior.captions))
-            weight = float(getattr(self.config, "prior_loss_weight", 1.0))
-            parts.append((slice_batch(prior, own), own, weight * own.count / max(1, own.size)))
-        return parts
+        cut = []
+        for part, weight in self.objective.parts(batch):
+            rows = group.rows(len(part.captions))
+            cut.append((slice_batch(part, rows), rows, weight * rows.count / max(1, rows.size)))
+        return cut
 
     def _random_state(self) -> tuple[Any, ...]:
         """What every process must draw alike from: torch's, the noise generator's and the GPU's."""

@@ -796,11 +796,9 @@ class SettingsForm(QWidget):
             self.apply_preset(preset)
 
     def _matching_preset(self, config: TrainConfig) -> int:
-        values = config.to_dict()
         for index in range(1, self.preset_combo.count()):
             preset = self.preset_combo.itemData(index)
-            if isinstance(preset, preset_store.Preset) and all(
-                    values.get(k) == v for k, v in preset.overrides.items() if k not in preset_store.PROJECT_SETTINGS):
+            if isinstance(preset, preset_store.Preset) and preset.matches(config):
                 return index
         return 0
 
