@@ -1,4 +1,4 @@
-"""Speed settings: fused attention, fused optimizers on CUDA, opt-in torch.compile."""
+"""Speed settings: fused attention, fused optimizers, opt-in torch.compile."""
 from __future__ import annotations
 
 import json
@@ -30,9 +30,36 @@ def test_a_model_with_the_slow_attention_trains_on_torch_fused_attention(tiny_sd
     assert use_sdpa(unet) == 0
 
 
-def test_fused_adamw_only_on_cuda():
+def test_adamw_on_the_cpu_takes_the_fused_kernel_and_steps_as_the_default_one():
+    """The fused CPU AdamW trains what the default one trains, and a checkpoint of either
+    continues with the other (a run started on a torch without the fused kernel, or moved)."""
     params = [torch.nn.Parameter(torch.zeros(3))]
-    assert fused_optimizer_options(params, torch.device("cpu")) == {}
+    assert fused_optimizer_options(params, torch.device("cpu")) == {"fused": True}
+    assert fused_optimizer_options(params, torch.device("meta")) == {}
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 4), torch.randn(7)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(6)]
+
+    def trained(fused_steps: range, plain_steps: range) -> list[torch.Tensor]:
+        weights = [torch.nn.Parameter(t.clone()) for t in start]
+        state = None
+        for steps, options in ((fused_steps, fused_optimizer_options(weights, torch.device("cpu"))),
+                               (plain_steps, {})):
+            optimizer = torch.optim.AdamW(weights, lr=1e-2, weight_decay=1e-2, **options)
+            if state is not None:
+                optimizer.load_state_dict(state)
+            for i in steps:
+                for w, g in zip(weights, grads[i]):
+                    w.grad = g.clone()
+                optimizer.step()
+            state = optimizer.state_dict()
+        return [w.detach() for w in weights]
+
+    fused, plain, switched = trained(range(6), range(0)), trained(range(0), range(6)), trained(range(3), range(3, 6))
+    for a, b, c, before in zip(fused, plain, switched, start):
+        assert not torch.allclose(a, before, atol=1e-3), "it trained"
+        assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)
 
 
 class _FakeCompileError(RuntimeError):
