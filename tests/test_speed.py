@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -78,10 +79,15 @@ def test_a_failed_compile_ends_the_run_with_advice(tmp_path, tiny_sd1_dir, monke
         module.forward = fail
 
     monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    monkeypatch.setenv("TRANSFERSTUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     images = make_images(tmp_path / "images", n=2, size=32, captions=True)
     events = list(train(TrainJob(_project(tmp_path, tiny_sd1_dir, images, compile=True))))
     assert isinstance(events[-1], Failed), events[-1]
     assert "Compiling the model failed" in events[-1].message and "Compile" in events[-1].advice
+    # what a compile builds is kept in the app's cache folder, not under the temp folder
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "cache" / "torch-compile")
 
 
 @pytest.mark.slow
@@ -112,3 +118,30 @@ def test_previews_on_a_cpu_are_drawn_at_the_training_size(tmp_path, tiny_sd1_dir
     assert previews and all(im.size == (16, 16) for e in previews for im in e.images)
     drawing = [e for e in events if isinstance(e, Progress) and "previews" in e.task]
     assert drawing and events.index(drawing[0]) < events.index(previews[0]), "the wait is announced first"
+
+
+def test_a_compiled_model_runs_plain_inside_eager_and_compiled_again_after():
+    """Previews, validation and the checkpoint check run the plain forward: in eval mode, without
+    gradients and at another batch size each would otherwise compile the model once more."""
+    from transferstudio.training.speed import eager
+
+    compiled: list[int] = []
+
+    def counting_backend(graph, example_inputs):
+        compiled.append(len(example_inputs))
+        return graph.forward
+
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    model.compile(backend=counting_backend, dynamic=False)
+    model(torch.randn(2, 4))
+    assert len(compiled) == 1
+    with eager(model), torch.no_grad():
+        model.eval()
+        out = model(torch.randn(3, 4))
+    model.train()
+    assert out.shape == (3, 4) and len(compiled) == 1, "no compile inside the block"
+    model(torch.randn(2, 4))
+    assert len(compiled) == 1, "the compiled forward is back, and its graph reused"
+    with eager(torch.nn.Linear(2, 2)):  # a module that was never compiled
+        pass

@@ -12,8 +12,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+import os
+from typing import Any, Iterator
 
 import torch
 
@@ -45,6 +47,7 @@ def apply_speed_settings(backbone: Any, config: Any, device: torch.device) -> li
     if device.type == "cuda":
         denoiser.to(memory_format=torch.channels_last)
     if getattr(config, "compile", False):
+        keep_compiled_kernels()
         # static shapes: training meets a few (its buckets, the previews' batch) and each keeps
         # its own specialised kernels, instead of generic ones after the second shape
         if device.type == "cpu":
@@ -58,6 +61,33 @@ def apply_speed_settings(backbone: Any, config: Any, device: torch.device) -> li
         notes.append(Message("The denoiser is compiled at the first step (torch.compile): the first step takes "
                              "a minute or more, later steps are faster.", "info"))
     return notes
+
+
+@contextlib.contextmanager
+def eager(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block a module compiled in place runs its plain forward. For what a run does
+    now and then (previews, validation, the checkpoint's output check): in eval mode, without
+    gradients and at other batch sizes each would compile the model again, minutes on a CPU
+    with GEMM autotuning, to save a fraction of a second."""
+    compiled = getattr(module, "_compiled_call_impl", None)  # where Module.compile keeps it
+    if compiled is None:
+        yield
+        return
+    module._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        module._compiled_call_impl = compiled
+
+
+def keep_compiled_kernels() -> None:
+    """Keep what torch.compile builds (kernels, GEMM autotuning choices) in the app's cache
+    folder rather than torch's default under the temp folder, which a restart may empty: the
+    first compiled run of a model takes minutes on a CPU, the next ones seconds. A folder the
+    user set (TORCHINDUCTOR_CACHE_DIR) is kept."""
+    from transferstudio.core.paths import user_cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir() / "torch-compile"))
 
 
 def compile_failure(exc: BaseException) -> bool:

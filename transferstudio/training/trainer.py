@@ -44,7 +44,7 @@ from transferstudio.backbones.batch_draws import rows_of
 from transferstudio.training.caching import use_encoding_caches
 from transferstudio.training.distributed import Alone, FollowedCommands, slice_batch
 from transferstudio.training.previews import draw_previews, preview_prompts, preview_slots, save_previews
-from transferstudio.training.speed import apply_speed_settings, compile_failure, fused_optimizer_options
+from transferstudio.training.speed import apply_speed_settings, compile_failure, eager, fused_optimizer_options
 from transferstudio.training.validation import mean_error
 
 
@@ -853,7 +853,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         seeds = list(config.preview_seeds)
         labels = self.prompts
-        with _EMAWeights(self.ema, getattr(self, "ema_params", [])), self._text_encoders_nearby():
+        with _EMAWeights(self.ema, getattr(self, "ema_params", [])), self._text_encoders_nearby(), \
+                eager(self.backbone.denoiser):
             if self.references:  # held-out pictures beside their reconstructions, and how close they are
                 pics = self.backbone.sample(seeds=seeds, references=self.references)
                 metrics = self.backbone.reconstruction_metrics(self.references)
@@ -912,7 +913,7 @@ class Trainer:
         self.check_run_dir()
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 3)
         ctx = StepContext(step=max(1, at), device=self.device, amp=self.amp, generator=generator, config=self.config)
-        with _EMAWeights(self.ema, getattr(self, "ema_params", [])), torch.no_grad():
+        with _EMAWeights(self.ema, getattr(self, "ema_params", [])), torch.no_grad(), eager(self.backbone.denoiser):
             self.trainee.train_mode(False)
             try:
                 measured = mean_error(self.objective, self.validation_images, ctx, seed=self.config.seed)
@@ -1022,7 +1023,7 @@ class Trainer:
         modes = {role: module.training for role, module in self.trainee.roles.items()}
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), eager(self.backbone.denoiser):
                 self.trainee.train_mode(False)
                 ctx = StepContext(step=max(1, self.step), device=self.device, amp=self.amp,
                                   generator=torch.Generator(self.device).manual_seed(self.config.seed + 2),
