@@ -2,8 +2,8 @@
 
 Under an adapter the base model never changes, so its weights can be kept in float8 (e4m3) and
 brought to the run's compute format (bf16/fp16) one layer at a time as the layer runs — what
-kohya's `--fp8_base` and ComfyUI's fp8 checkpoints do. diffusers' layerwise-casting hook does
-the per-layer work (cast up before the layer's forward, back after). Which layers: the linear and
+kohya's `--fp8_base` and ComfyUI's fp8 checkpoints do: each layer runs on a copy of its weights
+cast to the compute format, made as it runs and freed once the backward pass used it. Which layers: the linear and
 convolution layers of the denoiser and of every frozen text encoder (T5-XXL: 9.5 GB in bf16,
 4.8 GB in fp8), except normalisation layers, position/patch embeddings, the model's own
 keep-in-fp32 layers, and the adapters' own (trained, fp32) layers. The VAE stays as it is.
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 FP8 = torch.float8_e4m3fn
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Layers that lose too much in fp8: diffusers' defaults, plus each model's own list (FLUX and SD3
 # keep the linear layers of their adaptive norms, T5 its `wo` projections, in the compute format).
 _SKIP = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$")
@@ -67,12 +67,28 @@ def _walk(module: nn.Module, skip: tuple[str, ...], prefix: str) -> list[nn.Modu
 
 def store_frozen_in_fp8(backbone: Any, compute: torch.dtype) -> int:
     """Keep the frozen layers' weights in fp8, computing in `compute`; how many parameters that is."""
-    from diffusers.hooks import apply_layerwise_casting_hook
-
     layers = fp8_layers(backbone)
     for layer in layers:
-        apply_layerwise_casting_hook(layer, FP8, compute, False)
+        _compute_from_fp8(layer, compute)
     return sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
+
+
+def _compute_from_fp8(layer: nn.Module, compute: torch.dtype) -> None:
+    """Store `layer`'s weights in fp8 and run it on a copy cast to `compute`. The stored weights
+    are never swapped back and forth in place (diffusers' layerwise-casting hook does that): a
+    convolution keeps its weight itself for the backward pass, and found it in fp8 there
+    ("expected scalar type BFloat16 but found Float8_e4m3fn")."""
+    for param in layer.parameters(recurse=False):
+        param.data = param.data.to(FP8)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        weight = layer.weight.to(compute)
+        bias = layer.bias.to(compute) if layer.bias is not None else None
+        if isinstance(layer, nn.Linear):
+            return torch.nn.functional.linear(x, weight, bias)
+        return layer._conv_forward(x, weight, bias)
+
+    layer.forward = forward
 
 
 class TextEncodersAway:
